@@ -1,0 +1,63 @@
+"""A ready-to-talk chatbot: text in, replies out, one batched greedy decode per call."""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import List, Optional, Sequence
+
+import torch
+from torch import nn
+
+from .seq2seq import greedy_decode
+from .voc import PAD_token, NoKnownWordsError, Voc, decode, encode
+
+
+@dataclass
+class Reply:
+    """The bot's answer to one input: `text`, or `error` when the input could not be used."""
+
+    text: str = ""
+    unknown_words: List[str] = field(default_factory=list)
+    error: Optional[str] = None
+
+
+class Chatbot:
+    """Vocabulary + encoder + decoder in eval mode, decoding whole batches greedily."""
+
+    def __init__(self, voc: Voc, encoder: nn.Module, decoder: nn.Module, max_length: int,
+                 device: torch.device):
+        self.voc = voc
+        self.encoder = encoder
+        self.decoder = decoder
+        self.max_length = max_length
+        self.device = device
+
+    def reply(self, text: str) -> Reply:
+        """The reply to one text."""
+        return self.reply_batch([text])[0]
+
+    def reply_batch(self, texts: Sequence[str]) -> List[Reply]:
+        """One Reply per text, in order; texts with no known word get an error, the rest are decoded together."""
+        replies = [Reply() for _ in texts]
+        encoded = []  # (position in batch, token ids)
+        for i, text in enumerate(texts):
+            try:
+                ids, replies[i].unknown_words = encode(self.voc, text, self.max_length)
+                encoded.append((i, ids))
+            except NoKnownWordsError as e:
+                replies[i].error = str(e)
+                replies[i].unknown_words = e.unknown_words
+        if encoded:
+            tokens = self.decode_ids([ids for _, ids in encoded])
+            for (i, _), row in zip(encoded, tokens):
+                replies[i].text = decode(self.voc, row)
+        return replies
+
+    def decode_ids(self, batch: List[List[int]]) -> List[List[int]]:
+        """Greedy token ids for a batch of encoded inputs (each ending in EOS)."""
+        lengths = torch.tensor([len(ids) for ids in batch], dtype=torch.long)
+        input_seq = torch.full((int(lengths.max()), len(batch)), PAD_token, dtype=torch.long)  # (T, B)
+        for b, ids in enumerate(batch):
+            input_seq[: len(ids), b] = torch.tensor(ids)
+        out = greedy_decode(self.encoder, self.decoder, input_seq.to(self.device), lengths, self.max_length)
+        return out.tolist()
+

@@ -1,0 +1,136 @@
+"""Encoder, Luong attention decoder and batched greedy search (PyTorch chatbot tutorial)."""
+from __future__ import annotations
+
+from typing import Optional, Tuple
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .voc import EOS_token, SOS_token
+
+
+class EncoderRNN(nn.Module):
+    """Bidirectional GRU encoder; the two directions' outputs are summed."""
+
+    def __init__(self, hidden_size: int, embedding: nn.Embedding, n_layers: int = 1, dropout: float = 0.0):
+        super().__init__()
+        self.n_layers = n_layers
+        self.hidden_size = hidden_size
+        self.embedding = embedding
+        self.gru = nn.GRU(hidden_size, hidden_size, n_layers,
+                          dropout=(0 if n_layers == 1 else dropout), bidirectional=True)
+
+    def forward(self, input_seq: torch.Tensor, input_lengths: torch.Tensor,
+                hidden: Optional[torch.Tensor] = None) -> Tuple[torch.Tensor, torch.Tensor]:
+        """input_seq (T, B) padded ids, input_lengths (B,) on the CPU -> outputs (T, B, H), hidden (2L, B, H)."""
+        embedded = self.embedding(input_seq)  # (T, B, H)
+        # enforce_sorted=False lets a serving batch come in any order; packing unsorts for us.
+        packed = nn.utils.rnn.pack_padded_sequence(embedded, input_lengths.cpu(), enforce_sorted=False)
+        outputs, hidden = self.gru(packed, hidden)
+        outputs, _ = nn.utils.rnn.pad_packed_sequence(outputs, total_length=input_seq.size(0))  # (T, B, 2H)
+        outputs = outputs[:, :, : self.hidden_size] + outputs[:, :, self.hidden_size:]  # (T, B, H)
+        return outputs, hidden
+
+
+class Attn(nn.Module):
+    """Luong attention scores ('dot', 'general' or 'concat') for many decoder steps at once."""
+
+    METHODS = ("dot", "general", "concat")
+
+    def __init__(self, method: str, hidden_size: int):
+        super().__init__()
+        if method not in self.METHODS:
+            raise ValueError(f"attention method must be one of {self.METHODS}, not {method!r}")
+        self.method = method
+        self.hidden_size = hidden_size
+        if method == "general":
+            self.attn = nn.Linear(hidden_size, hidden_size)
+        elif method == "concat":
+            self.attn = nn.Linear(hidden_size * 2, hidden_size)
+            self.v = nn.Parameter(torch.empty(hidden_size).uniform_(-0.1, 0.1))
+
+    def scores(self, dec: torch.Tensor, enc: torch.Tensor) -> torch.Tensor:
+        """dec (Td, B, H), enc (Ts, B, H) -> raw scores (B, Td, Ts)."""
+        if self.method == "general":
+            enc = self.attn(enc)
+        if self.method in ("dot", "general"):
+            return torch.bmm(dec.transpose(0, 1), enc.permute(1, 2, 0))
+        # concat: W[h_t; h_s] = W_dec h_t + W_enc h_s, so no (Td x Ts) concatenation is built.
+        w_dec, w_enc = self.attn.weight.split(self.hidden_size, dim=1)
+        energy = torch.tanh(
+            (dec @ w_dec.t()).unsqueeze(1) + (enc @ w_enc.t() + self.attn.bias).unsqueeze(0)
+        )  # (Td, Ts, B, H)
+        return (energy @ self.v).permute(2, 0, 1)
+
+    def forward(self, dec: torch.Tensor, enc: torch.Tensor, src_mask: Optional[torch.Tensor] = None) -> torch.Tensor:
+        """Attention weights (B, Td, Ts); padded source positions (src_mask False) get zero weight."""
+        scores = self.scores(dec, enc)
+        if src_mask is not None:  # src_mask (Ts, B)
+            scores = scores.masked_fill(~src_mask.t().unsqueeze(1), float("-inf"))
+        return F.softmax(scores, dim=2)
+
+
+class LuongAttnDecoderRNN(nn.Module):
+    """GRU decoder with global attention after the GRU step (no input feeding).
+
+    Because attention does not feed back into the GRU, a teacher-forced target can be run
+    in one GRU call over all steps; a single greedy step is the same call with T = 1.
+    """
+
+    def __init__(self, attn_model: str, embedding: nn.Embedding, hidden_size: int, output_size: int,
+                 n_layers: int = 1, dropout: float = 0.1):
+        super().__init__()
+        self.attn_model = attn_model
+        self.hidden_size = hidden_size
+        self.output_size = output_size
+        self.n_layers = n_layers
+        self.embedding = embedding
+        self.embedding_dropout = nn.Dropout(dropout)
+        self.gru = nn.GRU(hidden_size, hidden_size, n_layers, dropout=(0 if n_layers == 1 else dropout))
+        self.concat = nn.Linear(hidden_size * 2, hidden_size)
+        self.out = nn.Linear(hidden_size, output_size)
+        self.attn = Attn(attn_model, hidden_size)
+
+    def forward(self, input_seq: torch.Tensor, last_hidden: torch.Tensor, encoder_outputs: torch.Tensor,
+                src_mask: Optional[torch.Tensor] = None) -> Tuple[torch.Tensor, torch.Tensor]:
+        """input_seq (Td, B) ids -> logits (Td, B, V) and hidden (L, B, H). No softmax: callers pick."""
+        embedded = self.embedding_dropout(self.embedding(input_seq))  # (Td, B, H)
+        rnn_output, hidden = self.gru(embedded, last_hidden)  # (Td, B, H)
+        attn_weights = self.attn(rnn_output, encoder_outputs, src_mask)  # (B, Td, Ts)
+        context = torch.bmm(attn_weights, encoder_outputs.transpose(0, 1)).transpose(0, 1)  # (Td, B, H)
+        concat_output = torch.tanh(self.concat(torch.cat((rnn_output, context), dim=2)))
+        return self.out(concat_output), hidden
+
+
+def source_mask(input_lengths: torch.Tensor, max_len: int, device: torch.device) -> torch.Tensor:
+    """(Ts, B) bool mask, True where a source position holds a real token."""
+    positions = torch.arange(max_len, device=device).unsqueeze(1)  # (Ts, 1)
+    return positions < input_lengths.to(device).unsqueeze(0)
+
+
+@torch.no_grad()
+def greedy_decode(encoder: EncoderRNN, decoder: LuongAttnDecoderRNN, input_seq: torch.Tensor,
+                  input_lengths: torch.Tensor, max_length: int) -> torch.Tensor:
+    """Greedy replies for a whole batch: (T, B) padded ids -> (B, <= max_length) token ids.
+
+    Each row stops at its own EOS (everything after it is padding); the loop ends when every
+    row has finished or max_length tokens were produced. Padded source positions are masked
+    out of attention, so a sentence decodes the same alone or inside any batch.
+    """
+    device = input_seq.device
+    encoder_outputs, encoder_hidden = encoder(input_seq, input_lengths)
+    mask = source_mask(input_lengths, input_seq.size(0), device)
+    hidden = encoder_hidden[: decoder.n_layers]  # the tutorial's choice: layer 0's two directions
+    batch = input_seq.size(1)
+    token = torch.full((1, batch), SOS_token, dtype=torch.long, device=device)
+    finished = torch.zeros(batch, dtype=torch.bool, device=device)
+    steps = []
+    for _ in range(max_length):
+        logits, hidden = decoder(token, hidden, encoder_outputs, mask)
+        token = logits.argmax(dim=2)  # (1, B); argmax of logits == argmax of softmax
+        steps.append(token.masked_fill(finished.unsqueeze(0), EOS_token))
+        finished |= token.squeeze(0) == EOS_token
+        if bool(finished.all()):
+            break
+    return torch.cat(steps, dim=0).t()
