@@ -47,7 +47,7 @@ def read_checkpoint(f: IO[bytes]) -> dict:
             "refused to load: the file holds Python objects, not just tensors and plain data "
             f"(weights_only=True). Only load checkpoints written by train/main.py. Detail: {str(e)[:200]}"
         ) from e
-    except (RuntimeError, EOFError, OSError, ValueError) as e:
+    except Exception as e:  # garbage bytes raise anything from EOFError to KeyError
         raise CheckpointError(f"not a readable checkpoint (truncated or not a torch file): {str(e)[:200]}") from e
     validate_checkpoint(ckpt)
     return ckpt
