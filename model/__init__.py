@@ -15,12 +15,12 @@ from .checkpoint import (
 )
 from .seq2seq import Attn, EncoderRNN, LuongAttnDecoderRNN, greedy_decode, source_mask
 from .voc import (
-    EOS_token,
     MAX_LENGTH,
     MIN_COUNT,
+    EOS_token,
+    NoKnownWordsError,
     PAD_token,
     SOS_token,
-    NoKnownWordsError,
     Voc,
     decode,
     encode,

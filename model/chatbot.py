@@ -1,14 +1,14 @@
 """A ready-to-talk chatbot: text in, replies out, one batched greedy decode per call."""
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import List, Optional, Sequence
 
 import torch
 from torch import nn
 
 from .seq2seq import greedy_decode
-from .voc import PAD_token, NoKnownWordsError, Voc, decode, encode
+from .voc import NoKnownWordsError, PAD_token, Voc, decode, encode
 
 
 @dataclass
@@ -16,8 +16,8 @@ class Reply:
     """The bot's answer to one input: `text`, or `error` when the input could not be used."""
 
     text: str = ""
-    unknown_words: List[str] = field(default_factory=list)
-    error: Optional[str] = None
+    unknown_words: list[str] = field(default_factory=list)
+    error: str | None = None
 
 
 class Chatbot:
@@ -35,7 +35,7 @@ class Chatbot:
         """The reply to one text."""
         return self.reply_batch([text])[0]
 
-    def reply_batch(self, texts: Sequence[str]) -> List[Reply]:
+    def reply_batch(self, texts: Sequence[str]) -> list[Reply]:
         """One Reply per text, in order; texts with no known word get an error, the rest are decoded together."""
         replies = [Reply() for _ in texts]
         encoded = []  # (position in batch, token ids)
@@ -52,7 +52,7 @@ class Chatbot:
                 replies[i].text = decode(self.voc, row)
         return replies
 
-    def decode_ids(self, batch: List[List[int]]) -> List[List[int]]:
+    def decode_ids(self, batch: list[list[int]]) -> list[list[int]]:
         """Greedy token ids for a batch of encoded inputs (each ending in EOS)."""
         lengths = torch.tensor([len(ids) for ids in batch], dtype=torch.long)
         input_seq = torch.full((int(lengths.max()), len(batch)), PAD_token, dtype=torch.long)  # (T, B)

@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 import pickle
-from typing import IO, Tuple
+from typing import IO
 
 import torch
 from torch import nn
@@ -28,7 +28,7 @@ def default_config(**overrides) -> dict:
     return config
 
 
-def build_model(config: dict, num_words: int) -> Tuple[EncoderRNN, LuongAttnDecoderRNN]:
+def build_model(config: dict, num_words: int) -> tuple[EncoderRNN, LuongAttnDecoderRNN]:
     """Fresh encoder and decoder sharing one embedding, sized by `config`."""
     hidden = config["hidden_size"]
     embedding = nn.Embedding(num_words, hidden)

@@ -1,8 +1,6 @@
 """Encoder, Luong attention decoder and batched greedy search (PyTorch chatbot tutorial)."""
 from __future__ import annotations
 
-from typing import Optional, Tuple
-
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -22,7 +20,7 @@ class EncoderRNN(nn.Module):
                           dropout=(0 if n_layers == 1 else dropout), bidirectional=True)
 
     def forward(self, input_seq: torch.Tensor, input_lengths: torch.Tensor,
-                hidden: Optional[torch.Tensor] = None) -> Tuple[torch.Tensor, torch.Tensor]:
+                hidden: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
         """input_seq (T, B) padded ids, input_lengths (B,) on the CPU -> outputs (T, B, H), hidden (2L, B, H)."""
         embedded = self.embedding(input_seq)  # (T, B, H)
         # enforce_sorted=False lets a serving batch come in any order; packing unsorts for us.
@@ -63,7 +61,7 @@ class Attn(nn.Module):
         )  # (Td, Ts, B, H)
         return (energy @ self.v).permute(2, 0, 1)
 
-    def forward(self, dec: torch.Tensor, enc: torch.Tensor, src_mask: Optional[torch.Tensor] = None) -> torch.Tensor:
+    def forward(self, dec: torch.Tensor, enc: torch.Tensor, src_mask: torch.Tensor | None = None) -> torch.Tensor:
         """Attention weights (B, Td, Ts); padded source positions (src_mask False) get zero weight."""
         scores = self.scores(dec, enc)
         if src_mask is not None:  # src_mask (Ts, B)
@@ -93,7 +91,7 @@ class LuongAttnDecoderRNN(nn.Module):
         self.attn = Attn(attn_model, hidden_size)
 
     def forward(self, input_seq: torch.Tensor, last_hidden: torch.Tensor, encoder_outputs: torch.Tensor,
-                src_mask: Optional[torch.Tensor] = None) -> Tuple[torch.Tensor, torch.Tensor]:
+                src_mask: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
         """input_seq (Td, B) ids -> logits (Td, B, V) and hidden (L, B, H). No softmax: callers pick."""
         embedded = self.embedding_dropout(self.embedding(input_seq))  # (Td, B, H)
         rnn_output, hidden = self.gru(embedded, last_hidden)  # (Td, B, H)

@@ -3,7 +3,6 @@ from __future__ import annotations
 
 import re
 import unicodedata
-from typing import Dict, List, Tuple
 
 PAD_token = 0  # pads short sentences
 SOS_token = 1  # start of sentence
@@ -33,9 +32,9 @@ class Voc:
     def __init__(self, name: str = "voc"):
         self.name = name
         self.trimmed = False
-        self.word2index: Dict[str, int] = {}
-        self.word2count: Dict[str, int] = {}
-        self.index2word: Dict[int, str] = dict(enumerate(SPECIAL_WORDS))
+        self.word2index: dict[str, int] = {}
+        self.word2count: dict[str, int] = {}
+        self.index2word: dict[int, str] = dict(enumerate(SPECIAL_WORDS))
         self.num_words = len(SPECIAL_WORDS)
 
     def add_sentence(self, sentence: str) -> None:
@@ -51,7 +50,7 @@ class Voc:
         else:
             self.word2count[word] += 1
 
-    def trim(self, min_count: int) -> Tuple[int, int]:
+    def trim(self, min_count: int) -> tuple[int, int]:
         """Keep only words seen at least `min_count` times; returns (kept, total) words."""
         if self.trimmed:
             return len(self.word2index), len(self.word2index)
@@ -74,7 +73,7 @@ class Voc:
         }
 
     @classmethod
-    def from_dict(cls, d: dict) -> "Voc":
+    def from_dict(cls, d: dict) -> Voc:
         voc = cls(d["name"])
         for word, count in zip(d["words"], d["counts"]):
             voc.add_word(word)
@@ -86,12 +85,12 @@ class Voc:
 class NoKnownWordsError(ValueError):
     """Raised when an input holds no word the vocabulary knows, so there is nothing to encode."""
 
-    def __init__(self, message: str, unknown_words: List[str]):
+    def __init__(self, message: str, unknown_words: list[str]):
         super().__init__(message)
         self.unknown_words = unknown_words
 
 
-def encode(voc: Voc, text: str, max_length: int = MAX_LENGTH) -> Tuple[List[int], List[str]]:
+def encode(voc: Voc, text: str, max_length: int = MAX_LENGTH) -> tuple[list[int], list[str]]:
     """Turn raw text into token ids ending in EOS, following the unknown-word policy.
 
     Policy (shared by the chat CLI and the TorchServe handler): the text is normalised,
@@ -110,7 +109,7 @@ def encode(voc: Voc, text: str, max_length: int = MAX_LENGTH) -> Tuple[List[int]
     return ids + [EOS_token], unknown
 
 
-def decode(voc: Voc, ids: List[int]) -> str:
+def decode(voc: Voc, ids: list[int]) -> str:
     """Token ids to a reply string, stopping at the first EOS and skipping PAD and SOS."""
     words = []
     for i in ids:

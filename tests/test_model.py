@@ -10,9 +10,9 @@ import pytest
 import torch
 
 from model import (
-    EOS_token,
     Attn,
     CheckpointError,
+    EOS_token,
     NoKnownWordsError,
     Voc,
     build_model,
