@@ -1,0 +1,368 @@
+"""Training data pipeline: corpus loaders, tutorial-exact preparation, held-out split, batching.
+
+Follows the PyTorch Chatbot Tutorial (`loadPrepareData`, `trimRareWords`, `batch2TrainData`)
+closely enough that the Cornell Movie-Dialogs corpus gives the tutorial's published counts.
+
+Run `python -m train.data --help` to print the counts for a corpus.
+"""
+from __future__ import annotations
+
+import argparse
+import ast
+import csv
+import importlib.util
+import io
+import itertools
+import json
+import logging
+import os
+import random
+import sys
+from collections.abc import Iterable, Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+import yaml
+
+from model.voc import MAX_LENGTH, MIN_COUNT, EOS_token, PAD_token, Voc, normalize
+
+logger = logging.getLogger(__name__)
+
+Pair = tuple[str, str]
+CORNELL_SEPARATOR = " +++$+++ "
+CORNELL_ENCODING = "iso-8859-1"
+CORNELL_FILES = ("movie_lines.txt", "movie_conversations.txt")
+CORPORA = ("chatterbot", "cornell", "convokit", "tsv")
+
+
+# ---------------------------------------------------------------- loaders
+
+def consecutive_pairs(texts: Sequence[str]) -> list[Pair]:
+    """(line i, line i+1) pairs of one conversation, both stripped and non-empty."""
+    pairs = []
+    for query, response in zip(texts, texts[1:]):
+        query, response = query.strip(), response.strip()
+        if query and response:  # the tutorial drops pairs with an empty side
+            pairs.append((query, response))
+    return pairs
+
+
+def tutorial_round_trip(pairs: Iterable[Pair]) -> list[Pair]:
+    """Pairs as the tutorial reads them back from its formatted_movie_lines.txt.
+
+    The tutorial writes pairs with csv.writer (tab delimiter, minimal quoting) and reads
+    them back with plain .split('\\n') and .split('\\t'), so a text holding a tab or a newline
+    comes back cut in pieces. Reproducing that is what makes the published counts match.
+    """
+    buf = io.StringIO()
+    csv.writer(buf, delimiter="\t", lineterminator="\n").writerows(pairs)
+    out = []
+    for line in buf.getvalue().strip().split("\n"):
+        fields = line.split("\t")
+        if len(fields) < 2:  # the tutorial would crash on it (IndexError); skip instead
+            logger.warning("skipping a line with no tab after the csv round trip: %r", line[:80])
+            continue
+        out.append((fields[0], fields[1]))  # the tutorial only ever looks at pair[0] and pair[1]
+    return out
+
+
+def _cornell_fields(path: Path) -> Iterator[list[str]]:
+    """The ` +++$+++ `-separated fields of each line of a Cornell corpus file."""
+    with open(path, encoding=CORNELL_ENCODING) as f:
+        for line in f:
+            yield line.split(CORNELL_SEPARATOR)
+
+
+def load_cornell(corpus_dir: str | Path) -> list[Pair]:
+    """Query/response pairs from the original movie_lines.txt + movie_conversations.txt."""
+    corpus_dir = Path(corpus_dir)
+    # The text keeps its trailing newline here, as in the tutorial; consecutive_pairs strips it.
+    lines = {fields[0]: fields[4] for fields in _cornell_fields(corpus_dir / "movie_lines.txt")}
+    pairs: list[Pair] = []
+    for fields in _cornell_fields(corpus_dir / "movie_conversations.txt"):
+        line_ids = ast.literal_eval(fields[3].strip())  # e.g. "['L194', 'L195']"
+        pairs.extend(consecutive_pairs([lines[i] for i in line_ids]))
+    return tutorial_round_trip(pairs)
+
+
+def load_convokit(utterances_jsonl: str | Path) -> list[Pair]:
+    """Query/response pairs from ConvoKit's movie-corpus utterances.jsonl, as the tutorial builds them."""
+    conversations: dict[str, list[str]] = {}
+    # UTF-8 is what ConvoKit writes; the tutorial says ISO-8859-1, which is the same for
+    # its ASCII-escaped JSON.
+    with open(utterances_jsonl, encoding="utf-8") as f:
+        for line in f:
+            if not line.strip():
+                continue
+            utterance = json.loads(line)
+            conversations.setdefault(utterance["conversation_id"], []).append(utterance["text"])
+    pairs: list[Pair] = []
+    for texts in conversations.values():
+        # The tutorial inserts each later line at the front (the file lists a conversation
+        # newest first), so a conversation is its lines in reverse file order.
+        pairs.extend(consecutive_pairs(texts[::-1]))
+    return tutorial_round_trip(pairs)
+
+
+def load_tsv(path: str | Path) -> list[Pair]:
+    """Pairs from a UTF-8 file of `query<TAB>response` lines; blank lines are skipped."""
+    pairs = []
+    with open(path, encoding="utf-8") as f:
+        for number, line in enumerate(f, 1):
+            if not line.strip():
+                continue
+            fields = line.rstrip("\r\n").split("\t")
+            if len(fields) < 2:
+                logger.warning("%s:%d: no tab, line skipped", path, number)
+                continue
+            pairs.append((fields[0], fields[1]))
+    return pairs
+
+
+def chatterbot_dir(language: str = "english") -> Path:
+    """The folder of the installed chatterbot-corpus package holding one language's YAML files."""
+    spec = importlib.util.find_spec("chatterbot_corpus")
+    if spec is None or not spec.submodule_search_locations:
+        raise FileNotFoundError("the chatterbot-corpus package is not installed (pip install chatterbot-corpus)")
+    path = Path(next(iter(spec.submodule_search_locations))) / "data" / language
+    if not path.is_dir():
+        raise FileNotFoundError(f"chatterbot-corpus has no language {language!r} ({path} is missing)")
+    return path
+
+
+def _utterance_text(utterance: object) -> str:
+    """An utterance as text: YAML numbers and booleans become strings, anything else ''."""
+    if isinstance(utterance, str):
+        return utterance
+    if isinstance(utterance, (int, float)):  # bool is an int too
+        return str(utterance)
+    return ""  # None, or a nested list/dict: no usable text, so it pairs with nothing
+
+
+def load_chatterbot(language: str = "english") -> list[Pair]:
+    """Consecutive-utterance pairs from every conversation of the chatterbot-corpus YAML files."""
+    pairs: list[Pair] = []
+    for path in sorted(chatterbot_dir(language).glob("*.yml")):
+        with open(path, encoding="utf-8") as f:
+            data = yaml.safe_load(f) or {}
+        for conversation in data.get("conversations") or []:
+            if not isinstance(conversation, list):
+                # trivia.yml has one entry whose question and answer YAML merged into one string
+                logger.warning("%s: skipping a conversation that is not a list: %r", path.name, conversation)
+                continue
+            pairs.extend(consecutive_pairs([_utterance_text(u) for u in conversation]))
+    return pairs
+
+
+def load_corpus(corpus: str, path: str | Path | None = None, language: str = "english") -> list[Pair]:
+    """Dispatch to a loader by corpus name; `path` is the Cornell folder or the jsonl/tsv file."""
+    if corpus == "chatterbot":
+        return load_chatterbot(language)
+    if path is None:
+        raise ValueError(f"corpus {corpus!r} needs a path")
+    loaders = {"cornell": load_cornell, "convokit": load_convokit, "tsv": load_tsv}
+    if corpus not in loaders:
+        raise ValueError(f"unknown corpus {corpus!r}; choose from {', '.join(CORPORA)}")
+    return loaders[corpus](path)
+
+
+# ---------------------------------------------------------------- preparation
+
+@dataclass
+class PrepStats:
+    """The counts the tutorial prints while preparing data."""
+
+    pairs_read: int  # "Read N sentence pairs"
+    pairs_filtered: int  # "Trimmed to N sentence pairs" (length filter)
+    words_counted: int  # "Counted words: N" (voc.num_words, 3 special tokens included)
+    keep_words: int  # "keep_words K / T"
+    total_words: int  # T above: words before trimming, specials excluded
+    pairs_kept: int  # "Trimmed from N pairs to M"
+
+
+def normalize_pairs(pairs: Iterable[Pair]) -> list[Pair]:
+    """Both sides through the tutorial normaliser."""
+    cache: dict[str, str] = {}  # a response is usually the next pair's query: normalise it once
+
+    def norm(text: str) -> str:
+        if text not in cache:
+            cache[text] = normalize(text)
+        return cache[text]
+
+    return [(norm(q), norm(r)) for q, r in pairs]
+
+
+def filter_pairs(pairs: Iterable[Pair], max_length: int = MAX_LENGTH) -> list[Pair]:
+    """Pairs whose both sides have fewer than `max_length` words (the tutorial's filterPair)."""
+    return [p for p in pairs if len(p[0].split(" ")) < max_length and len(p[1].split(" ")) < max_length]
+
+
+def build_voc(pairs: Iterable[Pair], name: str = "voc") -> Voc:
+    """A vocabulary counting every word of both sides."""
+    voc = Voc(name)
+    for query, response in pairs:
+        voc.add_sentence(query)
+        voc.add_sentence(response)
+    return voc
+
+
+def known_pairs(voc: Voc, pairs: Iterable[Pair]) -> list[Pair]:
+    """Pairs whose every word is in the vocabulary (trimRareWords' filter)."""
+    known = voc.word2index
+    return [p for p in pairs if all(w in known for w in p[0].split(" ")) and all(w in known for w in p[1].split(" "))]
+
+
+def _ratio(part: int, whole: int) -> float:
+    return part / whole if whole else 0.0
+
+
+def prepare_with_stats(
+    pairs: Iterable[Pair], max_length: int = MAX_LENGTH, min_count: int = MIN_COUNT, name: str = "voc"
+) -> tuple[Voc, list[Pair], PrepStats]:
+    """loadPrepareData + trimRareWords: normalise, length-filter, count, trim; logs the tutorial's lines."""
+    normalized = normalize_pairs(pairs)
+    logger.info("Read %d sentence pairs", len(normalized))
+    filtered = filter_pairs(normalized, max_length)
+    logger.info("Trimmed to %d sentence pairs", len(filtered))
+    voc = build_voc(filtered, name)
+    words_counted = voc.num_words
+    logger.info("Counted words: %d", words_counted)
+    keep_words, total_words = voc.trim(min_count)
+    logger.info("keep_words %d / %d = %.4f", keep_words, total_words, _ratio(keep_words, total_words))
+    kept = known_pairs(voc, filtered)
+    share = _ratio(len(kept), len(filtered))
+    logger.info("Trimmed from %d pairs to %d, %.4f of total", len(filtered), len(kept), share)
+    stats = PrepStats(len(normalized), len(filtered), words_counted, keep_words, total_words, len(kept))
+    return voc, kept, stats
+
+
+def prepare(
+    pairs: Iterable[Pair], max_length: int = MAX_LENGTH, min_count: int = MIN_COUNT, name: str = "voc"
+) -> tuple[Voc, list[Pair]]:
+    """Like prepare_with_stats, without the counts: (trimmed vocabulary, normalised kept pairs)."""
+    voc, kept, _ = prepare_with_stats(pairs, max_length, min_count, name)
+    return voc, kept
+
+
+def split_heldout(pairs: Sequence[Pair], fraction: float = 0.05, seed: int = 0) -> tuple[list[Pair], list[Pair]]:
+    """(train, heldout): round(len * fraction) pairs held out, chosen by `seed` alone.
+
+    Uses its own random.Random, so the global RNG state changes nothing; both parts keep
+    the input order.
+    """
+    if not 0.0 <= fraction < 1.0:
+        raise ValueError(f"fraction must be in [0, 1), got {fraction}")
+    n_heldout = round(len(pairs) * fraction)
+    held = set(random.Random(seed).sample(range(len(pairs)), n_heldout))
+    train = [p for i, p in enumerate(pairs) if i not in held]
+    heldout = [p for i, p in enumerate(pairs) if i in held]
+    return train, heldout
+
+
+# ---------------------------------------------------------------- batching
+
+def indexes_from_sentence(voc: Voc, sentence: str) -> list[int]:
+    """Word ids of a normalised, trimmed sentence, ending in EOS."""
+    return [voc.word2index[word] for word in sentence.split(" ")] + [EOS_token]
+
+
+def _padded(indexes_batch: list[list[int]]) -> torch.Tensor:
+    """(T, B) LongTensor: sequence b in column b, PAD after its end."""
+    return torch.tensor(list(itertools.zip_longest(*indexes_batch, fillvalue=PAD_token)), dtype=torch.long)
+
+
+def input_var(sentences: Sequence[str], voc: Voc) -> tuple[torch.Tensor, torch.Tensor]:
+    """(padded input (T, B), lengths (B,)); lengths is CPU int64, as pack_padded_sequence needs."""
+    indexes_batch = [indexes_from_sentence(voc, s) for s in sentences]
+    lengths = torch.tensor([len(ix) for ix in indexes_batch], dtype=torch.int64)
+    return _padded(indexes_batch), lengths
+
+
+def output_var(sentences: Sequence[str], voc: Voc) -> tuple[torch.Tensor, torch.Tensor, int]:
+    """(padded target (T, B), bool mask (T, B) true on real tokens, max target length)."""
+    indexes_batch = [indexes_from_sentence(voc, s) for s in sentences]
+    target = _padded(indexes_batch)
+    # PAD never occurs inside a sentence (words get ids >= 3), so "not PAD" is "not padding".
+    return target, target != PAD_token, max(len(ix) for ix in indexes_batch)
+
+
+def batch_to_tensors(
+    voc: Voc, pairs: Sequence[Pair]
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, int]:
+    """batch2TrainData: (input, lengths, target, mask, max_target_len), longest input first.
+
+    The sort is stable and does not change `pairs` (the tutorial sorts in place).
+    """
+    ordered = sorted(pairs, key=lambda p: len(p[0].split(" ")), reverse=True)
+    inp, lengths = input_var([p[0] for p in ordered], voc)
+    target, mask, max_target_len = output_var([p[1] for p in ordered], voc)
+    return inp, lengths, target, mask, max_target_len
+
+
+def random_batches(
+    pairs: Sequence[Pair], batch_size: int, n: int, rng: random.Random | int = 0
+) -> Iterator[list[Pair]]:
+    """Yield `n` batches of `batch_size` pairs drawn with replacement, as the tutorial does.
+
+    `rng` is a seed or a random.Random that the generator draws from and nothing else. To
+    resume training, save `rng.getstate()` after the last batch used, and later pass a
+    random.Random restored with setstate(): the batches continue the same sequence. Batches
+    are drawn lazily, one per next(), so the state always matches the batches consumed.
+    """
+    if not pairs:
+        raise ValueError("no pairs to draw batches from")
+    if isinstance(rng, int):
+        rng = random.Random(rng)
+    for _ in range(n):
+        yield [rng.choice(pairs) for _ in range(batch_size)]
+
+
+# ---------------------------------------------------------------- CLI
+
+def default_cornell_dir() -> Path:
+    """$CORNELL_DIR, else data/cornell (where `make data` puts it)."""
+    return Path(os.environ.get("CORNELL_DIR") or "data/cornell")
+
+
+def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
+    """Command-line options of `python -m train.data`."""
+    p = argparse.ArgumentParser(prog="python -m train.data", description=__doc__.splitlines()[0])
+    p.add_argument("--corpus", choices=CORPORA, default="chatterbot",
+                   help="which corpus to load (default: chatterbot, bundled and offline)")
+    p.add_argument("--cornell-dir", type=Path, default=None,
+                   help="folder with movie_lines.txt and movie_conversations.txt "
+                        "(default: $CORNELL_DIR, else data/cornell)")
+    p.add_argument("--path", type=Path, default=None,
+                   help="the utterances.jsonl (convokit) or query<TAB>response file (tsv)")
+    p.add_argument("--language", default="english", help="chatterbot-corpus language folder (default: english)")
+    p.add_argument("--max-length", type=int, default=MAX_LENGTH,
+                   help=f"keep pairs whose sides have fewer words than this (default: {MAX_LENGTH})")
+    p.add_argument("--min-count", type=int, default=MIN_COUNT,
+                   help=f"trim words seen fewer times than this (default: {MIN_COUNT})")
+    p.add_argument("--heldout-fraction", type=float, default=0.05,
+                   help="share of the kept pairs to hold out for evaluation (default: 0.05)")
+    p.add_argument("--seed", type=int, default=0, help="seed of the held-out split (default: 0)")
+    return p.parse_args(argv)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Load a corpus, prepare it and print the tutorial's counts plus the split sizes."""
+    args = parse_args(argv)
+    logging.basicConfig(level=logging.INFO, stream=sys.stdout, format="%(message)s")
+    path = args.path
+    if args.corpus == "cornell":
+        path = args.cornell_dir or default_cornell_dir()
+    try:
+        pairs = load_corpus(args.corpus, path, args.language)
+    except (OSError, ValueError) as e:
+        logger.error("cannot load the %s corpus: %s", args.corpus, e)
+        return 1
+    _, kept = prepare(pairs, args.max_length, args.min_count, name=args.corpus)
+    train, heldout = split_heldout(kept, args.heldout_fraction, args.seed)
+    logger.info("Split: %d training pairs, %d held out (seed %d)", len(train), len(heldout), args.seed)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
