@@ -1,0 +1,127 @@
+"""Validate a chatbot checkpoint, then pack it with the handler into a TorchServe archive (.mar).
+
+    python archive/build_mar.py                       # newest runs/**/*_checkpoint.tar
+    python archive/build_mar.py --checkpoint runs/x/4000_checkpoint.tar --dry-run
+
+Validation reads the checkpoint exactly as the handler will (read_checkpoint, weights_only=True),
+rebuilds the chatbot and decodes one test reply; any failure is one line on stderr and exit 1.
+The archiver flattens directories given to --extra-files, so the `model` package is staged
+inside a temporary folder and that folder is passed: the archive then holds model/*.py.
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import shlex
+import shutil
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO))  # run as a script from anywhere
+
+from model import CheckpointError, from_checkpoint, read_checkpoint  # noqa: E402
+
+
+class BuildError(Exception):
+    """A problem the user can fix; reported as one line, without a traceback."""
+
+
+def newest_checkpoint(runs: Path) -> Path:
+    """The most recently modified *_checkpoint.tar under `runs`."""
+    found = sorted(runs.glob("**/*_checkpoint.tar"), key=lambda p: p.stat().st_mtime)
+    if not found:
+        raise BuildError(f"no *_checkpoint.tar under {runs}/: train one first (make train-demo) or pass CKPT=...")
+    return found[-1]
+
+
+def validate_checkpoint_file(path: Path) -> str:
+    """Load `path` as the handler does and decode one reply; returns a one-line summary."""
+    if not path.is_file():
+        raise BuildError(f"checkpoint not found: {path}")
+    try:
+        with open(path, "rb") as f:
+            ckpt = read_checkpoint(f)
+        chatbot = from_checkpoint(ckpt)
+        probe = " ".join(ckpt["voc"]["words"][:3])  # words it must know
+        reply = chatbot.reply(probe)
+    except CheckpointError as e:
+        raise BuildError(f"{path}: {e}") from e
+    except Exception as e:  # a checkpoint that loads but cannot decode is just as unusable
+        raise BuildError(f"{path}: the model fails on a test reply: {type(e).__name__}: {e}") from e
+    if reply.error:
+        raise BuildError(f"{path}: the model fails on a test reply: {reply.error}")
+    return f"{path}: ok ({chatbot.voc.num_words} words, iteration {ckpt.get('iteration', '?')})"
+
+
+def stage_model_package(staging: Path) -> Path:
+    """Copy model/*.py into staging/model (no caches) and return staging."""
+    target = staging / "model"
+    target.mkdir(parents=True)
+    for source in sorted((REPO / "model").glob("*.py")):
+        shutil.copy2(source, target / source.name)
+    return staging
+
+
+def archiver_command(args: argparse.Namespace, extra_files: Path) -> list:
+    """The torch-model-archiver command line."""
+    archiver = Path(sys.executable).with_name("torch-model-archiver")
+    if not archiver.exists():
+        archiver = shutil.which("torch-model-archiver")
+        if archiver is None:
+            raise BuildError("torch-model-archiver not found: pip install -r requirements.txt")
+    return [str(archiver), "--model-name", args.model_name, "--version", args.version,
+            "--serialized-file", str(args.checkpoint), "--handler", str(args.handler),
+            "--extra-files", str(extra_files), "--config-file", str(args.config_file),
+            "--export-path", str(args.export_path), "--force"]
+
+
+def build(args: argparse.Namespace) -> Path:
+    """Validate, stage and archive; returns the .mar path."""
+    args.checkpoint = args.checkpoint or newest_checkpoint(args.runs)
+    print(validate_checkpoint_file(args.checkpoint))
+    with tempfile.TemporaryDirectory(prefix="build_mar_") as tmp:
+        command = archiver_command(args, stage_model_package(Path(tmp) / "extra"))
+        print("$ " + shlex.join(command))
+        if args.dry_run:
+            return args.export_path / f"{args.model_name}.mar"
+        args.export_path.mkdir(parents=True, exist_ok=True)
+        # The archiver works in $TMPDIR/<model-name>; a private TMPDIR keeps builds apart.
+        result = subprocess.run(command, env={**os.environ, "TMPDIR": tmp}, capture_output=True, text=True)
+        if result.returncode != 0:
+            raise BuildError(f"torch-model-archiver failed: {(result.stderr or result.stdout).strip()[-500:]}")
+    mar = args.export_path / f"{args.model_name}.mar"
+    print(f"wrote {mar} ({mar.stat().st_size / 1e6:.1f} MB)")
+    return mar
+
+
+def parse_args(argv=None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--checkpoint", type=Path, default=None,
+                        help="checkpoint .tar (default: the newest *_checkpoint.tar under --runs)")
+    parser.add_argument("--runs", type=Path, default=REPO / "runs", help="where to look for checkpoints")
+    parser.add_argument("--model-name", default="seq2seq", help="archive name (archive/<name>.mar)")
+    parser.add_argument("--version", default="1.0", help="model version recorded in the archive")
+    parser.add_argument("--handler", type=Path, default=REPO / "handler" / "seq2seq_handler.py",
+                        help="TorchServe handler module")
+    parser.add_argument("--config-file", type=Path, default=REPO / "handler" / "model-config.yaml",
+                        help="model-config YAML packed into the archive (batching, workers, handler options)")
+    parser.add_argument("--export-path", type=Path, default=REPO / "archive", help="where the .mar goes")
+    parser.add_argument("--dry-run", action="store_true",
+                        help="validate the checkpoint and print the archiver command without running it")
+    return parser.parse_args(argv)
+
+
+def main(argv=None) -> int:
+    try:
+        build(parse_args(argv))
+    except BuildError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,113 @@
+"""Talk to the chatbot served by TorchServe: one question, or a chat loop.
+
+    python client/chat_client.py "hello there"      # one-shot: prints only the reply
+    python client/chat_client.py                    # '> ' prompt, 'Bot: ...' replies; q, quit or Ctrl-D ends
+    TOKEN_AUTH=1 python client/chat_client.py "hi"  # token mode: send the inference key of key_file.json
+
+It behaves like the local chat CLI (python -m train.chat), but asks the server: each text is sent
+as JSON {"text": ...} and answered {"reply": ..., "unknown_words": [...]} (handler/seq2seq_handler.py).
+Dropped unknown words are named on stderr, as the CLI does. Exit status: 0 replied, 1 the server
+rejected the text (one-shot), 2 the server could not be reached.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from pathlib import Path
+
+import requests
+
+QUIT_WORDS = ("q", "quit")  # as in train/chat.py
+
+
+class ServerError(Exception):
+    """The server could not be reached or did not answer as a TorchServe chatbot does."""
+
+
+def report_unknown(words: list[str]) -> None:
+    """Name the dropped unknown words on stderr, exactly as the chat CLI does."""
+    if words:
+        print(f"(unknown words dropped: {', '.join(words)})", file=sys.stderr)
+
+
+def inference_key(key_file: Path) -> str:
+    """The inference key from TorchServe's key_file.json (written where TorchServe was started)."""
+    try:
+        return json.loads(key_file.read_text())["inference"]["key"]
+    except FileNotFoundError:
+        raise ServerError(f"{key_file} not found: token mode needs the key file TorchServe writes "
+                          "in the directory it was started from (make serve TOKEN_AUTH=1)") from None
+    except (ValueError, KeyError, TypeError):
+        raise ServerError(f"{key_file} is not a TorchServe key file (no inference key)") from None
+
+
+def ask(session: requests.Session, url: str, text: str, timeout: float) -> tuple[bool, str, list[str]]:
+    """Send one text: (True, reply, unknown words), or (False, error message, unknown words)."""
+    try:
+        response = session.post(url, json={"text": text}, timeout=timeout)
+    except requests.RequestException as e:
+        raise ServerError(f"cannot reach {url}: {e}") from e
+    try:
+        body = response.json()
+    except ValueError:
+        raise ServerError(f"{url} answered {response.status_code} without JSON: {response.text[:200]}") from None
+    if response.ok:
+        return True, body.get("reply", ""), body.get("unknown_words", [])
+    message = f"{body.get('message', response.text[:200])} ({response.status_code} {body.get('type', 'Error')})"
+    return False, message, body.get("unknown_words", [])
+
+
+def chat(session: requests.Session, url: str, timeout: float) -> int:
+    """The chat CLI's loop: read a line after '> ', print 'Bot: ...', until q, quit or end of input."""
+    while True:
+        print("> ", end="", flush=True)
+        line = sys.stdin.readline()
+        if not line or line.strip() in QUIT_WORDS:
+            return 0
+        ok, message, unknown_words = ask(session, url, line.rstrip("\n"), timeout)
+        report_unknown(unknown_words)
+        if ok:
+            print(f"Bot: {message}", flush=True)
+        else:
+            print(f"Error: {message}", file=sys.stderr)
+
+
+def parse_args(argv=None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("text", nargs="?", help="one question to ask; without it, chat interactively")
+    parser.add_argument("--url", default=os.environ.get("TS_INFERENCE_URL", "http://127.0.0.1:8080"),
+                        help="TorchServe inference address (env TS_INFERENCE_URL)")
+    parser.add_argument("--model", default="my_s2s", help="registered model name")
+    parser.add_argument("--token-auth", action="store_true", default=os.environ.get("TOKEN_AUTH") == "1",
+                        help="send the inference key from --key-file (default on when TOKEN_AUTH=1)")
+    parser.add_argument("--key-file", type=Path, default=Path(os.environ.get("TS_KEY_FILE", "key_file.json")),
+                        help="TorchServe key file for token mode (env TS_KEY_FILE)")
+    parser.add_argument("--timeout", type=float, default=30.0, help="seconds to wait for each reply")
+    return parser.parse_args(argv)
+
+
+def main(argv=None) -> int:
+    args = parse_args(argv)
+    url = f"{args.url.rstrip('/')}/predictions/{args.model}"
+    session = requests.Session()
+    try:
+        if args.token_auth:
+            session.headers["Authorization"] = f"Bearer {inference_key(args.key_file)}"
+        if args.text is None:
+            return chat(session, url, args.timeout)
+        ok, message, unknown_words = ask(session, url, args.text, args.timeout)
+    except ServerError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    report_unknown(unknown_words)
+    if not ok:
+        print(f"error: {message}", file=sys.stderr)
+        return 1
+    print(message)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

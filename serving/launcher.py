@@ -1,0 +1,195 @@
+"""Start and stop a native TorchServe on free loopback ports: used by the tests, benchmarks and soak.
+
+`start_torchserve(workdir, model_store)` is a context manager that always stops the Java process
+and its Python workers, even when startup or the caller fails.
+"""
+from __future__ import annotations
+
+import atexit
+import json
+import os
+import socket
+import subprocess
+import sys
+import time
+from contextlib import contextmanager, suppress
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import psutil
+import requests
+
+REPO = Path(__file__).resolve().parent.parent
+MODEL_NAME = "my_s2s"
+STARTUP_TIMEOUT_S = 120
+STOP_TIMEOUT_S = 30
+
+
+def build_mar(checkpoint: Path, export_path: Path, config_file: Path | None = None) -> Path:
+    """archive/build_mar.py, as `make mar` runs it; returns the .mar path."""
+    command = [sys.executable, str(REPO / "archive" / "build_mar.py"), "--checkpoint", str(checkpoint),
+               "--export-path", str(export_path)]
+    if config_file is not None:
+        command += ["--config-file", str(config_file)]
+    result = subprocess.run(command, capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr
+    return export_path / "seq2seq.mar"
+
+
+def free_ports(count: int) -> list[int]:
+    """`count` distinct ports that are free on 127.0.0.1 right now."""
+    sockets = [socket.socket() for _ in range(count)]
+    try:
+        for s in sockets:
+            s.bind(("127.0.0.1", 0))
+        return [s.getsockname()[1] for s in sockets]
+    finally:
+        for s in sockets:
+            s.close()
+
+
+def read_properties(path: Path) -> dict[str, str]:
+    """key=value lines of a .properties file (comments and blanks skipped)."""
+    props = {}
+    for line in path.read_text().splitlines():
+        if line.strip() and not line.lstrip().startswith("#"):
+            key, _, value = line.partition("=")
+            props[key.strip()] = value.strip()
+    return props
+
+
+@dataclass
+class TorchServe:
+    """A running native TorchServe: its URLs, files and processes."""
+
+    workdir: Path
+    ports: dict[str, int]
+    token_auth: bool
+    process: subprocess.Popen | None = None
+    pids: list[int] = field(default_factory=list)  # launcher, java and workers seen while running
+
+    def url(self, api: str, path: str = "") -> str:
+        """URL on the 'inference', 'management' or 'metrics' port."""
+        return f"http://127.0.0.1:{self.ports[api]}{path}"
+
+    @property
+    def predictions_url(self) -> str:
+        return self.url("inference", f"/predictions/{MODEL_NAME}")
+
+    def keys(self) -> dict:
+        """key_file.json (token mode): {"inference": {"key": ...}, "management": {...}, "API": {...}}."""
+        return json.loads((self.workdir / "key_file.json").read_text())
+
+    def headers(self, api: str) -> dict:
+        """The Authorization header the 'inference' or 'management' API needs ({} without token auth)."""
+        return {"Authorization": f"Bearer {self.keys()[api]['key']}"} if self.token_auth else {}
+
+    def log_tail(self, lines: int = 40) -> str:
+        log = self.workdir / "logs" / "ts_log.log"
+        return "\n".join(log.read_text().splitlines()[-lines:]) if log.exists() else "(no ts_log.log)"
+
+    def remember_pids(self) -> None:
+        """Record the launcher's process tree, so stop() can make sure every one of them is gone."""
+        try:
+            tree = [psutil.Process(self.process.pid)]
+            tree += tree[0].children(recursive=True)
+        except psutil.NoSuchProcess:
+            return
+        self.pids = sorted(set(self.pids) | {p.pid for p in tree})
+
+    def leftover_processes(self) -> list[psutil.Process]:
+        """Processes of this server still running (zombies count as gone)."""
+        alive = []
+        for pid in self.pids:
+            try:
+                p = psutil.Process(pid)
+                if p.status() != psutil.STATUS_ZOMBIE:
+                    alive.append(p)
+            except psutil.NoSuchProcess:
+                pass
+        return alive
+
+    def stop(self) -> None:
+        """SIGTERM to Java (it shuts its workers down), then SIGKILL whatever is left. Idempotent."""
+        if self.process is None:
+            return
+        self.remember_pids()
+        processes = self.leftover_processes()
+        for p in processes:
+            with suppress(psutil.NoSuchProcess):
+                if p.name() == "java":
+                    p.terminate()
+        _, alive = psutil.wait_procs(processes, timeout=STOP_TIMEOUT_S)
+        for p in alive:
+            with suppress(psutil.NoSuchProcess):
+                p.kill()
+        psutil.wait_procs(alive, timeout=10)
+        self.process.wait(timeout=10)
+
+
+def write_config(server: TorchServe, model_store: Path, overrides: dict[str, str]) -> Path:
+    """The repo's config.properties with this server's ports, paths and options."""
+    props = read_properties(REPO / "config.properties")
+    props.update({
+        "inference_address": server.url("inference"),
+        "management_address": server.url("management"),
+        "metrics_address": server.url("metrics"),
+        "model_store": str(model_store),
+        "metrics_config": str(REPO / props["metrics_config"]),
+        "disable_token_authorization": "false" if server.token_auth else "true",
+        # gRPC listens too (7070/7071 by default): free ports, so servers never clash.
+        "grpc_inference_port": str(server.ports["grpc_inference"]),
+        "grpc_management_port": str(server.ports["grpc_management"]),
+        **overrides,
+    })
+    path = server.workdir / "config.properties"
+    path.write_text("".join(f"{key}={value}\n" for key, value in props.items()))
+    return path
+
+
+def launch(server: TorchServe, config: Path) -> None:
+    """Start TorchServe in the foreground (so we own the process) from the server's workdir."""
+    tmp = server.workdir / "tmp"  # pid file, unix sockets and unpacked models: private per server
+    tmp.mkdir()
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}  # workers must import the .mar's model
+    env.update(TMPDIR=str(tmp), TEMP=str(tmp), PATH=f"{Path(sys.executable).parent}{os.pathsep}{env['PATH']}")
+    torchserve = Path(sys.executable).with_name("torchserve")
+    server.process = subprocess.Popen(
+        [str(torchserve), "--start", "--foreground", "--ncs", "--ts-config", str(config)],
+        cwd=server.workdir, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+        start_new_session=True)
+
+
+def wait_until_ready(server: TorchServe, workers: int = 1) -> None:
+    """Poll the management API until `workers` workers of the model are READY."""
+    deadline = time.monotonic() + STARTUP_TIMEOUT_S
+    while time.monotonic() < deadline:
+        server.remember_pids()
+        if server.process.poll() is not None:
+            raise RuntimeError(f"TorchServe exited with {server.process.returncode}:\n{server.log_tail()}")
+        try:
+            reply = requests.get(server.url("management", f"/models/{MODEL_NAME}"),
+                                 headers=server.headers("management"), timeout=5)
+            if reply.ok and sum(w["status"] == "READY" for w in reply.json()[0]["workers"]) >= workers:
+                server.remember_pids()
+                return
+        except (requests.ConnectionError, FileNotFoundError, KeyError):
+            pass  # not listening yet, or the key file is not written yet
+        time.sleep(0.5)
+    raise RuntimeError(f"TorchServe was not ready after {STARTUP_TIMEOUT_S}s:\n{server.log_tail()}")
+
+
+@contextmanager
+def start_torchserve(workdir: Path, model_store: Path, token_auth: bool = False,
+                     config_overrides: dict[str, str] | None = None):
+    """A native TorchServe serving model_store/seq2seq.mar as my_s2s on free ports; always stopped."""
+    workdir.mkdir(parents=True, exist_ok=True)
+    apis = ("inference", "management", "metrics", "grpc_inference", "grpc_management")
+    server = TorchServe(workdir, dict(zip(apis, free_ports(len(apis)))), token_auth)
+    atexit.register(server.stop)  # last resort if pytest itself is interrupted; stop() is idempotent
+    try:
+        launch(server, write_config(server, model_store, config_overrides or {}))
+        wait_until_ready(server)
+        yield server
+    finally:
+        server.stop()

@@ -1,0 +1,90 @@
+"""Shared serving fixtures: a tiny checkpoint, a .mar built from it, real TorchServe on free ports.
+
+Fixtures (any test file can use them):
+  serving_checkpoint   Path of a tiny random-weight checkpoint (vocabulary: TINY_SENTENCES)
+  serving_chatbot      the Chatbot that checkpoint rebuilds: the reference for every reply
+  seq2seq_mar          archive/build_mar.py's .mar for it, in a session model store
+  torchserve           one native TorchServe for the session (token auth off), model "my_s2s"
+  torchserve_factory   start(**options) -> another TorchServe (token_auth=..., model_config={...});
+                       every server it started is stopped at the end of the session
+
+`serving.launcher.start_torchserve(...)` is the context manager behind them: it always stops the Java process and
+its Python workers, even when startup or the test fails.
+"""
+from __future__ import annotations
+
+from contextlib import ExitStack
+from pathlib import Path
+
+import pytest
+import torch
+import yaml
+
+from model import FORMAT, Voc, build_model, default_config, from_checkpoint, read_checkpoint
+from serving.launcher import REPO, TorchServe, build_mar, start_torchserve
+
+TINY_SENTENCES = [
+    "hello there !", "how are you ?", "i am fine .", "what is your name ?", "my name is bot .",
+    "good bye !", "where do you live ?", "i live in a small house .", "do you like music ?",
+    "yes i like it very much .",
+]
+
+
+def make_tiny_checkpoint(path: Path, seed: int = 1) -> Path:
+    """Save a small random-weight checkpoint whose replies differ from input to input."""
+    voc = Voc("tiny")
+    for sentence in TINY_SENTENCES:
+        voc.add_sentence(sentence)
+    config = default_config(hidden_size=32, encoder_n_layers=1, decoder_n_layers=1, dropout=0.0)
+    torch.manual_seed(seed)
+    encoder, decoder = build_model(config, voc.num_words)
+    with torch.no_grad():  # larger weights than the default init make replies depend on the input
+        for p in [*encoder.parameters(), *decoder.parameters()]:
+            p.mul_(3.0)
+    torch.save({"format": FORMAT, "config": config, "voc": voc.to_dict(), "encoder": encoder.state_dict(),
+                "decoder": decoder.state_dict(), "embedding": encoder.embedding.state_dict(),
+                "iteration": 1, "loss": 0.0}, path)
+    return path
+
+
+@pytest.fixture(scope="session")
+def serving_checkpoint(tmp_path_factory) -> Path:
+    return make_tiny_checkpoint(tmp_path_factory.mktemp("ckpt") / "1_checkpoint.tar")
+
+
+@pytest.fixture(scope="session")
+def serving_chatbot(serving_checkpoint):
+    """What the chat CLI and the handler rebuild from the checkpoint: the reference for replies."""
+    with open(serving_checkpoint, "rb") as f:
+        return from_checkpoint(read_checkpoint(f))
+
+
+@pytest.fixture(scope="session")
+def seq2seq_mar(serving_checkpoint, tmp_path_factory) -> Path:
+    return build_mar(serving_checkpoint, tmp_path_factory.mktemp("model-store"))
+
+
+@pytest.fixture(scope="session")
+def torchserve_factory(seq2seq_mar, serving_checkpoint, tmp_path_factory):
+    """start(token_auth=False, model_config=None, **config_overrides) -> a running TorchServe.
+
+    model_config: keys to change in handler/model-config.yaml (e.g. {"batchSize": 16}); the server
+    then gets its own .mar built with them. config_overrides: config.properties keys.
+    """
+    with ExitStack() as servers:
+        def start(token_auth: bool = False, model_config: dict | None = None, **config_overrides) -> TorchServe:
+            workdir = tmp_path_factory.mktemp("torchserve")
+            store = seq2seq_mar.parent
+            if model_config:
+                config = yaml.safe_load((REPO / "handler" / "model-config.yaml").read_text())
+                config.update(model_config)
+                (workdir / "model-config.yaml").write_text(yaml.safe_dump(config))
+                store = build_mar(serving_checkpoint, workdir / "model-store", workdir / "model-config.yaml").parent
+            return servers.enter_context(start_torchserve(workdir, store, token_auth, config_overrides))
+        yield start
+
+
+@pytest.fixture(scope="session")
+def torchserve(torchserve_factory) -> TorchServe:
+    """The session's TorchServe: repo config (token auth off), free ports, the tiny model."""
+    return torchserve_factory()

