@@ -27,6 +27,177 @@ test: install ## Run the test suite (starts and stops its own TorchServe)
 .PHONY: help install test
 
 # ---------------------------------------------------------------- data and training
+# make data [CORNELL_DIR=dir]; make train [CORPUS=cornell DATA_PATH=... ITERS=4000 TRAIN_DEVICE=auto TRAIN_ARGS=...];
+# make chat [CKPT=...]. More knobs: python -m train.main --help.
+CORNELL_DIR ?=
+CORPUS ?= cornell
+DATA_PATH ?= $(if $(filter cornell,$(CORPUS)),$(or $(CORNELL_DIR),data/cornell))
+ITERS ?= 4000
+TRAIN_DEVICE ?= auto
+TRAIN_ARGS ?=
+
+data: ## Put the Cornell corpus in data/cornell (CORNELL_DIR=dir links an existing copy, else downloads)
+	$(PY) train/get_cornell.py $(if $(CORNELL_DIR),--from "$(CORNELL_DIR)")
+
+train: ## Train the tutorial's recipe -> runs/<corpus>/ (CORPUS=cornell DATA_PATH ITERS TRAIN_DEVICE TRAIN_ARGS)
+	$(PY) -m train.main --corpus $(CORPUS) $(if $(DATA_PATH),--data-path "$(DATA_PATH)") \
+	  --iterations $(ITERS) --device $(TRAIN_DEVICE) $(TRAIN_ARGS)
+
+# The bundled chatterbot corpus is small: keep every word (min-count 1). With CORNELL_DIR, the real corpus.
+DEMO_DATA = $(if $(CORNELL_DIR),--corpus cornell --data-path "$(CORNELL_DIR)",--corpus chatterbot --min-count 1)
+
+train-demo: ## Train a small bot (~3 CPU minutes) on the bundled chatterbot corpus, or CORNELL_DIR's -> runs/demo/
+	$(PY) -m train.main $(DEMO_DATA) --hidden-size 256 --iterations 1000 \
+	  --save-every 250 --save-dir runs/demo --device $(TRAIN_DEVICE)
+
+chat: ## Chat with a checkpoint in the terminal (CKPT=path, default: newest runs/*/*_checkpoint.tar)
+	@ckpt="$(CKPT)"; ckpt="$${ckpt:-$$(ls -t runs/*/*_checkpoint.tar 2>/dev/null | head -1)}"; \
+	[ -n "$$ckpt" ] || { echo "error: no checkpoint in runs/: run 'make train-demo' or pass CKPT=path" >&2; exit 1; }; \
+	echo "Chatting with $$ckpt (q or quit ends)"; $(PY) -m train.chat "$$ckpt"
+
+bench-train: ## Time the tutorial's step loop against the fast training path (last line: train_speedup)
+	$(PY) -m train.bench_train $(if $(CORNELL_DIR),--cornell-dir "$(CORNELL_DIR)")
+
+.PHONY: data train train-demo chat bench-train
 
 # ---------------------------------------------------------------- serving
+# make mar [CKPT=...] -> archive/seq2seq.mar; make serve [TOKEN_AUTH=1] (Docker when an engine
+# answers, else native; DOCKER_GPUS= for a host without the NVIDIA runtime); make stop.
+# ping/predict/models send the keys of key_file.json when it exists (token mode).
+CKPT ?=
+TEXT ?= Hello there! How are you?
+TOKEN_AUTH ?= 0
+MODEL_NAME := my_s2s
+INFERENCE_URL := http://127.0.0.1:8080
+MANAGEMENT_URL := http://127.0.0.1:8081
+METRICS_URL := http://127.0.0.1:8082
+KEY_FILE := key_file.json
+TS_TMP := $(CURDIR)/logs/tmp
+comma := ,
+# TorchServe keeps its pid file in $$TMPDIR: a project-local one; PYTHONPATH unset so the workers
+# import the `model` package shipped in the archive.
+TS_ENV := env -u PYTHONPATH TMPDIR=$(TS_TMP) TEMP=$(TS_TMP) PATH=$(CURDIR)/$(VENV)/bin:$$PATH
+TS_CONFIG := $(if $(filter 1,$(TOKEN_AUTH)),logs/token-config.properties,config.properties)
+DOCKER ?= docker
+DOCKER_GPUS ?= --gpus all
+TS_IMAGE := pytorch/torchserve:0.12.0-gpu
+TS_CONTAINER := seq2seq-torchserve
+DOCKER_CONFIG := $(if $(filter 1,$(TOKEN_AUTH)),logs/token-docker-config.properties,docker/config.properties)
+IMAGE ?= seq2seq-torchserve:1.0
 
+# curl option with the key of the "inference" or "management" API, when key_file.json exists
+ts_auth = $$([ -f $(KEY_FILE) ] && echo --oauth2-bearer \
+	$$($(PY) -c 'import json; print(json.load(open("$(KEY_FILE)"))["$(1)"]["key"])'))
+token_hint = $(if $(filter 1,$(TOKEN_AUTH)), --oauth2-bearer INFERENCE_KEY (token mode: keys in $(KEY_FILE)))
+check_mar = [ -f archive/seq2seq.mar ] || { echo "error: archive/seq2seq.mar not found: run 'make mar' first" >&2; exit 1; }
+check_java = java_major=$$(java -version 2>&1 | sed -n 's/.* version "\([0-9]*\).*/\1/p' | head -1); \
+	[ "$${java_major:-0}" -ge 17 ] || { echo "error: native TorchServe needs Java 17+ (found: $${java_major:-none});" \
+	"install it with: sudo apt-get install -y openjdk-17-jre-headless" >&2; exit 1; }
+wait_ready = for i in $$(seq 120); do \
+	  curl -sf $(call ts_auth,management) $(MANAGEMENT_URL)/models/$(MODEL_NAME) 2>/dev/null | grep -q '"READY"' && \
+	  { echo "TorchServe is up: curl $(INFERENCE_URL)/predictions/$(MODEL_NAME) -T hello.txt$(token_hint)"; exit 0; }; \
+	  sleep 1; done; \
+	echo "error: $(MODEL_NAME) not ready after 120 s: see $(1)" >&2; exit 1
+native_serve = $(check_java) && mkdir -p $(TS_TMP) && \
+	$(TS_ENV) torchserve --start --ncs --ts-config $(TS_CONFIG) --model-store archive >logs/torchserve.out 2>&1 && \
+	$(call wait_ready,logs/torchserve.out$(comma) logs/ts_log.log and logs/model_log.log)
+docker_serve = $(DOCKER) rm -f $(TS_CONTAINER) >/dev/null 2>&1; \
+	$(DOCKER) run -d --rm --name $(TS_CONTAINER) $(DOCKER_GPUS) \
+	  -p 127.0.0.1:8080:8080 -p 127.0.0.1:8081:8081 -p 127.0.0.1:8082:8082 \
+	  -v "$(CURDIR)/archive:/home/model-server/model-store:ro" \
+	  -v "$(CURDIR)/$(DOCKER_CONFIG):/home/model-server/config.properties:ro" \
+	  -v "$(CURDIR)/handler/metrics.yaml:/home/model-server/metrics.yaml:ro" \
+	  --entrypoint torchserve $(TS_IMAGE) --start --foreground --ncs --ts-config /home/model-server/config.properties && \
+	$(if $(filter 1,$(TOKEN_AUTH)),$(copy_key_file) &&) \
+	$(call wait_ready,$(DOCKER) logs $(TS_CONTAINER))
+
+copy_key_file = for i in $$(seq 60); do \
+	  $(DOCKER) cp $(TS_CONTAINER):/home/model-server/$(KEY_FILE) $(KEY_FILE) 2>/dev/null && break; sleep 1; done; \
+	[ -f $(KEY_FILE) ] && echo "Token mode: keys copied to $(KEY_FILE)"
+
+mar: ## Validate the checkpoint and build archive/seq2seq.mar (CKPT=path, default: newest runs/**/*_checkpoint.tar)
+	$(PY) archive/build_mar.py $(if $(CKPT),--checkpoint "$(CKPT)")
+
+serve: $(if $(filter 1,$(TOKEN_AUTH)),$(TS_CONFIG) $(DOCKER_CONFIG)) ## Serve the archive: Docker (GPU image) if an engine answers, else native; TOKEN_AUTH=1 for token mode
+	@$(check_mar)
+	@if $(DOCKER) info >/dev/null 2>&1; then \
+	  $(docker_serve); \
+	else \
+	  echo "No container engine answers ('$(DOCKER) info' failed): serving natively instead."; \
+	  $(native_serve); \
+	fi
+
+serve-local: $(if $(filter 1,$(TOKEN_AUTH)),$(TS_CONFIG)) ## Serve the archive with native TorchServe (needs Java 17+); TOKEN_AUTH=1 for token mode
+	@$(check_mar)
+	@$(native_serve)
+
+logs/token-config.properties: config.properties
+	@mkdir -p logs
+	sed 's/^disable_token_authorization=true/disable_token_authorization=false/' $< > $@
+
+logs/token-docker-config.properties: docker/config.properties
+	@mkdir -p logs
+	sed 's/^disable_token_authorization=true/disable_token_authorization=false/' $< > $@
+
+stop: ## Stop TorchServe (container and native) and remove stale pid and key files
+	@$(DOCKER) rm -f $(TS_CONTAINER) >/dev/null 2>&1 && echo "Stopped container $(TS_CONTAINER)." || true
+	@[ ! -d $(TS_TMP) ] || [ ! -x $(VENV)/bin/torchserve ] || $(TS_ENV) torchserve --stop --foreground
+	@rm -f $(TS_TMP)/.model_server.pid $(KEY_FILE)
+
+ping: ## Health check: GET :8080/ping
+	@curl -sS $(call ts_auth,inference) $(INFERENCE_URL)/ping
+
+predict: ## Ask the served bot: make predict TEXT="how are you?"
+	@$(PY) client/chat_client.py --url $(INFERENCE_URL) --model $(MODEL_NAME) \
+	  $$([ -f $(KEY_FILE) ] && echo --token-auth --key-file $(KEY_FILE)) '$(subst ','"'"',$(TEXT))'
+
+models: ## List the models and describe my_s2s (management API, :8081)
+	@curl -sS $(call ts_auth,management) $(MANAGEMENT_URL)/models
+	@curl -sS $(call ts_auth,management) $(MANAGEMENT_URL)/models/$(MODEL_NAME)
+
+metrics: ## Prometheus metrics (:8082): TorchServe's ts_* and the handler's seq2seq_*
+	@curl -sS $(METRICS_URL)/metrics | grep -v '^#'
+
+docker-build: ## Build the deployable image $(IMAGE) from docker/Dockerfile (config + archive baked in)
+	@$(check_mar)
+	DOCKER_BUILDKIT=1 $(DOCKER) build -f docker/Dockerfile -t $(IMAGE) .
+
+.PHONY: mar serve serve-local stop ping predict models metrics docker-build
+
+# ---------------------------------------------------------------- performance
+# make bench-serve [CORNELL_DIR=dir] [BENCH_ARGS="--concurrency 1 16"]: its own native TorchServe per scenario
+# (echo, chatbot batch 1, chatbot batched); ~5 min; docs/benchmarks.md explains the figures.
+# make bench-quant [CKPT=...]: int8 and fp16 against float32 on the checkpoint's held-out pairs.
+BENCH_ARGS ?=
+
+bench-serve: ## Load-test TorchServe, echo vs chatbot at 1-64 clients (last lines: serve_ratio_vs_echo_c16, ...)
+	$(PY) -m bench.serve_bench $(if $(CORNELL_DIR),--cornell-dir "$(CORNELL_DIR)") $(BENCH_ARGS)
+
+bench-quant: ## Quantised vs float32 held-out loss and greedy replies (CKPT=path, default: newest runs/cornell)
+	$(PY) -m bench.quant_quality $(if $(CKPT),--checkpoint "$(CKPT)")
+
+.PHONY: bench-serve bench-quant
+
+# ---------------------------------------------------------------- reliability
+# make soak [SOAK_ARGS="--clients 64 --seconds 60 --checkpoint runs/x/4000_checkpoint.tar"]: not part of
+# `make test`. Its own native TorchServe on free ports; every reply checked; exit 1 on any failure.
+# `python serving/soak.py --help` lists the knobs; docs/SECURITY.md says what the tests prove.
+SOAK_ARGS ?=
+
+soak: ## Long reliability run: 64 clients x 60 s, then a worker SIGKILL under load (SOAK_ARGS=...)
+	$(PY) serving/soak.py $(SOAK_ARGS)
+
+.PHONY: soak
+
+# ---------------------------------------------------------------- demo
+demo: install ## Install, train a small bot, build the archive, serve it natively, ask it hello.txt (server stays up)
+	rm -rf runs/demo
+	$(MAKE) --no-print-directory train-demo
+	$(MAKE) --no-print-directory mar CKPT="$$(ls -t runs/demo/*_checkpoint.tar | head -1)"
+	$(MAKE) --no-print-directory stop
+	$(MAKE) --no-print-directory serve-local
+	@echo '$$ curl http://localhost:8080/predictions/my_s2s -T hello.txt'
+	@curl -sS http://localhost:8080/predictions/my_s2s -T hello.txt
+	@echo "The server is still up: make predict TEXT='how are you?', make models, make metrics; make stop ends it."
+
+.PHONY: demo

@@ -14,6 +14,7 @@ from .voc import SPECIAL_WORDS, Voc
 FORMAT = "seq2seq-chatbot/1"
 CONFIG_KEYS = ("hidden_size", "encoder_n_layers", "decoder_n_layers", "dropout", "attn_model", "max_length")
 REQUIRED_KEYS = ("config", "voc", "encoder", "decoder")
+QUANTIZE_DTYPES = {"int8": torch.qint8, "fp16": torch.float16}  # the `quantize` option's names
 
 
 class CheckpointError(ValueError):
@@ -76,12 +77,14 @@ def validate_checkpoint(ckpt: object) -> None:
             )
 
 
-def from_checkpoint(ckpt: dict, device: torch.device | str = "cpu", quantize: bool = False) -> Chatbot:
+def from_checkpoint(ckpt: dict, device: torch.device | str = "cpu", quantize: bool | str = False) -> Chatbot:
     """Rebuild vocabulary, encoder, decoder and greedy searcher from a checkpoint dict alone.
 
-    quantize=True applies int8 dynamic quantisation to the GRU and Linear layers (CPU only).
+    quantize (CPU only) stores the GRU and Linear weights in fewer bytes: "fp16" (float16
+    weights, float32 maths), True or "int8" (int8 dynamic quantisation); False keeps float32.
     """
     validate_checkpoint(ckpt)
+    weight_dtype = quantize_dtype(quantize)
     voc = Voc.from_dict(ckpt["voc"])
     encoder, decoder = build_model(ckpt["config"], voc.num_words)
     try:
@@ -92,18 +95,31 @@ def from_checkpoint(ckpt: dict, device: torch.device | str = "cpu", quantize: bo
     device = torch.device(device)
     encoder.to(device).eval()
     decoder.to(device).eval()
-    if quantize:
+    if weight_dtype is not None:
         if device.type != "cpu":
-            raise CheckpointError("int8 dynamic quantisation runs on the CPU only")
-        encoder, decoder = quantize_dynamic(encoder), quantize_dynamic(decoder)
+            raise CheckpointError("quantisation (int8 or fp16 weights) runs on the CPU only")
+        encoder, decoder = quantize_dynamic(encoder, weight_dtype), quantize_dynamic(decoder, weight_dtype)
     return Chatbot(voc, encoder, decoder, ckpt["config"]["max_length"], device)
 
 
-def quantize_dynamic(module: nn.Module) -> nn.Module:
-    """int8 weights for GRU and Linear layers: each greedy step reads ~4x fewer bytes.
+def quantize_dtype(quantize: bool | str | None) -> torch.dtype | None:
+    """The weight dtype a `quantize` option names: None (float32), torch.qint8 or torch.float16."""
+    if quantize is None or quantize is False:
+        return None
+    name = "int8" if quantize is True else quantize
+    if name not in QUANTIZE_DTYPES:
+        raise CheckpointError(f"quantize must be false, true, {' or '.join(map(repr, QUANTIZE_DTYPES))}, "
+                              f"not {quantize!r}")
+    return QUANTIZE_DTYPES[name]
 
+
+def quantize_dynamic(module: nn.Module, dtype: torch.dtype = torch.qint8) -> nn.Module:
+    """GRU and Linear layers with int8 (~4x fewer bytes read per greedy step) or float16 (2x) weights.
+
+    int8 also quantises each layer's input with one scale for the whole batch, so a reply can
+    depend on the other texts of its batch; float16 weights keep float32 activations, so it cannot.
     Attention layers stay float: 'concat' attention reads its Linear's weight directly.
     """
     spec = {name for name, m in module.named_modules()
             if isinstance(m, (nn.GRU, nn.Linear)) and ".attn" not in f".{name}"}
-    return torch.ao.quantization.quantize_dynamic(module, spec, dtype=torch.qint8)
+    return torch.ao.quantization.quantize_dynamic(module, spec, dtype=dtype)

@@ -23,8 +23,11 @@ class EncoderRNN(nn.Module):
                 hidden: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
         """input_seq (T, B) padded ids, input_lengths (B,) on the CPU -> outputs (T, B, H), hidden (2L, B, H)."""
         embedded = self.embedding(input_seq)  # (T, B, H)
-        # enforce_sorted=False lets a serving batch come in any order; packing unsorts for us.
-        packed = nn.utils.rnn.pack_padded_sequence(embedded, input_lengths.cpu(), enforce_sorted=False)
+        lengths = input_lengths.cpu()
+        # A serving batch comes in any order (packing then sorts and unsorts for us); training
+        # batches come sorted, which skips the sort index's blocking host-to-GPU copy.
+        is_sorted = bool((lengths[:-1] >= lengths[1:]).all())
+        packed = nn.utils.rnn.pack_padded_sequence(embedded, lengths, enforce_sorted=is_sorted)
         outputs, hidden = self.gru(packed, hidden)
         outputs, _ = nn.utils.rnn.pad_packed_sequence(outputs, total_length=input_seq.size(0))  # (T, B, 2H)
         outputs = outputs[:, :, : self.hidden_size] + outputs[:, :, self.hidden_size:]  # (T, B, H)
@@ -90,15 +93,23 @@ class LuongAttnDecoderRNN(nn.Module):
         self.out = nn.Linear(hidden_size, output_size)
         self.attn = Attn(attn_model, hidden_size)
 
-    def forward(self, input_seq: torch.Tensor, last_hidden: torch.Tensor, encoder_outputs: torch.Tensor,
-                src_mask: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
-        """input_seq (Td, B) ids -> logits (Td, B, V) and hidden (L, B, H). No softmax: callers pick."""
+    def features(self, input_seq: torch.Tensor, last_hidden: torch.Tensor, encoder_outputs: torch.Tensor,
+                 src_mask: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """Everything but the output projection: (Td, B) ids -> features (Td, B, H), hidden (L, B, H).
+
+        Split out so training can project only the real (unpadded) target tokens.
+        """
         embedded = self.embedding_dropout(self.embedding(input_seq))  # (Td, B, H)
         rnn_output, hidden = self.gru(embedded, last_hidden)  # (Td, B, H)
         attn_weights = self.attn(rnn_output, encoder_outputs, src_mask)  # (B, Td, Ts)
         context = torch.bmm(attn_weights, encoder_outputs.transpose(0, 1)).transpose(0, 1)  # (Td, B, H)
-        concat_output = torch.tanh(self.concat(torch.cat((rnn_output, context), dim=2)))
-        return self.out(concat_output), hidden
+        return torch.tanh(self.concat(torch.cat((rnn_output, context), dim=2))), hidden
+
+    def forward(self, input_seq: torch.Tensor, last_hidden: torch.Tensor, encoder_outputs: torch.Tensor,
+                src_mask: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """input_seq (Td, B) ids -> logits (Td, B, V) and hidden (L, B, H). No softmax: callers pick."""
+        features, hidden = self.features(input_seq, last_hidden, encoder_outputs, src_mask)
+        return self.out(features), hidden
 
 
 def source_mask(input_lengths: torch.Tensor, max_len: int, device: torch.device) -> torch.Tensor:

@@ -1,0 +1,92 @@
+"""The chat CLI (python -m train.chat): one-shot and interactive forms, unknown words, broken checkpoints."""
+from __future__ import annotations
+
+import os
+import random
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from model.checkpoint import from_checkpoint
+from train import main as train_main
+
+REPO = Path(__file__).resolve().parent.parent
+WORDS = "hello there how are you fine thanks good morning night".split()
+
+
+@pytest.fixture(scope="module")
+def checkpoint(tmp_path_factory) -> Path:
+    """A briefly trained tiny checkpoint whose vocabulary is WORDS."""
+    folder = tmp_path_factory.mktemp("chat")
+    rng = random.Random(0)
+    lines = [f"{' '.join(rng.choices(WORDS, k=3))}\t{' '.join(rng.choices(WORDS, k=3))}" for _ in range(60)]
+    (folder / "pairs.tsv").write_text("\n".join(lines) + "\n")
+    assert train_main.main(["--corpus", "tsv", "--data-path", str(folder / "pairs.tsv"), "--min-count", "1",
+                            "--hidden-size", "16", "--encoder-layers", "1", "--decoder-layers", "1",
+                            "--batch-size", "8", "--iterations", "10", "--learning-rate", "0.01",
+                            "--device", "cpu", "--save-dir", str(folder)]) == 0
+    return folder / "10_checkpoint.tar"
+
+
+@pytest.fixture(scope="module")
+def bot(checkpoint):
+    return from_checkpoint(torch.load(checkpoint, weights_only=True, map_location="cpu"))
+
+
+def chat(*args: str, stdin: str | None = None) -> subprocess.CompletedProcess:
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    return subprocess.run([sys.executable, "-m", "train.chat", *args], input=stdin, capture_output=True, text=True,
+                          cwd=REPO, env=env, timeout=120)
+
+
+def test_one_shot_prints_the_chatbots_reply(checkpoint, bot):
+    result = chat(str(checkpoint), "--text", "Hello there, how are you")
+    assert result.returncode == 0, result.stderr
+    expected = bot.reply("Hello there, how are you")
+    assert expected.text and not expected.unknown_words
+    assert result.stdout == expected.text + "\n"
+    assert result.stderr == ""
+
+
+def test_one_shot_names_dropped_unknown_words(checkpoint, bot):
+    result = chat(str(checkpoint), "--text", "hello xylophone good quux")
+    assert result.returncode == 0, result.stderr
+    assert result.stdout == bot.reply("hello good").text + "\n"
+    assert "(unknown words dropped: xylophone, quux)" in result.stderr
+
+
+def test_one_shot_with_no_known_word_fails_clearly(checkpoint):
+    result = chat(str(checkpoint), "--text", "xylophone quux")
+    assert result.returncode == 1
+    assert result.stdout == ""
+    assert "none of the words is in the bot's vocabulary" in result.stderr
+    assert "Traceback" not in result.stderr
+
+
+@pytest.mark.parametrize("content", [None, b"not a torch file at all", b"PK\x03\x04truncated zip"])
+def test_missing_or_broken_checkpoint_exits_2_without_traceback(tmp_path, content):
+    path = tmp_path / "broken.tar"
+    if content is not None:
+        path.write_bytes(content)
+    result = chat(str(path), "--text", "hello")
+    assert result.returncode == 2
+    assert result.stderr.startswith("error: ") and str(path) in result.stderr
+    assert "Traceback" not in result.stderr
+    assert result.stdout == ""
+
+
+def test_interactive_replies_until_q(checkpoint, bot):
+    result = chat(str(checkpoint), stdin="hello\ngood morning xylophone\nq\nhow are you\n")
+    assert result.returncode == 0, result.stderr
+    assert result.stdout == f"> Bot: {bot.reply('hello').text}\n> Bot: {bot.reply('good morning').text}\n> "
+    assert "(unknown words dropped: xylophone)" in result.stderr
+
+
+def test_interactive_reports_unusable_input_and_ends_at_end_of_input(checkpoint, bot):
+    result = chat(str(checkpoint), stdin="quux\nfine thanks\n")
+    assert result.returncode == 0, result.stderr
+    assert result.stdout == f"> > Bot: {bot.reply('fine thanks').text}\n> "
+    assert "Error: none of the words is in the bot's vocabulary" in result.stderr

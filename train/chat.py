@@ -1,0 +1,90 @@
+"""Talk to a trained checkpoint: an interactive loop like the tutorial's evaluateInput, or one reply.
+
+    python -m train.chat runs/demo/1000_checkpoint.tar             # '> ' prompt, q or quit ends
+    python -m train.chat runs/demo/1000_checkpoint.tar --text "hello"   # prints only the reply
+
+Unknown words are dropped and named on stderr; input with no known word is an error (exit 1
+in the one-shot form). A missing or broken checkpoint exits with code 2.
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Sequence
+from typing import TextIO
+
+from model.chatbot import Chatbot, Reply
+from model.checkpoint import CheckpointError, from_checkpoint, read_checkpoint
+from train.engine import pick_device
+
+QUIT_WORDS = ("q", "quit")
+EXIT_BAD_INPUT = 1
+EXIT_BAD_CHECKPOINT = 2
+
+
+def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(prog="python -m train.chat", description=__doc__.splitlines()[0])
+    p.add_argument("checkpoint", help="a {iteration}_checkpoint.tar written by train.main")
+    p.add_argument("--text", default=None, help="reply to this one text and exit (no prompt)")
+    p.add_argument("--device", choices=("auto", "cpu", "cuda"), default="cpu", help="where to run the model")
+    return p.parse_args(argv)
+
+
+def load_chatbot(path: str, device: str) -> Chatbot:
+    """read_checkpoint + from_checkpoint; CheckpointError (with the path) for anything unusable."""
+    try:
+        with open(path, "rb") as f:
+            ckpt = read_checkpoint(f)
+    except OSError as e:
+        raise CheckpointError(f"cannot open checkpoint {path}: {e.strerror or e}") from e
+    except CheckpointError as e:
+        raise CheckpointError(f"{path}: {e}") from e
+    return from_checkpoint(ckpt, pick_device(device))
+
+
+def report_unknown(reply: Reply, err: TextIO) -> None:
+    """The shared unknown-word policy: say which words were dropped."""
+    if reply.unknown_words:
+        print(f"(unknown words dropped: {', '.join(reply.unknown_words)})", file=err)
+
+
+def one_shot(bot: Chatbot, text: str) -> int:
+    """Print the reply alone on stdout; exit code 1 for input with no known word."""
+    reply = bot.reply(text)
+    report_unknown(reply, sys.stderr)
+    if reply.error:
+        print(f"error: {reply.error}", file=sys.stderr)
+        return EXIT_BAD_INPUT
+    print(reply.text)
+    return 0
+
+
+def interactive(bot: Chatbot, stdin: TextIO = sys.stdin) -> int:
+    """The tutorial's evaluateInput: read a line after '> ', print 'Bot: ...', until q, quit or end of input."""
+    while True:
+        print("> ", end="", flush=True)
+        line = stdin.readline()
+        if not line or line.strip() in QUIT_WORDS:
+            return 0
+        reply = bot.reply(line)
+        report_unknown(reply, sys.stderr)
+        if reply.error:
+            print(f"Error: {reply.error}", file=sys.stderr)
+        else:
+            print(f"Bot: {reply.text}", flush=True)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = parse_args(argv)
+    try:
+        bot = load_chatbot(args.checkpoint, args.device)
+    except (CheckpointError, RuntimeError) as e:  # RuntimeError: --device cuda without a GPU
+        print(f"error: {e}", file=sys.stderr)
+        return EXIT_BAD_CHECKPOINT
+    if args.text is not None:
+        return one_shot(bot, args.text)
+    return interactive(bot)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

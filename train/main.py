@@ -1,0 +1,371 @@
+"""Train the seq2seq chatbot with the PyTorch chatbot tutorial's recipe; resumable, with held-out evaluation.
+
+    python -m train.main --corpus cornell --data-path data/cornell
+    python -m train.main --resume runs/cornell/2000_checkpoint.tar --iterations 6000
+
+Writes {iteration}_checkpoint.tar every --save-every iterations and at the end, and loss.png
+(train and held-out loss) beside them.
+"""
+from __future__ import annotations
+
+import argparse
+import logging
+import math
+import os
+import random
+import sys
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+import torch
+from tqdm import tqdm
+from tqdm.contrib.logging import logging_redirect_tqdm
+
+from model.checkpoint import FORMAT, CheckpointError, build_model, default_config, from_checkpoint, read_checkpoint
+from model.voc import MAX_LENGTH, MIN_COUNT, Voc
+from train.data import CORPORA, Pair, default_cornell_dir, load_corpus, prepare, random_batches, split_heldout
+from train.engine import (
+    Batch,
+    evaluate,
+    make_batch,
+    make_optimizers,
+    pick_device,
+    prefetch,
+    teacher_forced_loss,
+    train_step,
+)
+
+logger = logging.getLogger(__name__)
+
+# Flags that define the run; on --resume they come from the checkpoint, not the command line.
+# (--data-path and --iterations may be given again: the corpus can move, a run can be extended.)
+RESUMED = ("corpus", "max_length", "min_count", "heldout_fraction", "hidden_size", "encoder_layers",
+           "decoder_layers", "dropout", "attn", "batch_size", "learning_rate", "decoder_learning_ratio", "clip",
+           "teacher_forcing_ratio", "seed")
+DEFAULT_ITERATIONS = 4000
+RESUME_KEYS = ("args", "encoder_optimizer", "decoder_optimizer", "iteration", "history", "rng")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """All knobs, defaulting to the tutorial's recipe."""
+    p = argparse.ArgumentParser(prog="python -m train.main", description=__doc__.splitlines()[0],
+                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    data = p.add_argument_group("data")
+    data.add_argument("--corpus", choices=CORPORA, default="chatterbot",
+                      help="training corpus (chatterbot is bundled and works offline)")
+    data.add_argument("--data-path", default=None,
+                      help="Cornell folder (default $CORNELL_DIR, else data/cornell), convokit utterances.jsonl, "
+                           "or tsv file of query<TAB>response lines")
+    data.add_argument("--max-length", type=int, default=MAX_LENGTH,
+                      help="keep pairs whose sides have fewer words than this; also the reply length limit")
+    data.add_argument("--min-count", type=int, default=MIN_COUNT, help="trim words seen fewer times than this")
+    data.add_argument("--heldout-fraction", type=float, default=0.05,
+                      help="share of pairs held out of training to measure held-out loss")
+    model = p.add_argument_group("model")
+    model.add_argument("--hidden-size", type=int, default=500, help="hidden and embedding size")
+    model.add_argument("--encoder-layers", type=int, default=2, help="encoder GRU layers")
+    model.add_argument("--decoder-layers", type=int, default=2, help="decoder GRU layers")
+    model.add_argument("--dropout", type=float, default=0.1, help="dropout probability")
+    model.add_argument("--attn", choices=("dot", "general", "concat"), default="dot", help="Luong attention score")
+    opt = p.add_argument_group("optimisation")
+    opt.add_argument("--batch-size", type=int, default=64, help="pairs per batch")
+    opt.add_argument("--learning-rate", type=float, default=1e-4, help="Adam learning rate of the encoder")
+    opt.add_argument("--decoder-learning-ratio", type=float, default=5.0,
+                     help="decoder learning rate = learning rate x this")
+    opt.add_argument("--clip", type=float, default=50.0, help="gradient norm clipping threshold (per module)")
+    opt.add_argument("--teacher-forcing-ratio", type=float, default=1.0,
+                     help="chance per batch of teacher forcing (vectorised path); otherwise the decoder feeds "
+                          "itself step by step")
+    opt.add_argument("--iterations", type=int, default=None,
+                     help="total training iterations (batches), counting those before a resume "
+                          "(default: 4000, or the resumed run's total)")
+    opt.add_argument("--seed", type=int, default=0, help="seed of weights, batches, dropout and held-out split")
+    run = p.add_argument_group("run")
+    run.add_argument("--save-dir", default=None,
+                     help="checkpoint folder (default: runs/<corpus>, or the resumed checkpoint's folder)")
+    run.add_argument("--save-every", type=int, default=500, help="checkpoint (and held-out evaluation) interval")
+    run.add_argument("--print-every", type=int, default=100,
+                     help="log the running loss every this many iterations (reading it waits for the device)")
+    run.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto", help="where to train")
+    run.add_argument("--resume", metavar="CKPT", default=None,
+                     help="continue the run saved in this checkpoint where it stopped")
+    run.add_argument("--compile", action="store_true", help="torch.compile the teacher-forced loss")
+    run.add_argument("--dry-run", action="store_true", help="train on one batch, log its loss, save nothing")
+    return p
+
+
+# ---------------------------------------------------------------- state
+
+@dataclass
+class Run:
+    """Everything that changes while training and is saved in a checkpoint."""
+
+    voc: Voc
+    encoder: torch.nn.Module
+    decoder: torch.nn.Module
+    optimizers: list[torch.optim.Optimizer]
+    sampler_rng: random.Random  # draws the batches (data.random_batches)
+    coin_rng: random.Random  # the per-batch teacher forcing coin
+    iteration: int = 0
+    history: list[list[float]] = field(default_factory=list)  # [iteration, train loss, held-out loss]
+    sampler_state: Any = None  # sampler_rng's state right after the last batch trained on
+
+
+def model_config(args: argparse.Namespace) -> dict:
+    """The checkpoint's model config from the command-line flags."""
+    return default_config(hidden_size=args.hidden_size, encoder_n_layers=args.encoder_layers,
+                          decoder_n_layers=args.decoder_layers, dropout=args.dropout,
+                          attn_model=args.attn, max_length=args.max_length)
+
+
+def new_run(args: argparse.Namespace, voc: Voc, device: torch.device) -> Run:
+    """Fresh weights (seeded) and optimisers."""
+    torch.manual_seed(args.seed)
+    encoder, decoder = build_model(model_config(args), voc.num_words)
+    encoder.to(device).train()
+    decoder.to(device).train()
+    optimizers = make_optimizers(encoder, decoder, args.learning_rate, args.decoder_learning_ratio, fused=True)
+    run = Run(voc, encoder, decoder, optimizers, random.Random(args.seed), random.Random(f"coin-{args.seed}"))
+    run.sampler_state = run.sampler_rng.getstate()
+    return run
+
+
+def resume_run(ckpt: dict, args: argparse.Namespace, device: torch.device) -> Run:
+    """The run saved in `ckpt`, rebuilt through from_checkpoint (the path the chat CLI and handler use)."""
+    bot = from_checkpoint(ckpt, device)
+    bot.encoder.train()
+    bot.decoder.train()
+    optimizers = make_optimizers(bot.encoder, bot.decoder, args.learning_rate, args.decoder_learning_ratio,
+                                 fused=True)
+    optimizers[0].load_state_dict(ckpt["encoder_optimizer"])
+    optimizers[1].load_state_dict(ckpt["decoder_optimizer"])
+    rng = ckpt["rng"]
+    run = Run(bot.voc, bot.encoder, bot.decoder, optimizers, random.Random(), random.Random(),
+              iteration=ckpt["iteration"], history=[list(h) for h in ckpt["history"]])
+    run.sampler_rng.setstate(as_random_state(rng["sampler"]))
+    run.coin_rng.setstate(as_random_state(rng["coin"]))
+    run.sampler_state = run.sampler_rng.getstate()
+    torch.set_rng_state(rng["torch"])
+    if device.type == "cuda" and rng.get("cuda") is not None:
+        torch.cuda.set_rng_state(rng["cuda"], device)
+    return run
+
+
+def as_random_state(state: Sequence) -> tuple:
+    """random.Random.getstate() as setstate wants it (tuples), from a saved copy."""
+    version, internal, gauss = state
+    return version, tuple(internal), gauss
+
+
+def to_cpu(obj: Any) -> Any:
+    """A copy of nested dicts/lists/tuples with every tensor moved to the CPU (loadable without a GPU)."""
+    if torch.is_tensor(obj):
+        return obj.detach().cpu()
+    if isinstance(obj, dict):
+        return {k: to_cpu(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return type(obj)(to_cpu(v) for v in obj)
+    return obj
+
+
+def checkpoint_dict(run: Run, args: argparse.Namespace, loss: float, heldout_loss: float,
+                    device: torch.device) -> dict:
+    """The self-describing checkpoint (model/checkpoint.py) plus what --resume needs; plain types only."""
+    rng = {"sampler": run.sampler_state, "coin": run.coin_rng.getstate(), "torch": torch.get_rng_state(),
+           "cuda": torch.cuda.get_rng_state(device) if device.type == "cuda" else None}
+    return to_cpu({
+        "format": FORMAT, "config": model_config(args), "voc": run.voc.to_dict(),
+        "encoder": run.encoder.state_dict(), "decoder": run.decoder.state_dict(),
+        "embedding": run.encoder.embedding.state_dict(),
+        "encoder_optimizer": run.optimizers[0].state_dict(), "decoder_optimizer": run.optimizers[1].state_dict(),
+        "iteration": run.iteration, "loss": loss, "heldout_loss": heldout_loss,
+        "args": stored_args(args), "history": [list(h) for h in run.history], "rng": rng,
+    })
+
+
+def stored_args(args: argparse.Namespace) -> dict:
+    """The command-line arguments as plain values (torch.load(weights_only=True) reads them back)."""
+    return {k: v for k, v in vars(args).items() if v is None or isinstance(v, (bool, int, float, str))}
+
+
+def save_checkpoint(ckpt: dict, save_dir: Path) -> Path:
+    """Write {iteration}_checkpoint.tar atomically (a crash never leaves a half-written checkpoint)."""
+    save_dir.mkdir(parents=True, exist_ok=True)
+    path = save_dir / f"{ckpt['iteration']}_checkpoint.tar"
+    tmp = path.with_name(path.name + ".tmp")
+    torch.save(ckpt, tmp)
+    os.replace(tmp, path)
+    return path
+
+
+def plot_history(history: Sequence[Sequence[float]], path: Path) -> None:
+    """Train and held-out loss against iteration, as a PNG (no display needed)."""
+    from matplotlib.figure import Figure  # Figure alone renders with Agg, no pyplot global state
+
+    fig = Figure(figsize=(7, 4.5))
+    ax = fig.subplots()
+    iterations = [h[0] for h in history]
+    ax.plot(iterations, [h[1] for h in history], marker="o", label="train")
+    ax.plot(iterations, [h[2] for h in history], marker="s", label="held-out")
+    ax.set_xlabel("iteration")
+    ax.set_ylabel("token-mean NLL (perplexity = exp)")
+    ax.grid(alpha=0.3)
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+
+
+# ---------------------------------------------------------------- data
+
+def resolve_data_path(args: argparse.Namespace) -> None:
+    """Fill --data-path for the Cornell default and check one is given where the corpus needs it."""
+    if args.corpus == "cornell" and args.data_path is None:
+        args.data_path = str(default_cornell_dir())
+    if args.corpus in ("convokit", "tsv") and args.data_path is None:
+        raise ValueError(f"--corpus {args.corpus} needs --data-path")
+
+
+def load_data(args: argparse.Namespace) -> tuple[Voc, list[Pair], list[Pair]]:
+    """(vocabulary, training pairs, held-out pairs); the tutorial's counts are logged on the way."""
+    pairs = load_corpus(args.corpus, args.data_path)
+    voc, pairs = prepare(pairs, args.max_length, args.min_count, name=args.corpus)
+    train, heldout = split_heldout(pairs, args.heldout_fraction, args.seed)
+    logger.info("Split: %d training pairs, %d held out", len(train), len(heldout))
+    if not train:
+        raise ValueError("no training pairs are left after preparation (try a lower --min-count)")
+    return voc, train, heldout
+
+
+def apply_resumed_args(args: argparse.Namespace, stored: dict, parser: argparse.ArgumentParser) -> None:
+    """Take the run-defining flags from the checkpoint, warning about any command-line value it overrides."""
+    for key in RESUMED:
+        given = getattr(args, key)
+        if given != parser.get_default(key) and given != stored.get(key):
+            logger.warning("--%s %s ignored: a resumed run keeps its checkpoint's value %s",
+                           key.replace("_", "-"), given, stored.get(key))
+        setattr(args, key, stored.get(key))
+
+
+# ---------------------------------------------------------------- training loop
+
+def numbered_batches(run: Run, pairs: list[Pair], args: argparse.Namespace,
+                     device: torch.device) -> Iterator[tuple[Batch, tuple]]:
+    """(batch on device, sampler state after drawing it) for each remaining iteration."""
+    remaining = max(args.iterations - run.iteration, 0)
+    for batch_pairs in random_batches(pairs, args.batch_size, remaining, run.sampler_rng):
+        state = run.sampler_rng.getstate()
+        yield make_batch(run.voc, batch_pairs, device), state
+
+
+class LossWindow:
+    """Summed token NLL since the last read, kept on the device so adding to it never syncs."""
+
+    def __init__(self, device: torch.device):
+        self.device = device
+        self.reset()
+
+    def reset(self) -> None:
+        self.total = torch.zeros((), device=self.device)
+        self.tokens = 0
+
+    def add(self, nll_sum: torch.Tensor, tokens: int) -> None:
+        self.total += nll_sum
+        self.tokens += tokens
+
+    def read(self) -> float:
+        """Token-mean NLL since the last read (waits for the device), then start again."""
+        loss = self.total.item() / self.tokens if self.tokens else float("nan")
+        self.reset()
+        return loss
+
+
+def train(run: Run, args: argparse.Namespace, pairs: list[Pair], heldout: list[Pair], device: torch.device,
+          save_dir: Path, loss_fn: Callable = teacher_forced_loss) -> None:
+    """Train from run.iteration to args.iterations, logging, evaluating and checkpointing on the way."""
+    if run.iteration >= args.iterations:
+        logger.info("already at iteration %d of %d: nothing to train", run.iteration, args.iterations)
+        return
+    printed, saved = LossWindow(device), LossWindow(device)
+    with logging_redirect_tqdm(), tqdm(total=args.iterations, initial=run.iteration, desc="training",
+                                       unit="it", dynamic_ncols=True, disable=None) as bar:
+        for batch, sampler_state in prefetch(numbered_batches(run, pairs, args, device)):
+            teacher_forcing = run.coin_rng.random() < args.teacher_forcing_ratio
+            nll_sum = train_step(run.encoder, run.decoder, run.optimizers, batch, args.clip, teacher_forcing, loss_fn)
+            printed.add(nll_sum, batch.n_tokens)
+            saved.add(nll_sum, batch.n_tokens)
+            run.iteration += 1
+            run.sampler_state = sampler_state
+            bar.update(1)
+            if args.dry_run:
+                logger.info("dry run: trained on 1 batch, loss %.4f; nothing saved", printed.read())
+                return
+            if run.iteration % args.print_every == 0:
+                loss = printed.read()
+                bar.set_postfix(loss=f"{loss:.4f}")
+                logger.info("iteration %d: loss %.4f (perplexity %.1f)", run.iteration, loss, safe_exp(loss))
+            if run.iteration % args.save_every == 0 or run.iteration == args.iterations:
+                checkpoint(run, args, saved.read(), heldout, device, save_dir)
+
+
+def checkpoint(run: Run, args: argparse.Namespace, train_loss: float, heldout: list[Pair], device: torch.device,
+               save_dir: Path) -> None:
+    """Evaluate on the held-out pairs, save the checkpoint, redraw the loss curve."""
+    heldout_loss = evaluate(run.encoder, run.decoder, run.voc, heldout, args.batch_size, device)
+    run.history.append([run.iteration, train_loss, heldout_loss])
+    path = save_checkpoint(checkpoint_dict(run, args, train_loss, heldout_loss, device), save_dir)
+    plot_history(run.history, save_dir / "loss.png")
+    logger.info("iteration %d: train loss %.4f (perplexity %.1f), held-out loss %.4f (perplexity %.1f); saved %s",
+                run.iteration, train_loss, safe_exp(train_loss), heldout_loss, safe_exp(heldout_loss), path)
+
+
+def safe_exp(x: float) -> float:
+    return math.exp(min(x, 700.0)) if x == x else float("nan")
+
+
+# ---------------------------------------------------------------- CLI
+
+def setup(args: argparse.Namespace, parser: argparse.ArgumentParser, device: torch.device):
+    """(run, training pairs, held-out pairs, save folder) for a fresh or a resumed run."""
+    if args.resume is None:
+        args.iterations = args.iterations or DEFAULT_ITERATIONS
+        resolve_data_path(args)
+        voc, pairs, heldout = load_data(args)
+        return new_run(args, voc, device), pairs, heldout, Path(args.save_dir or Path("runs") / args.corpus)
+    with open(args.resume, "rb") as f:
+        ckpt = read_checkpoint(f)
+    missing = [k for k in RESUME_KEYS if k not in ckpt]
+    if missing:
+        raise CheckpointError(f"{args.resume} holds a model but no training state to resume ({', '.join(missing)})")
+    apply_resumed_args(args, ckpt["args"], parser)
+    args.iterations = args.iterations or ckpt["args"]["iterations"]
+    args.data_path = args.data_path or ckpt["args"]["data_path"]
+    voc, pairs, heldout = load_data(args)
+    if voc.to_dict()["words"] != ckpt["voc"]["words"]:
+        raise ValueError(f"the {args.corpus} corpus at {args.data_path} no longer gives the checkpoint's vocabulary")
+    logger.info("resuming from %s at iteration %d", args.resume, ckpt["iteration"])
+    return resume_run(ckpt, args, device), pairs, heldout, Path(args.save_dir or Path(args.resume).parent)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    try:
+        device = pick_device(args.device)
+        run, pairs, heldout, save_dir = setup(args, parser, device)
+    except (OSError, ValueError, RuntimeError) as e:  # CheckpointError is a ValueError
+        hint = " (run `make data` to fetch the Cornell corpus, or pass --data-path)" \
+            if isinstance(e, FileNotFoundError) and args.corpus == "cornell" else ""
+        logger.error("%s%s", e, hint)
+        return 2
+    loss_fn = torch.compile(teacher_forced_loss, dynamic=True) if args.compile else teacher_forced_loss
+    logger.info("training on %s: %d pairs (%d held out), vocabulary %d, iterations %d -> %d, saving to %s",
+                device, len(pairs), len(heldout), run.voc.num_words, run.iteration, args.iterations, save_dir)
+    train(run, args, pairs, heldout, device, save_dir, loss_fn)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
