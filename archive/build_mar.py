@@ -7,6 +7,8 @@ Validation reads the checkpoint exactly as the handler will (read_checkpoint, we
 rebuilds the chatbot and decodes one test reply; any failure is one line on stderr and exit 1.
 The archiver flattens directories given to --extra-files, so the `model` package is staged
 inside a temporary folder and that folder is passed: the archive then holds model/*.py.
+Only what serving needs is archived: the optimiser states (about two thirds of a training
+checkpoint) stay out of the .mar.
 """
 from __future__ import annotations
 
@@ -22,7 +24,11 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))  # run as a script from anywhere
 
+import torch  # noqa: E402
+
 from model import CheckpointError, from_checkpoint, read_checkpoint  # noqa: E402
+
+SERVING_KEYS = ("format", "config", "voc", "encoder", "decoder", "iteration", "loss", "heldout_loss")
 
 
 class BuildError(Exception):
@@ -37,8 +43,8 @@ def newest_checkpoint(runs: Path) -> Path:
     return found[-1]
 
 
-def validate_checkpoint_file(path: Path) -> str:
-    """Load `path` as the handler does and decode one reply; returns a one-line summary."""
+def validate_checkpoint_file(path: Path) -> tuple[dict, str]:
+    """Load `path` as the handler does and decode one reply; returns it and a one-line summary."""
     if not path.is_file():
         raise BuildError(f"checkpoint not found: {path}")
     try:
@@ -53,7 +59,15 @@ def validate_checkpoint_file(path: Path) -> str:
         raise BuildError(f"{path}: the model fails on a test reply: {type(e).__name__}: {e}") from e
     if reply.error:
         raise BuildError(f"{path}: the model fails on a test reply: {reply.error}")
-    return f"{path}: ok ({chatbot.voc.num_words} words, iteration {ckpt.get('iteration', '?')})"
+    return ckpt, f"{path}: ok ({chatbot.voc.num_words} words, iteration {ckpt.get('iteration', '?')})"
+
+
+def serving_checkpoint(ckpt: dict, name: str, staging: Path) -> Path:
+    """staging/name: the checkpoint without optimiser states, which serving never reads."""
+    staging.mkdir(parents=True, exist_ok=True)
+    path = staging / name
+    torch.save({key: ckpt[key] for key in SERVING_KEYS if key in ckpt}, path)
+    return path
 
 
 def stage_model_package(staging: Path) -> Path:
@@ -65,15 +79,15 @@ def stage_model_package(staging: Path) -> Path:
     return staging
 
 
-def archiver_command(args: argparse.Namespace, extra_files: Path) -> list:
-    """The torch-model-archiver command line."""
+def archiver_command(args: argparse.Namespace, extra_files: Path, serialized_file: Path | None = None) -> list:
+    """The torch-model-archiver command line (serialized_file defaults to args.checkpoint)."""
     archiver = Path(sys.executable).with_name("torch-model-archiver")
     if not archiver.exists():
         archiver = shutil.which("torch-model-archiver")
         if archiver is None:
             raise BuildError("torch-model-archiver not found: pip install -r requirements.txt")
     return [str(archiver), "--model-name", args.model_name, "--version", args.version,
-            "--serialized-file", str(args.checkpoint), "--handler", str(args.handler),
+            "--serialized-file", str(serialized_file or args.checkpoint), "--handler", str(args.handler),
             "--extra-files", str(extra_files), "--config-file", str(args.config_file),
             "--export-path", str(args.export_path), "--force"]
 
@@ -81,9 +95,11 @@ def archiver_command(args: argparse.Namespace, extra_files: Path) -> list:
 def build(args: argparse.Namespace) -> Path:
     """Validate, stage and archive; returns the .mar path."""
     args.checkpoint = args.checkpoint or newest_checkpoint(args.runs)
-    print(validate_checkpoint_file(args.checkpoint))
+    ckpt, summary = validate_checkpoint_file(args.checkpoint)
+    print(summary)
     with tempfile.TemporaryDirectory(prefix="build_mar_") as tmp:
-        command = archiver_command(args, stage_model_package(Path(tmp) / "extra"))
+        slim = serving_checkpoint(ckpt, args.checkpoint.name, Path(tmp) / "checkpoint")
+        command = archiver_command(args, stage_model_package(Path(tmp) / "extra"), slim)
         print("$ " + shlex.join(command))
         if args.dry_run:
             return args.export_path / f"{args.model_name}.mar"

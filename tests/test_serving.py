@@ -59,6 +59,19 @@ def test_archive_holds_handler_config_checkpoint_and_model_package(seq2seq_mar):
                         "serializedFile": "1_checkpoint.tar", "configFile": "model-config.yaml"}
 
 
+def test_archive_leaves_the_optimiser_states_out(tmp_path, serving_checkpoint):
+    ckpt = torch.load(serving_checkpoint, weights_only=True)
+    ckpt["encoder_optimizer"] = {"state": {0: {"exp_avg": torch.zeros(1000)}}, "param_groups": []}
+    torch.save(ckpt, tmp_path / "5_checkpoint.tar")
+    result = run(sys.executable, BUILD_MAR, "--checkpoint", tmp_path / "5_checkpoint.tar", "--export-path", tmp_path)
+    assert result.returncode == 0, result.stderr
+    with zipfile.ZipFile(tmp_path / "seq2seq.mar") as archive:
+        archive.extract("5_checkpoint.tar", tmp_path / "unpacked")
+    archived = torch.load(tmp_path / "unpacked" / "5_checkpoint.tar", weights_only=True)
+    assert "encoder_optimizer" not in archived
+    assert torch.equal(archived["decoder"]["out.weight"], ckpt["decoder"]["out.weight"])
+
+
 def write_broken(kind: str, path: Path, good: Path) -> Path:
     if kind == "garbage":
         path.write_bytes(b"not a checkpoint at all")
@@ -87,7 +100,7 @@ def test_build_mar_defaults_to_the_newest_checkpoint_under_runs(tmp_path, servin
         os.utime(path, (1_700_000_000 + i * 100, 1_700_000_000 + i * 100))
     result = run(sys.executable, BUILD_MAR, "--runs", tmp_path / "runs", "--dry-run")
     assert result.returncode == 0, result.stderr
-    assert f"--serialized-file {newer}" in result.stdout
+    assert f"{newer}: ok" in result.stdout
 
 
 def test_build_mar_without_any_checkpoint_says_what_to_do(tmp_path):
