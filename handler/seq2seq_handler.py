@@ -48,7 +48,7 @@ if _HERE not in sys.path:
     sys.path.insert(0, _HERE)
 
 import model  # noqa: E402
-from model import from_checkpoint, read_checkpoint  # noqa: E402
+from model import CheckpointError, from_checkpoint, read_checkpoint  # noqa: E402
 
 logger = logging.getLogger(__name__)
 
@@ -73,6 +73,11 @@ METRICS = {
 def request_error(code: int, kind: str, message: str, unknown_words: list[str] | None = None) -> dict:
     """The JSON error body for one rejected request."""
     return {"code": code, "type": kind, "message": message, "unknown_words": list(unknown_words or [])}
+
+
+def one_line(text: str) -> str:
+    """`text` as one printable log line: torch's messages hold newlines and terminal escapes."""
+    return "".join(c for c in " ".join(text.split()) if c.isprintable())
 
 
 def media_type(value: str | None) -> str:
@@ -159,14 +164,25 @@ class Seq2seqHandler(BaseHandler):
         gpu_id = properties.get("gpu_id")
         use_gpu = torch.cuda.is_available() and gpu_id is not None
         self.device = torch.device(f"cuda:{gpu_id}" if use_gpu else "cpu")
-        quantize = bool(options.get("quantize", False))
+        quantize = options.get("quantize", False)
         if quantize and use_gpu:
-            logger.warning("quantize: true is ignored on the GPU (int8 dynamic quantisation is CPU-only)")
+            logger.warning("quantize: %s is ignored on the GPU (quantisation is CPU-only)", quantize)
             quantize = False
+        threads = int(options.get("threads", 0))
+        if threads > 0 and not use_gpu:  # TorchServe leaves torch at one thread per core in every worker
+            torch.set_num_threads(threads)
         self.max_chars = int(options.get("max_chars", DEFAULT_MAX_CHARS))
         self.model_pt_path = os.path.join(properties["model_dir"], self.manifest["model"]["serializedFile"])
-        with open(self.model_pt_path, "rb") as f:
-            self.chatbot = from_checkpoint(read_checkpoint(f), device=self.device, quantize=quantize)
+        try:
+            with open(self.model_pt_path, "rb") as f:
+                self.chatbot = from_checkpoint(read_checkpoint(f), device=self.device, quantize=quantize)
+        except (OSError, CheckpointError) as e:
+            # One clear line per try: TorchServe retries a failed worker with back-off until the
+            # model-config's maxRetryTimeoutInSec, and its own log only says "Backend worker process died".
+            logger.error("cannot load the chatbot from %s: %s: %s (rebuild the archive with `make mar`, "
+                         "which validates the checkpoint)", os.path.basename(self.model_pt_path), type(e).__name__,
+                         one_line(str(e)))
+            raise
         self.initialized = True
         logger.info("seq2seq chatbot loaded from %s on %s (quantize=%s, %d words, max %d chars, model package %s)",
                     os.path.basename(self.model_pt_path), self.device, quantize,

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import pickle
+import re
 from typing import IO
 
 import torch
@@ -46,12 +47,18 @@ def read_checkpoint(f: IO[bytes]) -> dict:
     except pickle.UnpicklingError as e:
         raise CheckpointError(
             "refused to load: the file holds Python objects, not just tensors and plain data "
-            f"(weights_only=True). Only load checkpoints written by train/main.py. Detail: {str(e)[:200]}"
+            f"(weights_only=True). Only load checkpoints written by train/main.py. Detail: {one_line(e, 200)}"
         ) from e
     except Exception as e:  # garbage bytes raise anything from EOFError to KeyError
-        raise CheckpointError(f"not a readable checkpoint (truncated or not a torch file): {str(e)[:200]}") from e
+        raise CheckpointError(f"not a readable checkpoint (truncated or not a torch file): {one_line(e, 200)}") from e
     validate_checkpoint(ckpt)
     return ckpt
+
+
+def one_line(error: Exception, limit: int) -> str:
+    """An exception's message on one line, without terminal colour codes, cut to `limit` characters."""
+    text = re.sub(r"\x1b\[[0-9;]*m", "", str(error))
+    return " ".join(text.split())[:limit]
 
 
 def validate_checkpoint(ckpt: object) -> None:
@@ -91,7 +98,7 @@ def from_checkpoint(ckpt: dict, device: torch.device | str = "cpu", quantize: bo
         encoder.load_state_dict(ckpt["encoder"])
         decoder.load_state_dict(ckpt["decoder"])
     except RuntimeError as e:
-        raise CheckpointError(f"weights do not fit the model config: {str(e)[:300]}") from e
+        raise CheckpointError(f"weights do not fit the model config: {one_line(e, 300)}") from e
     device = torch.device(device)
     encoder.to(device).eval()
     decoder.to(device).eval()

@@ -173,23 +173,27 @@ def wait_until_ready(server: TorchServe, workers: int = 1) -> None:
             if reply.ok and sum(w["status"] == "READY" for w in reply.json()[0]["workers"]) >= workers:
                 server.remember_pids()
                 return
-        except (requests.ConnectionError, FileNotFoundError, KeyError):
-            pass  # not listening yet, or the key file is not written yet
+        except (requests.ConnectionError, FileNotFoundError, KeyError, ValueError):
+            pass  # not listening yet, or the key file is not (fully) written yet
         time.sleep(0.5)
     raise RuntimeError(f"TorchServe was not ready after {STARTUP_TIMEOUT_S}s:\n{server.log_tail()}")
 
 
 @contextmanager
 def start_torchserve(workdir: Path, model_store: Path, token_auth: bool = False,
-                     config_overrides: dict[str, str] | None = None):
-    """A native TorchServe serving model_store/seq2seq.mar as my_s2s on free ports; always stopped."""
+                     config_overrides: dict[str, str] | None = None, ready_workers: int = 1):
+    """A native TorchServe serving model_store/seq2seq.mar as my_s2s on free ports; always stopped.
+
+    ready_workers: READY workers to wait for; 0 returns once the model is registered (a model whose
+    workers fail to load never gets one).
+    """
     workdir.mkdir(parents=True, exist_ok=True)
     apis = ("inference", "management", "metrics", "grpc_inference", "grpc_management")
     server = TorchServe(workdir, dict(zip(apis, free_ports(len(apis)))), token_auth)
     atexit.register(server.stop)  # last resort if pytest itself is interrupted; stop() is idempotent
     try:
         launch(server, write_config(server, model_store, config_overrides or {}))
-        wait_until_ready(server)
+        wait_until_ready(server, ready_workers)
         yield server
     finally:
         server.stop()

@@ -1,0 +1,366 @@
+"""Reliability soak against a real native TorchServe: sustained load, then a model worker killed mid-load.
+
+    python serving/soak.py                                  # make soak: 64 clients x 60 s, kill under 16 x 30 s
+    python serving/soak.py --clients 16 --seconds 10 --kill-seconds 10
+    python serving/soak.py --bad-input-table                # docs/SECURITY.md's bad-input table, as served
+
+The server serves the archive that archive/build_mar.py builds from --checkpoint, on free loopback
+ports (serving/launcher.py), so it never clashes with a server of yours on 8080. Every answer is checked
+against Chatbot.reply for its input (the chat CLI's reply, with the model-config's `quantize` option): a
+request counts as an error when its status is wrong or no answer came, and as a mismatch when the status
+is right but the body is not.
+Exit status 0 when the load phase had no error or mismatch and the worker-kill phase recovered in time.
+
+The tests (tests/test_reliability.py) run the same functions for a few seconds.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import random
+import sys
+import tempfile
+import threading
+import time
+from collections import Counter
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import suppress
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import psutil
+import requests
+import yaml
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # run as a script from anywhere
+
+from model import Chatbot, from_checkpoint, read_checkpoint  # noqa: E402
+from model.voc import SPECIAL_WORDS  # noqa: E402
+from serving.launcher import REPO, TorchServe, build_mar, read_properties, start_torchserve  # noqa: E402
+
+RESPONSE_TIMEOUT_S = 30  # handler/model-config.yaml responseTimeout: TorchServe restarts a worker stuck longer
+CLIENT_TIMEOUT_S = RESPONSE_TIMEOUT_S + 5  # a request that waits longer than this counts as hung
+RECOVERY_LIMIT_S = 30  # the service must answer correctly again this soon after a worker is killed
+MAX_REQUEST_SIZE = int(read_properties(REPO / "config.properties")["max_request_size"])
+TEXT = {"Content-Type": "text/plain"}
+JSON_TYPE = "application/json"
+UNKNOWN_WORD = "zorblax"
+
+
+@dataclass(frozen=True)
+class Case:
+    """One request and the answer it must get.
+
+    status 200: `reply` is the reply text (Chatbot.reply of the input). 4xx: `kind` is the error type in
+    the handler's JSON body, or None for a rejection by TorchServe's frontend, which has no body.
+    """
+
+    name: str
+    request: dict  # requests.post keyword arguments: data/json/files/headers
+    status: int = 200
+    reply: str = ""
+    kind: str | None = ""
+
+
+@dataclass(frozen=True)
+class Result:
+    """What one request got."""
+
+    case: Case
+    start: float  # time.monotonic()
+    end: float
+    status: int | str  # the HTTP status, or the exception's name when no response came
+    body: str
+    correct: bool  # status and body are what the case expects
+
+    @property
+    def seconds(self) -> float:
+        return self.end - self.start
+
+
+def is_correct(case: Case, response: requests.Response) -> bool:
+    """Whether `response` is the answer `case` must get."""
+    if response.status_code != case.status:
+        return False
+    if case.status == 200:
+        if response.headers.get("Content-Type", "").startswith(JSON_TYPE):
+            return response.json().get("reply") == case.reply
+        return response.text == case.reply + "\n"
+    if case.kind is None:  # refused by the frontend before any handler saw it
+        return response.content == b""
+    try:
+        return response.json().get("type") == case.kind
+    except ValueError:
+        return False
+
+
+def send(session: requests.Session, url: str, case: Case, timeout: float = CLIENT_TIMEOUT_S) -> Result:
+    """POST one case and judge the answer; a connection error or timeout is a Result too."""
+    start = time.monotonic()
+    try:
+        response = session.post(url, timeout=timeout, **case.request)
+    except requests.RequestException as e:
+        return Result(case, start, time.monotonic(), type(e).__name__, str(e)[:200], False)
+    return Result(case, start, time.monotonic(), response.status_code, response.text[:1000],
+                  is_correct(case, response))
+
+
+def vocabulary_texts(chatbot: Chatbot, count: int, seed: int = 0) -> list[str]:
+    """`count` different texts of 1-6 known words; every third one has an unknown word too."""
+    words = [chatbot.voc.index2word[i] for i in range(len(SPECIAL_WORDS), chatbot.voc.num_words)]
+    rng = random.Random(seed)
+    texts: list[str] = []
+    while len(texts) < count:
+        text = " ".join(rng.choice(words) for _ in range(rng.randint(1, 6)))
+        if len(texts) % 3 == 2:
+            text += f" {UNKNOWN_WORD}"
+        if text not in texts:
+            texts.append(text)
+    return texts
+
+
+def load_cases(chatbot: Chatbot, count: int = 24) -> list[Case]:
+    """The load mix: raw-text and JSON requests with their reference replies, and a few bad requests."""
+    cases = []
+    for i, text in enumerate(vocabulary_texts(chatbot, count)):
+        request = {"json": {"text": text}} if i % 2 else {"data": text.encode(), "headers": TEXT}
+        cases.append(Case(f"text {i}", request, reply=chatbot.reply(text).text))
+    cases += [
+        Case("unknown words only", {"data": f"{UNKNOWN_WORD} quuxly".encode(), "headers": TEXT}, 422,
+             kind="NoKnownWords"),
+        Case("empty JSON text", {"json": {"text": " "}}, 400, kind="EmptyInput"),
+        Case("too long", {"data": b"a " * 600, "headers": TEXT}, 413, kind="InputTooLong"),
+    ]
+    return cases
+
+
+def run_load(url: str, cases: list[Case], clients: int, seconds: float) -> list[Result]:
+    """`clients` threads with keep-alive sessions cycle through `cases` (each from its own offset) for `seconds`."""
+    deadline = time.monotonic() + seconds
+
+    def client(offset: int) -> list[Result]:
+        session, results = requests.Session(), []
+        while time.monotonic() < deadline:
+            results.append(send(session, url, cases[(offset + len(results)) % len(cases)]))
+        return results
+
+    with ThreadPoolExecutor(clients) as pool:
+        return [result for results in pool.map(client, range(clients)) for result in results]
+
+
+def summarize(results: list[Result]) -> dict:
+    """Counts of a load run: requests, errors (wrong status, or no answer), mismatches (right status, wrong body)."""
+    if not results:
+        return {"requests": 0, "errors": 0, "mismatches": 0}
+    errors = [r for r in results if r.status != r.case.status]
+    mismatches = [r for r in results if r.status == r.case.status and not r.correct]
+    seconds = sorted(r.seconds for r in results)
+    span = max(r.end for r in results) - min(r.start for r in results)
+    return {
+        "requests": len(results),
+        "errors": len(errors),
+        "mismatches": len(mismatches),
+        "error_statuses": dict(Counter(str(r.status) for r in errors)),
+        "p50_ms": round(1000 * seconds[len(seconds) // 2], 1),
+        "max_ms": round(1000 * seconds[-1], 1),
+        "requests_per_s": round(len(results) / span, 1),
+    }
+
+
+def java_process(server: TorchServe) -> psutil.Process:
+    """The TorchServe frontend (Java) of a server started by serving.launcher."""
+    return next(p for p in psutil.Process(server.process.pid).children(recursive=True) if p.name() == "java")
+
+
+def worker_processes(server: TorchServe) -> list[psutil.Process]:
+    """The Python model workers the frontend started (one that exits meanwhile is left out)."""
+    workers = []
+    for child in java_process(server).children():
+        with suppress(psutil.Error):
+            if "model_service_worker" in " ".join(child.cmdline()):
+                workers.append(child)
+    return workers
+
+
+@dataclass
+class KillReport:
+    """What a worker SIGKILL in the middle of a load did."""
+
+    killed_pids: list[int] = field(default_factory=list)
+    killed_at: float = 0.0  # time.monotonic()
+    results: list[Result] = field(default_factory=list)
+
+    @property
+    def failed(self) -> list[Result]:
+        return [r for r in self.results if not r.correct]
+
+    @property
+    def recovery_s(self) -> float | None:
+        """From the kill to the first correct answer to a request sent after it (None: never)."""
+        ends = [r.end for r in self.results if r.correct and r.start > self.killed_at]
+        return min(ends) - self.killed_at if ends else None
+
+    def summary(self) -> dict:
+        failed = self.failed
+        return {
+            "requests": len(self.results),
+            "failed": len(failed),
+            "failed_statuses": dict(Counter(str(r.status) for r in failed)),
+            "failed_bodies": sorted({r.body.replace("\n", " ")[:80] for r in failed}),
+            "unanswered": sum(not isinstance(r.status, int) for r in failed),
+            "recovery_s": None if self.recovery_s is None else round(self.recovery_s, 2),
+            "max_latency_s": round(max(r.seconds for r in self.results), 2) if self.results else None,
+        }
+
+
+def kill_worker_during_load(server: TorchServe, cases: list[Case], clients: int, seconds: float,
+                            kill_after: float) -> KillReport:
+    """Run a load and SIGKILL every model worker `kill_after` seconds into it."""
+    report = KillReport()
+
+    def kill() -> None:
+        workers = worker_processes(server)
+        report.killed_at = time.monotonic()
+        for worker in workers:
+            worker.kill()
+        report.killed_pids = [w.pid for w in workers]
+
+    timer = threading.Timer(kill_after, kill)
+    timer.start()
+    try:
+        report.results = run_load(server.predictions_url, cases, clients, seconds)
+    finally:
+        timer.cancel()
+    return report
+
+
+def bad_input_cases(chatbot: Chatbot) -> list[Case]:
+    """docs/SECURITY.md's bad-input table: each bad input, raw and as JSON, with the answer it must get."""
+    over_limit = b"a" * (MAX_REQUEST_SIZE + 1)
+    emoji = "hello 😀 你好 there !"
+    form = "application/x-www-form-urlencoded"
+    return [
+        Case("raw: empty body", {"data": b""}, 400, kind="EmptyInput"),
+        Case("JSON: empty body", {"data": b"", "headers": {"Content-Type": JSON_TYPE}}, 400, kind="MalformedJSON"),
+        Case("raw: whitespace only", {"data": b" \t\n ", "headers": TEXT}, 400, kind="EmptyInput"),
+        Case("JSON: whitespace-only text", {"json": {"text": " \t\n "}}, 400, kind="EmptyInput"),
+        Case("raw: 64 NUL bytes", {"data": b"\0" * 64, "headers": TEXT}, 422, kind="NoKnownWords"),
+        Case("JSON: text of NUL characters", {"json": {"text": "\0" * 64}}, 422, kind="NoKnownWords"),
+        Case("raw: not UTF-8", {"data": b"hello \xff\xfe there", "headers": TEXT}, 400, kind="InvalidEncoding"),
+        Case("JSON: not UTF-8", {"data": b'{"text": "hello \xff"}', "headers": {"Content-Type": JSON_TYPE}},
+             400, kind="InvalidEncoding"),
+        Case("raw: emoji and Chinese", {"data": emoji.encode(), "headers": TEXT}, reply=chatbot.reply(emoji).text),
+        Case("JSON: emoji and Chinese", {"json": {"text": emoji}}, reply=chatbot.reply(emoji).text),
+        Case("raw: a 10,000-word line", {"data": b"hello " * 10_000, "headers": TEXT}, 413, kind="InputTooLong"),
+        Case("JSON: a 10,000-word text", {"json": {"text": "hello " * 10_000}}, 413, kind="InputTooLong"),
+        Case(f"raw: {len(over_limit):,} bytes (max_request_size + 1)", {"data": over_limit, "headers": TEXT},
+             413, kind=None),
+        Case(f"JSON: over {MAX_REQUEST_SIZE:,} bytes", {"json": {"text": over_limit.decode()}}, 413, kind=None),
+        Case("JSON: malformed", {"data": b'{"text": "hello', "headers": {"Content-Type": JSON_TYPE}},
+             400, kind="MalformedJSON"),
+        Case("JSON: no text field", {"json": {"message": "hello"}}, 400, kind="MissingText"),
+        Case("JSON: text null", {"json": {"text": None}}, 400, kind="MissingText"),
+        Case("JSON: text a number", {"json": {"text": 42}}, 400, kind="MissingText"),
+        Case("JSON: text a list", {"json": {"text": ["hello"]}}, 400, kind="MissingText"),
+        Case("JSON: a string, not an object", {"json": "hello there"}, 400, kind="MissingText"),
+        Case("raw: only unknown words", {"data": b"zorblax quuxly", "headers": TEXT}, 422, kind="NoKnownWords"),
+        Case("JSON: only unknown words", {"json": {"text": "zorblax quuxly"}}, 422, kind="NoKnownWords"),
+        Case("multipart: file field data", {"files": {"data": ("q.txt", b"hello there !", "text/plain")}},
+             reply=chatbot.reply("hello there !").text),
+        Case("multipart: field text", {"files": {"text": (None, b"hello there !")}},
+             reply=chatbot.reply("hello there !").text),
+        Case("multipart: another field only", {"files": {"upload": ("q.txt", b"hello", "text/plain")}},
+             415, kind="UnsupportedMediaType"),
+        Case("form: text=...", {"data": {"text": "hello there !"}}, reply=chatbot.reply("hello there !").text),
+        Case("form: curl -d without text=", {"data": b"hello there", "headers": {"Content-Type": form}},
+             415, kind="UnsupportedMediaType"),
+    ]
+
+
+def answer_summary(result: Result) -> str:
+    """One line for a table: the error type and message, the reply, or an empty body."""
+    if not result.body:
+        return "(empty body: refused by TorchServe's frontend)"
+    try:
+        body = json.loads(result.body)
+    except ValueError:
+        return f"reply: {result.body.strip()}"
+    if "type" in body:
+        return f"{body['type']}: {body['message']}"
+    return f"reply (JSON): {body.get('reply')}"
+
+
+def markdown_table(results: list[Result]) -> str:
+    """| input | status | answer | rows."""
+    rows = ["| input | status | answer |", "|---|---|---|"]
+    rows += [f"| {r.case.name} | {r.status} | {answer_summary(r).replace('|', '/')} |" for r in results]
+    return "\n".join(rows)
+
+
+def served_quantize(model_config: Path = REPO / "handler" / "model-config.yaml") -> bool | str:
+    """The handler's `quantize` option in the model-config packed into the archive: the reference
+    chatbot must use the same weights as the server."""
+    options = (yaml.safe_load(model_config.read_text()) or {}).get("handler") or {}
+    return options.get("quantize", False)
+
+
+def newest_checkpoint() -> Path | None:
+    found = sorted((REPO / "runs").glob("**/*_checkpoint.tar"), key=lambda p: p.stat().st_mtime)
+    return found[-1] if found else None
+
+
+def parse_args(argv=None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--checkpoint", type=Path, default=newest_checkpoint(),
+                        help="checkpoint to serve (default: the newest runs/**/*_checkpoint.tar)")
+    parser.add_argument("--clients", type=int, default=64, help="concurrent clients in the load phase")
+    parser.add_argument("--seconds", type=float, default=60.0, help="length of the load phase")
+    parser.add_argument("--kill-clients", type=int, default=16, help="concurrent clients in the worker-kill phase")
+    parser.add_argument("--kill-seconds", type=float, default=30.0, help="length of the worker-kill phase")
+    parser.add_argument("--kill-after", type=float, default=5.0, help="seconds into that phase to SIGKILL the worker")
+    parser.add_argument("--bad-input-table", action="store_true",
+                        help="only send the bad-input cases and print their markdown table")
+    parser.add_argument("--workdir", type=Path, default=None,
+                        help="a new folder to keep the server's files and logs in (default: a temporary one, removed)")
+    return parser.parse_args(argv)
+
+
+def soak(server: TorchServe, chatbot: Chatbot, args: argparse.Namespace) -> bool:
+    """Run both phases, print their figures; True when every check passed."""
+    cases = load_cases(chatbot)
+    load = summarize(run_load(server.predictions_url, cases, args.clients, args.seconds))
+    print(f"load: {args.clients} clients x {args.seconds:g} s: {json.dumps(load)}")
+    report = kill_worker_during_load(server, cases, args.kill_clients, args.kill_seconds, args.kill_after)
+    kill = report.summary()
+    print(f"worker kill: {args.kill_clients} clients x {args.kill_seconds:g} s, SIGKILL pid(s) "
+          f"{report.killed_pids} at {args.kill_after:g} s: {json.dumps(kill)}")
+    ok = load["errors"] == 0 and load["mismatches"] == 0
+    ok &= kill["unanswered"] == 0 and kill["recovery_s"] is not None and kill["recovery_s"] < RECOVERY_LIMIT_S
+    ok &= kill["max_latency_s"] < CLIENT_TIMEOUT_S and bool(report.killed_pids)
+    return ok
+
+
+def main(argv=None) -> int:
+    args = parse_args(argv)
+    if args.checkpoint is None or not args.checkpoint.is_file():
+        print("error: no checkpoint: train one (make train-demo) or pass --checkpoint", file=sys.stderr)
+        return 2
+    with open(args.checkpoint, "rb") as f:
+        chatbot = from_checkpoint(read_checkpoint(f), quantize=served_quantize())
+    with tempfile.TemporaryDirectory(prefix="soak_") as tmp:
+        workdir = args.workdir or Path(tmp)
+        mar = build_mar(args.checkpoint, workdir / "model-store")
+        print(f"serving {args.checkpoint} ({chatbot.voc.num_words} words, quantize: {served_quantize()}) "
+              f"from {workdir}")
+        with start_torchserve(workdir / "torchserve", mar.parent) as server:
+            if args.bad_input_table:
+                session = requests.Session()
+                print(markdown_table([send(session, server.predictions_url, c) for c in bad_input_cases(chatbot)]))
+                return 0
+            ok = soak(server, chatbot, args)
+    print("soak: ok" if ok else "soak: FAILED")
+    return 0 if ok else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
