@@ -1,0 +1,462 @@
+"""Load-test the chatbot under native TorchServe against an echo handler (TorchServe's own ceiling).
+
+    PYTHONPATH=. python -m bench.serve_bench                    # what `make bench-serve` runs
+    PYTHONPATH=. python -m bench.serve_bench --scenarios batched --concurrency 1 16 --max-batch-delay 2
+
+Scenarios, each on its own native TorchServe (serving.launcher: free loopback ports, always
+stopped) with the same config.properties, worker count and batching settings:
+  echo     bench/echo_handler.py answers with the body: what TorchServe and this client cost alone
+  batch1   the chatbot with batchSize 1
+  batched  the chatbot with dynamic batching (handler/model-config.yaml's batchSize, maxBatchDelay)
+For each number of concurrent clients, every client thread posts prompts back to back over its
+own keep-alive requests.Session for --warmup-seconds (not counted), then --seconds (counted).
+Every reply is checked: a non-200 status or a failed request is an error; a 200 whose text is
+not Chatbot.reply's for the same input (same weights and quantisation, in this process) a mismatch.
+
+Checkpoint: --checkpoint, else the newest runs/**/*_checkpoint.tar if it has the tutorial's
+sizes (hidden 500), else random weights at the tutorial's sizes over the Cornell vocabulary
+(7,826 words), whose EOS can never win so that every reply costs the full max_length steps.
+Prompts: held-out Cornell queries (train/data.py's split) when --cornell-dir exists, else a fixed list.
+
+The last three lines are the headline ratios, all from this one run:
+  serve_ratio_vs_echo_c16  batched / echo requests per second at 16 clients
+  batching_gain_c16        batched / batch1 requests per second at 16 clients
+  p50_ms_c1                batched median latency with one client (ms)
+"""
+from __future__ import annotations
+
+import argparse
+import io
+import itertools
+import logging
+import os
+import platform
+import string
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from importlib.metadata import version
+from pathlib import Path
+
+import numpy as np
+import psutil
+import requests
+import torch
+import yaml
+
+from model import FORMAT, Chatbot, Voc, build_model, default_config, from_checkpoint, normalize, read_checkpoint
+from model.voc import MAX_LENGTH, MIN_COUNT, EOS_token
+from serving.launcher import REPO, TorchServe, build_mar, start_torchserve
+
+logger = logging.getLogger("serve_bench")
+
+SCENARIOS = ("echo", "batch1", "batched")
+TUTORIAL_HIDDEN = 500
+CORNELL_WORDS = 7826  # the tutorial's Cornell vocabulary: 7,823 words kept + PAD, SOS, EOS
+HANDLER_CONFIG = REPO / "handler" / "model-config.yaml"
+ECHO_CONFIG = REPO / "bench" / "echo-config.yaml"
+ECHO_HANDLER = REPO / "bench" / "echo_handler.py"
+SERVING_KEYS = ("format", "config", "voc", "encoder", "decoder", "embedding", "iteration", "loss", "args")
+TEXT_HEADERS = {"Content-Type": "text/plain; charset=utf-8"}
+REQUEST_TIMEOUT_S = 60
+# Cornell-like lines for a machine without the corpus (normalised as the tutorial does).
+FALLBACK_PROMPTS = [
+    "hello .", "how are you ?", "where are you going ?", "what do you mean ?", "i don t know .",
+    "who are you ?", "what s your name ?", "are you okay ?", "what happened ?", "where is he ?",
+    "i love you .", "get out of here !", "what are you doing here ?", "do you want to dance ?",
+    "you re kidding .", "why not ?", "what time is it ?", "how old are you ?", "can you help me ?",
+    "i m sorry .", "what s wrong with you ?", "where have you been ?", "do you know him ?",
+    "let s go .", "i ll call you tomorrow .", "what did she say ?", "is that a threat ?",
+    "you look tired .", "come on !", "thank you very much .", "how did you find me ?", "shut up !",
+]
+
+
+# ---------------------------------------------------------------- checkpoint and prompts
+
+@dataclass
+class Workload:
+    """What is served and sent: the checkpoint file, how it was chosen, the prompts and their replies."""
+
+    checkpoint: Path
+    source: str
+    prompts: list[str]
+    expected: dict[str, str] = field(default_factory=dict)  # prompt -> Chatbot.reply(prompt).text
+
+
+def newest_tutorial_checkpoint(runs: Path) -> Path | None:
+    """The newest runs/**/*_checkpoint.tar if its hidden size is the tutorial's, else None."""
+    found = sorted(runs.glob("**/*_checkpoint.tar"), key=lambda p: p.stat().st_mtime)
+    if not found:
+        return None
+    with open(found[-1], "rb") as f:
+        ckpt = read_checkpoint(f)
+    return found[-1] if ckpt["config"]["hidden_size"] == TUTORIAL_HIDDEN else None
+
+
+def random_checkpoint(voc: Voc, seed: int) -> dict:
+    """Random weights at the tutorial's sizes over `voc`; EOS never wins, so replies are max_length long."""
+    config = default_config()
+    torch.manual_seed(seed)
+    encoder, decoder = build_model(config, voc.num_words)
+    with torch.no_grad():  # untrained logits would stop replies at arbitrary lengths
+        decoder.out.bias[EOS_token] = -1e4
+    return {"format": FORMAT, "config": config, "voc": voc.to_dict(), "encoder": encoder.state_dict(),
+            "decoder": decoder.state_dict(), "embedding": encoder.embedding.state_dict(),
+            "iteration": 0, "loss": 0.0}
+
+
+def synthetic_voc(prompts: Sequence[str]) -> Voc:
+    """The prompts' words plus made-up ones, CORNELL_WORDS in all (no corpus on this machine)."""
+    voc = Voc("synthetic")
+    for prompt in prompts:
+        voc.add_sentence(normalize(prompt))
+    filler = ("".join(letters) for letters in itertools.product(string.ascii_lowercase, repeat=4))
+    while voc.num_words < CORNELL_WORDS:
+        voc.add_word(next(filler))
+    return voc
+
+
+def cornell_prompts(cornell_dir: Path, split: dict) -> tuple[Voc, list[str]]:
+    """(Cornell vocabulary, held-out queries in corpus order, no repeats) as train/data.py splits them."""
+    from train.data import load_corpus, prepare, split_heldout
+
+    voc, pairs = prepare(load_corpus("cornell", cornell_dir), split.get("max_length", MAX_LENGTH),
+                         split.get("min_count", MIN_COUNT), name="cornell")
+    _, heldout = split_heldout(pairs, split.get("heldout_fraction", 0.05), split.get("seed", 0))
+    return voc, list(dict.fromkeys(query for query, _ in heldout))
+
+
+def prepare_workload(args: argparse.Namespace, workdir: Path) -> Workload:
+    """Choose the checkpoint (a serving-only copy in workdir) and the prompts."""
+    path = args.checkpoint or newest_tutorial_checkpoint(args.runs)
+    ckpt = None
+    if path is not None:
+        with open(path, "rb") as f:
+            ckpt = read_checkpoint(f)
+    use_cornell = args.cornell_dir is not None and (args.cornell_dir / "movie_lines.txt").is_file()
+    voc, prompts = cornell_prompts(args.cornell_dir, (ckpt or {}).get("args") or {}) if use_cornell \
+        else (None, list(FALLBACK_PROMPTS))
+    if ckpt is None:
+        ckpt = random_checkpoint(voc or synthetic_voc(prompts), args.seed)
+        source = (f"random weights at the tutorial's sizes (hidden 500, 2+2 layers, {ckpt['config']['attn_model']} "
+                  f"attention, {len(ckpt['voc']['words']) + 3} words, seed {args.seed}; EOS disabled)")
+    else:
+        source = f"{path} (iteration {ckpt.get('iteration', '?')}, hidden {ckpt['config']['hidden_size']}, " \
+                 f"{len(ckpt['voc']['words']) + 3} words)"
+    source += f"; prompts: {'Cornell held-out queries' if use_cornell else 'fixed Cornell-like list'}"
+    served = workdir / "served_checkpoint.tar"  # weights only: smaller, faster-to-build archives
+    torch.save({k: ckpt[k] for k in SERVING_KEYS if k in ckpt}, served)
+    return Workload(served, source, prompts)
+
+
+def reference_replies(workload: Workload, bot: Chatbot, limit: int) -> None:
+    """Keep the first `limit` prompts the bot can answer and record Chatbot.reply for each."""
+    for prompt in workload.prompts:
+        reply = bot.reply(prompt)
+        if reply.error is None:
+            workload.expected[prompt] = reply.text
+        if len(workload.expected) == limit:
+            break
+    workload.prompts = list(workload.expected)
+
+
+def weights_megabytes(bot: Chatbot) -> float:
+    """Size of the encoder and decoder state_dicts as torch.save writes them (the shared embedding once)."""
+    buf = io.BytesIO()
+    torch.save({"encoder": bot.encoder.state_dict(), "decoder": bot.decoder.state_dict()}, buf)
+    return buf.tell() / 1e6
+
+
+# ---------------------------------------------------------------- archives and servers
+
+def scenario_config(scenario: str, args: argparse.Namespace, workdir: Path) -> Path:
+    """The scenario's model-config: its base file with the shared worker, batching and handler settings."""
+    config = yaml.safe_load((ECHO_CONFIG if scenario == "echo" else HANDLER_CONFIG).read_text())
+    config.update(minWorkers=args.workers, maxWorkers=args.workers, maxBatchDelay=args.max_batch_delay,
+                  batchSize=1 if scenario == "batch1" else args.batch_size)
+    if scenario != "echo":
+        config["handler"].update(quantize=args.quantize, threads=args.threads)
+    path = workdir / f"{scenario}-config.yaml"
+    path.write_text(yaml.safe_dump(config))
+    return path
+
+
+def build_echo_mar(config_file: Path, store: Path) -> Path:
+    """bench/echo_handler.py as store/echo.mar (no weights)."""
+    archiver = Path(sys.executable).with_name("torch-model-archiver")
+    command = [str(archiver), "--model-name", "echo", "--version", "1.0", "--handler", str(ECHO_HANDLER),
+               "--config-file", str(config_file), "--export-path", str(store), "--force"]
+    with tempfile.TemporaryDirectory(prefix="echo_mar_") as tmp:  # the archiver works in $TMPDIR/echo
+        subprocess.run(command, check=True, capture_output=True, env={**os.environ, "TMPDIR": tmp})
+    return store / "echo.mar"
+
+
+def wait_for_workers(server: TorchServe, workers: int, timeout_s: float = 120) -> None:
+    """Wait until `workers` workers of the model are READY (the launcher waits for one)."""
+    deadline = time.monotonic() + timeout_s
+    url = server.url("management", "/models/my_s2s")
+    while time.monotonic() < deadline:
+        if sum(w["status"] == "READY" for w in requests.get(url, timeout=5).json()[0]["workers"]) >= workers:
+            server.remember_pids()
+            return
+        time.sleep(0.5)
+    raise RuntimeError(f"fewer than {workers} workers READY after {timeout_s:.0f} s:\n{server.log_tail()}")
+
+
+def worker_rss_mb(server: TorchServe) -> list[float]:
+    """Resident memory of each Python worker of the server (MB)."""
+    sizes = []
+    for pid in server.pids:
+        try:
+            process = psutil.Process(pid)
+            if any("model_service_worker" in part for part in process.cmdline()):
+                sizes.append(process.memory_info().rss / 1e6)
+        except psutil.NoSuchProcess:
+            pass
+    return sizes
+
+
+# ---------------------------------------------------------------- load
+
+@dataclass
+class Level:
+    """The counted requests of one scenario at one concurrency."""
+
+    scenario: str
+    clients: int
+    latencies_ms: list[float]  # of 200 replies
+    errors: int
+    mismatches: int
+    seconds: float
+
+    @property
+    def throughput(self) -> float:
+        """200 replies per second."""
+        return len(self.latencies_ms) / self.seconds if self.seconds > 0 else 0.0
+
+    def percentile(self, q: float) -> float:
+        return float(np.percentile(self.latencies_ms, q)) if self.latencies_ms else float("nan")
+
+
+def client_loop(url: str, prompts: Sequence[str], expected: dict[str, str], first: int,
+                stop: Callable[[], bool], records: list) -> None:
+    """Post prompts back to back over one keep-alive session; append (start, end, outcome) per request."""
+    with requests.Session() as session:
+        for i in itertools.count(first):
+            if stop():
+                return
+            text = prompts[i % len(prompts)]
+            start = time.perf_counter()
+            try:
+                reply = session.post(url, data=text.encode(), headers=TEXT_HEADERS, timeout=REQUEST_TIMEOUT_S)
+                outcome = "error" if reply.status_code != 200 else \
+                    "ok" if reply.text.rstrip("\n") == expected[text] else "mismatch"
+            except requests.RequestException:
+                outcome = "error"
+            records.append((start, time.perf_counter(), outcome))
+
+
+def measure(scenario: str, url: str, expected: dict[str, str], clients: int, args: argparse.Namespace) -> Level:
+    """Run `clients` client threads; count the requests started after the warm-up and finished in time."""
+    counted_from = time.perf_counter() + args.warmup_seconds
+    deadline = counted_from + args.seconds
+    records: list[tuple[float, float, str]] = []  # list.append is atomic under the GIL
+
+    def stop() -> bool:
+        return time.perf_counter() >= deadline or len(records) >= args.max_requests
+
+    prompts = list(expected)
+    with ThreadPoolExecutor(clients) as pool:  # each client starts at its own prompt
+        futures = [pool.submit(client_loop, url, prompts, expected, 7 * k, stop, records) for k in range(clients)]
+    for future in futures:
+        future.result()  # a bug in the client raises here instead of vanishing
+    counted = [r for r in records if r[0] >= counted_from and r[1] <= deadline]
+    end = max((r[1] for r in counted), default=counted_from)
+    return Level(scenario, clients, [1000 * (r[1] - r[0]) for r in counted if r[2] != "error"],
+                 sum(r[2] == "error" for r in counted), sum(r[2] == "mismatch" for r in counted),
+                 end - counted_from)
+
+
+def run_scenario(scenario: str, workload: Workload, args: argparse.Namespace, workdir: Path) -> tuple[list, list]:
+    """Serve one scenario and measure every concurrency: (levels, workers' resident memory in MB)."""
+    workdir = workdir / scenario
+    store = workdir / "model-store"
+    store.mkdir(parents=True)
+    config = scenario_config(scenario, args, workdir)
+    if scenario == "echo":
+        build_echo_mar(config, store)
+        overrides, expected = {"load_models": "my_s2s=echo.mar"}, {p: p for p in workload.prompts}
+    else:
+        build_mar(workload.checkpoint, store, config)
+        overrides, expected = {}, workload.expected
+    overrides["default_workers_per_model"] = str(args.workers)
+    with start_torchserve(workdir / "server", store, config_overrides=overrides) as server:
+        wait_for_workers(server, args.workers)
+        levels = []
+        for clients in args.concurrency:
+            levels.append(measure(scenario, server.predictions_url, expected, clients, args))
+            logger.info("%s", row(levels[-1]))
+        return levels, worker_rss_mb(server)
+
+
+# ---------------------------------------------------------------- report
+
+TABLE_HEADER = ("| scenario | clients | requests/s | p50 ms | p99 ms | replies | errors | mismatches |\n"
+                "|---|---:|---:|---:|---:|---:|---:|---:|")
+
+
+def row(level: Level) -> str:
+    """One markdown table row."""
+    return (f"| {level.scenario} | {level.clients} | {level.throughput:.1f} | {level.percentile(50):.1f} | "
+            f"{level.percentile(99):.1f} | {len(level.latencies_ms)} | {level.errors} | {level.mismatches} |")
+
+
+def find(levels: Sequence[Level], scenario: str, clients: int) -> Level | None:
+    return next((lv for lv in levels if lv.scenario == scenario and lv.clients == clients), None)
+
+
+def ratio(levels: Sequence[Level], top: str, bottom: str, clients: int) -> str:
+    """top / bottom requests per second at `clients`, or n/a when either was not run."""
+    a, b = find(levels, top, clients), find(levels, bottom, clients)
+    return f"{a.throughput / b.throughput:.2f}" if a and b and b.throughput > 0 else "n/a"
+
+
+def plot(levels: Sequence[Level], path: Path, title: str) -> None:
+    """Throughput and p99 latency against concurrent clients, one line per scenario."""
+    from matplotlib.figure import Figure  # Agg through Figure alone: no display, no pyplot state
+
+    fig = Figure(figsize=(10, 4))
+    ax_rate, ax_p99 = fig.subplots(1, 2)
+    for scenario in SCENARIOS:
+        mine = [lv for lv in levels if lv.scenario == scenario]
+        if mine:
+            clients = [lv.clients for lv in mine]
+            ax_rate.plot(clients, [lv.throughput for lv in mine], marker="o", label=scenario)
+            ax_p99.plot(clients, [lv.percentile(99) for lv in mine], marker="o", label=scenario)
+    for ax, label in ((ax_rate, "requests/s"), (ax_p99, "p99 latency (ms)")):
+        ax.set_xscale("log", base=2)
+        ax.set_yscale("log")
+        ax.set_xlabel("concurrent clients")
+        ax.set_ylabel(label)
+        ax.grid(alpha=0.3, which="both")
+        ax.legend()
+    fig.suptitle(title, fontsize=9)
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=100)
+
+
+def machine() -> str:
+    """CPU model, cores, load average and the versions that matter."""
+    cpu = next((line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
+                if line.startswith("model name")), platform.processor()) if Path("/proc/cpuinfo").exists() \
+        else platform.processor()
+    load = ", ".join(f"{x:.2f}" for x in os.getloadavg())
+    return (f"{cpu}, {os.cpu_count()} cores, load average {load}; Python {platform.python_version()}, "
+            f"torch {torch.__version__}, torchserve {version('torchserve')}")
+
+
+# ---------------------------------------------------------------- CLI
+
+def handler_defaults() -> dict:
+    """Batching, worker and handler defaults from handler/model-config.yaml."""
+    config = yaml.safe_load(HANDLER_CONFIG.read_text())
+    quantize = config["handler"].get("quantize", False)
+    return {"batch_size": config["batchSize"], "max_batch_delay": config["maxBatchDelay"],
+            "workers": config["minWorkers"], "threads": config["handler"].get("threads", 0),
+            "quantize": {True: "int8", False: "false"}.get(quantize, quantize)}
+
+
+def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
+    d = handler_defaults()
+    cornell = Path(os.environ.get("CORNELL_DIR") or REPO / "data" / "cornell")
+    p = argparse.ArgumentParser(prog="python -m bench.serve_bench", description=__doc__.splitlines()[0])
+    p.add_argument("--checkpoint", type=Path, default=None,
+                   help="checkpoint to serve (default: newest runs/**/*_checkpoint.tar if hidden size 500, "
+                        "else random tutorial-size weights)")
+    p.add_argument("--runs", type=Path, default=REPO / "runs", help="where to look for checkpoints (default: runs/)")
+    p.add_argument("--cornell-dir", type=Path, default=cornell,
+                   help="Cornell corpus folder for held-out prompts and the vocabulary (default: $CORNELL_DIR, "
+                        "else data/cornell; a fixed prompt list when it is missing)")
+    p.add_argument("--prompts", type=int, default=300, help="distinct prompts to cycle through (default: 300)")
+    p.add_argument("--scenarios", nargs="+", choices=SCENARIOS, default=list(SCENARIOS),
+                   help="what to serve (default: all three)")
+    p.add_argument("--concurrency", type=int, nargs="+", default=[1, 4, 16, 64],
+                   help="numbers of concurrent clients (default: 1 4 16 64)")
+    p.add_argument("--seconds", type=float, default=6.0, help="counted seconds per concurrency (default: 6)")
+    p.add_argument("--warmup-seconds", type=float, default=1.5,
+                   help="uncounted seconds before each measurement (default: 1.5)")
+    p.add_argument("--max-requests", type=int, default=50_000,
+                   help="end a measurement after this many requests (default: 50000)")
+    p.add_argument("--batch-size", type=int, default=d["batch_size"],
+                   help=f"batchSize of the echo and batched scenarios (default: model-config's, {d['batch_size']})")
+    p.add_argument("--max-batch-delay", type=int, default=d["max_batch_delay"],
+                   help=f"maxBatchDelay in ms, every scenario (default: model-config's, {d['max_batch_delay']})")
+    p.add_argument("--workers", type=int, default=d["workers"],
+                   help=f"workers per model, every scenario (default: model-config's minWorkers, {d['workers']})")
+    p.add_argument("--threads", type=int, default=d["threads"],
+                   help=f"handler option threads: torch threads per worker, 0 for one per core "
+                        f"(default: model-config's, {d['threads']})")
+    p.add_argument("--quantize", choices=("false", "int8", "fp16"), default=d["quantize"],
+                   help=f"handler option quantize; the in-process reference uses the same "
+                        f"(default: model-config's, {d['quantize']})")
+    p.add_argument("--seed", type=int, default=0, help="seed of the random weights (default: 0)")
+    p.add_argument("--plot", type=Path, default=REPO / "docs" / "serve_bench.png",
+                   help="PNG to write, '' for none (default: docs/serve_bench.png)")
+    return p.parse_args(argv)
+
+
+def report(levels: Sequence[Level], rss: dict[str, list[float]], workload: Workload, sizes: str,
+           args: argparse.Namespace) -> None:
+    """The table, memory and sizes, then the three headline ratios as the last lines."""
+    print(f"\nmachine: {machine()}")
+    print(f"checkpoint: {workload.source}")
+    lengths = [len(reply.split()) for reply in workload.expected.values()]
+    print(f"prompts: {len(workload.prompts)}; mean reply length {np.mean(lengths):.1f} words "
+          f"(+ EOS when shorter than max_length)")
+    print(f"settings: workers {args.workers}, threads {args.threads or 'default'}, quantize {args.quantize}, "
+          f"batchSize {args.batch_size} (batch1: 1), maxBatchDelay {args.max_batch_delay} ms, "
+          f"{args.seconds:g} s per level after {args.warmup_seconds:g} s warm-up")
+    print(f"weights on disk (torch.save of the state_dicts): {sizes}")
+    print("worker resident memory: " + ", ".join(f"{s} {' + '.join(f'{m:.0f} MB' for m in v)}"
+                                                 for s, v in rss.items()))
+    print("\n" + TABLE_HEADER)
+    for level in levels:
+        print(row(level))
+    c1 = find(levels, "batched", 1)
+    print(f"\nserve_ratio_vs_echo_c16: {ratio(levels, 'batched', 'echo', 16)}")
+    print(f"batching_gain_c16: {ratio(levels, 'batched', 'batch1', 16)}")
+    print(f"p50_ms_c1: {c1.percentile(50):.1f}" if c1 else "p50_ms_c1: n/a")
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = parse_args(argv)
+    args.quantize = False if args.quantize == "false" else args.quantize
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
+    logger.info("load average before: %s", ", ".join(f"{x:.2f}" for x in os.getloadavg()))
+    with tempfile.TemporaryDirectory(prefix="serve_bench_") as tmp:
+        workload = prepare_workload(args, Path(tmp))
+        with open(workload.checkpoint, "rb") as f:
+            ckpt = read_checkpoint(f)
+        bot = from_checkpoint(ckpt, quantize=args.quantize)
+        reference_replies(workload, bot, args.prompts)
+        sizes = f"float32 {weights_megabytes(from_checkpoint(ckpt)):.1f} MB"
+        if args.quantize:
+            sizes += f", {args.quantize} {weights_megabytes(bot):.1f} MB"
+        levels, rss = [], {}
+        for scenario in args.scenarios:
+            logger.info("scenario %s", scenario)
+            scenario_levels, rss[scenario] = run_scenario(scenario, workload, args, Path(tmp))
+            levels += scenario_levels
+    if args.plot and str(args.plot) != ".":
+        plot(levels, args.plot, machine())
+    report(levels, rss, workload, sizes, args)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
