@@ -55,8 +55,9 @@ def serving_checkpoint(tmp_path_factory) -> Path:
 @pytest.fixture(scope="session")
 def serving_chatbot(serving_checkpoint):
     """What the chat CLI and the handler rebuild from the checkpoint: the reference for replies."""
-    with open(serving_checkpoint, "rb") as f:
-        return from_checkpoint(read_checkpoint(f))
+    options = yaml.safe_load((REPO / "handler" / "model-config.yaml").read_text()).get("handler", {})
+    with open(serving_checkpoint, "rb") as f:  # the same weight precision the served model uses
+        return from_checkpoint(read_checkpoint(f), quantize=options.get("quantize", False))
 
 
 @pytest.fixture(scope="session")

@@ -237,7 +237,7 @@ def test_uses_the_cpu_when_cuda_is_unavailable_even_with_a_gpu_id(model_dir, mon
 
 @pytest.mark.filterwarnings("ignore:torch.ao.quantization is deprecated:DeprecationWarning")
 def test_quantize_option_serves_the_int8_model(model_dir, serving_checkpoint):
-    plain = start_handler(model_dir)
+    plain = start_handler(model_dir, quantize=False)
     quantized = start_handler(model_dir, quantize=True)
     assert isinstance(plain.chatbot.encoder.gru, torch.nn.GRU)
     assert type(quantized.chatbot.encoder.gru).__module__.startswith("torch.ao.nn.quantized.dynamic")
