@@ -1,9 +1,10 @@
-"""Time Chatbot.reply_batch in-process: float32, int8 and fp16 weights, batch sizes, torch threads.
+"""Time Chatbot.reply_batch in-process: float32, int8, fp16 and bf16 weights, batch sizes, torch threads.
 
     PYTHONPATH=. python -m bench.decode_bench                       # tutorial-size random weights
     PYTHONPATH=. python -m bench.decode_bench --checkpoint runs/cornell/1500_checkpoint.tar --profile fp16
 
-What the server's decode costs without TorchServe, to choose the handler's defaults. Modes and
+What the server's decode costs without TorchServe, to choose the handler's defaults (bf16, the whole
+model cast to bfloat16, is here only to compare; the handler does not offer it). Modes and
 batch sizes are interleaved within each repetition, so load from other processes hits them alike;
 the figures are medians over --reps. Random weights have EOS disabled: every reply is max_length
 tokens. --profile MODE prints a pyinstrument profile of batch-1 replies in that mode.
@@ -23,7 +24,7 @@ import torch
 from bench.serve_bench import FALLBACK_PROMPTS, random_checkpoint, synthetic_voc
 from model import Chatbot, from_checkpoint, read_checkpoint
 
-MODES = ("float32", "int8", "fp16")
+MODES = ("float32", "int8", "fp16", "bf16")
 
 
 def load_bots(checkpoint: Path | None, modes: Sequence[str], seed: int) -> dict[str, Chatbot]:
@@ -33,7 +34,18 @@ def load_bots(checkpoint: Path | None, modes: Sequence[str], seed: int) -> dict[
     else:
         with open(checkpoint, "rb") as f:
             ckpt = read_checkpoint(f)
-    return {mode: from_checkpoint(ckpt, quantize=False if mode == "float32" else mode) for mode in modes}
+    return {mode: make_bot(ckpt, mode) for mode in modes}
+
+
+def make_bot(ckpt: dict, mode: str) -> Chatbot:
+    """The chatbot with `mode` weights: float32, int8 or fp16 (from_checkpoint), bf16 (everything cast)."""
+    if mode in ("float32", "bf16"):
+        bot = from_checkpoint(ckpt)
+        if mode == "bf16":  # weights and activations in bfloat16 (the shared embedding is cast once)
+            bot.encoder.to(torch.bfloat16)
+            bot.decoder.to(torch.bfloat16)
+        return bot
+    return from_checkpoint(ckpt, quantize=mode)
 
 
 def time_batches(bots: dict[str, Chatbot], batch_sizes: Sequence[int], reps: int) -> dict[tuple, float]:
@@ -66,7 +78,8 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(prog="python -m bench.decode_bench", description=__doc__.splitlines()[0])
     p.add_argument("--checkpoint", type=Path, default=None,
                    help="checkpoint to time (default: random weights at the tutorial's sizes, 7,826 words)")
-    p.add_argument("--modes", nargs="+", choices=MODES, default=list(MODES), help="weight modes (default: all)")
+    p.add_argument("--modes", nargs="+", choices=MODES, default=list(MODES[:3]),
+                   help="weight modes (default: float32 int8 fp16)")
     p.add_argument("--batch-sizes", type=int, nargs="+", default=[1, 8, 16, 64],
                    help="texts per reply_batch call (default: 1 8 16 64)")
     p.add_argument("--threads", type=int, nargs="+", default=[1, os.cpu_count() or 1],

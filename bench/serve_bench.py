@@ -387,7 +387,7 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
                    help="what to serve (default: all three)")
     p.add_argument("--concurrency", type=int, nargs="+", default=[1, 4, 16, 64],
                    help="numbers of concurrent clients (default: 1 4 16 64)")
-    p.add_argument("--seconds", type=float, default=6.0, help="counted seconds per concurrency (default: 6)")
+    p.add_argument("--seconds", type=float, default=8.0, help="counted seconds per concurrency (default: 8)")
     p.add_argument("--warmup-seconds", type=float, default=1.5,
                    help="uncounted seconds before each measurement (default: 1.5)")
     p.add_argument("--max-requests", type=int, default=50_000,

@@ -22,7 +22,9 @@ Wire format (one HTTP request = one entry of the batch):
   The other requests of the same batch are answered normally.
 
 Model-config YAML (packed into the .mar), section `handler:`:
-  quantize: false   int8 dynamic quantisation of GRU/Linear layers (CPU only)
+  quantize: fp16    CPU only, GRU/Linear weights: fp16 (float16 weights, float32 maths), int8 (dynamic
+                    quantisation: faster, but a reply can change with its batch mates), false (float32)
+  threads: 1        torch threads per worker (0: torch's default, one per core)
   max_chars: 1000   longest accepted text, in characters
 
 Must run on Python 3.9 / torch 2.4 (the pytorch/torchserve image). TorchServe requires

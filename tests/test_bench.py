@@ -1,0 +1,82 @@
+"""The serving benchmark's own logic: echo handler, workload, reply checking and ratios (no TorchServe)."""
+from __future__ import annotations
+
+import threading
+from argparse import Namespace
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+import pytest
+
+from bench.echo_handler import handle
+from bench.serve_bench import (
+    CORNELL_WORDS,
+    FALLBACK_PROMPTS,
+    Level,
+    find,
+    measure,
+    random_checkpoint,
+    ratio,
+    synthetic_voc,
+)
+from model import from_checkpoint
+
+
+def test_echo_handler_answers_each_request_with_its_body():
+    rows = [{"body": "hello there"}, {"data": b"raw bytes"}, {"body": ""}]
+    assert handle(rows, context=None) == ["hello there", b"raw bytes", ""]
+    assert handle(None, context=None) is None  # TorchServe's probe when it loads the handler
+
+
+def test_random_checkpoint_has_tutorial_sizes_and_replies_use_every_step():
+    ckpt = random_checkpoint(synthetic_voc(FALLBACK_PROMPTS), seed=0)
+    assert len(ckpt["voc"]["words"]) + 3 == CORNELL_WORDS
+    assert (ckpt["config"]["hidden_size"], ckpt["config"]["encoder_n_layers"], ckpt["config"]["decoder_n_layers"]) \
+        == (500, 2, 2)
+    bot = from_checkpoint(ckpt)
+    replies = bot.reply_batch(FALLBACK_PROMPTS[:4])
+    assert all(r.error is None and len(r.text.split()) == ckpt["config"]["max_length"] for r in replies)
+
+
+class FlakyEcho(BaseHTTPRequestHandler):
+    """Echoes the body, except 'bad' (HTTP 500) and 'odd' (a wrong reply)."""
+
+    def do_POST(self):  # noqa: N802 (http.server's name)
+        body = self.rfile.read(int(self.headers["Content-Length"])).decode()
+        status, reply = (500, "boom") if body == "bad" else (200, "not it" if body == "odd" else body)
+        self.send_response(status)
+        self.send_header("Content-Length", str(len(reply)))
+        self.end_headers()
+        self.wfile.write(reply.encode())
+
+    def log_message(self, *args):
+        pass
+
+
+@pytest.fixture
+def flaky_server():
+    server = ThreadingHTTPServer(("127.0.0.1", 0), FlakyEcho)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    yield f"http://127.0.0.1:{server.server_port}/"
+    server.shutdown()
+    server.server_close()
+
+
+def test_measure_counts_errors_and_mismatches(flaky_server):
+    expected = {text: text for text in ("good", "bad", "odd", "fine")}
+    args = Namespace(seconds=1.0, warmup_seconds=0.2, max_requests=400)
+    level = measure("echo", flaky_server, expected, clients=2, args=args)
+    answered = len(level.latencies_ms)  # 200 replies, right or wrong
+    assert answered > 0 and level.errors > 0 and level.mismatches > 0
+    assert level.errors == pytest.approx(answered / 3, rel=0.5)  # 1 prompt in 4 fails
+    assert level.mismatches == pytest.approx(answered / 3, rel=0.5)
+    assert 0 < level.seconds <= 1.0 and level.throughput == answered / level.seconds
+
+
+def test_ratios_compare_throughput_at_one_concurrency():
+    levels = [Level("echo", 16, [1.0] * 100, 0, 0, 1.0), Level("batched", 16, [5.0] * 40, 0, 0, 1.0),
+              Level("batch1", 16, [9.0] * 10, 0, 0, 1.0)]
+    assert ratio(levels, "batched", "echo", 16) == "0.40"
+    assert ratio(levels, "batched", "batch1", 16) == "4.00"
+    assert ratio(levels, "batched", "echo", 64) == "n/a"
+    assert find(levels, "batched", 16).percentile(50) == 5.0
