@@ -19,6 +19,7 @@ from pathlib import Path
 import pytest
 import requests
 import torch
+import yaml
 from conftest import TINY_SENTENCES
 
 from serving.launcher import REPO, read_properties
@@ -228,7 +229,9 @@ def test_models_lists_and_describes_my_s2s_with_its_batching(torchserve):
     models = requests.get(torchserve.url("management", "/models"), timeout=10).json()
     assert models == {"models": [{"modelName": "my_s2s", "modelUrl": "seq2seq.mar"}]}
     [model] = requests.get(torchserve.url("management", "/models/my_s2s"), timeout=10).json()
-    assert (model["batchSize"], model["maxBatchDelay"], model["modelVersion"]) == (8, 5, "1.0")
+    packed = yaml.safe_load((REPO / "handler" / "model-config.yaml").read_text())  # the archive's model config
+    assert (model["batchSize"], model["maxBatchDelay"], model["modelVersion"]) == \
+        (packed["batchSize"], packed["maxBatchDelay"], "1.0")
     assert [w["status"] for w in model["workers"]] == ["READY"]
 
 
