@@ -253,8 +253,10 @@ def client_loop(url: str, prompts: Sequence[str], expected: dict[str, str], firs
             start = time.perf_counter()
             try:
                 reply = session.post(url, data=text.encode(), headers=TEXT_HEADERS, timeout=REQUEST_TIMEOUT_S)
+                # .content, not .text: without a charset (the echo sends none) requests guesses one,
+                # and guesses UTF-16 for some short ASCII bodies.
                 outcome = "error" if reply.status_code != 200 else \
-                    "ok" if reply.text.rstrip("\n") == expected[text] else "mismatch"
+                    "ok" if reply.content.decode("utf-8", "replace").rstrip("\n") == expected[text] else "mismatch"
             except requests.RequestException:
                 outcome = "error"
             records.append((start, time.perf_counter(), outcome))
