@@ -166,7 +166,7 @@ docker-build: ## Build the deployable image $(IMAGE) from docker/Dockerfile (con
 
 # ---------------------------------------------------------------- performance
 # make bench-serve [CORNELL_DIR=dir] [BENCH_ARGS="--concurrency 1 16"]: its own native TorchServe per scenario
-# (echo, chatbot batch 1, chatbot batched); ~5 min; docs/benchmarks.md explains the figures.
+# (echo, chatbot batch 1, chatbot batched); ~3 min; docs/benchmarks.md explains the figures.
 # make bench-quant [CKPT=...]: int8 and fp16 against float32 on the checkpoint's held-out pairs.
 BENCH_ARGS ?=
 

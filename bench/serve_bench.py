@@ -339,9 +339,12 @@ def plot(levels: Sequence[Level], path: Path, title: str) -> None:
             clients = [lv.clients for lv in mine]
             ax_rate.plot(clients, [lv.throughput for lv in mine], marker="o", label=scenario)
             ax_p99.plot(clients, [lv.percentile(99) for lv in mine], marker="o", label=scenario)
+    ticks = sorted({lv.clients for lv in levels})
     for ax, label in ((ax_rate, "requests/s"), (ax_p99, "p99 latency (ms)")):
         ax.set_xscale("log", base=2)
         ax.set_yscale("log")
+        ax.set_xticks(ticks, [str(c) for c in ticks], minor=False)
+        ax.set_xticks([], minor=True)
         ax.set_xlabel("concurrent clients")
         ax.set_ylabel(label)
         ax.grid(alpha=0.3, which="both")
@@ -353,12 +356,12 @@ def plot(levels: Sequence[Level], path: Path, title: str) -> None:
 
 
 def machine() -> str:
-    """CPU model, cores, load average and the versions that matter."""
+    """CPU model, cores, load average now and the versions that matter."""
     cpu = next((line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
                 if line.startswith("model name")), platform.processor()) if Path("/proc/cpuinfo").exists() \
         else platform.processor()
     load = ", ".join(f"{x:.2f}" for x in os.getloadavg())
-    return (f"{cpu}, {os.cpu_count()} cores, load average {load}; Python {platform.python_version()}, "
+    return (f"{cpu}, {os.cpu_count()} cores, load average now {load}; Python {platform.python_version()}, "
             f"torch {torch.__version__}, torchserve {version('torchserve')}")
 
 
@@ -415,7 +418,7 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
 def report(levels: Sequence[Level], rss: dict[str, list[float]], workload: Workload, sizes: str,
            args: argparse.Namespace) -> None:
     """The table, memory and sizes, then the three headline ratios as the last lines."""
-    print(f"\nmachine: {machine()}")
+    print(f"\nmachine: {machine()}; load average before the run {args.load_before}")
     print(f"checkpoint: {workload.source}")
     lengths = [len(reply.split()) for reply in workload.expected.values()]
     print(f"prompts: {len(workload.prompts)}; mean reply length {np.mean(lengths):.1f} words "
@@ -439,7 +442,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
     args.quantize = False if args.quantize == "false" else args.quantize
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
-    logger.info("load average before: %s", ", ".join(f"{x:.2f}" for x in os.getloadavg()))
+    args.load_before = ", ".join(f"{x:.2f}" for x in os.getloadavg())  # this run's own load comes after
+    logger.info("load average before: %s", args.load_before)
     with tempfile.TemporaryDirectory(prefix="serve_bench_") as tmp:
         workload = prepare_workload(args, Path(tmp))
         with open(workload.checkpoint, "rb") as f:
@@ -455,7 +459,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             scenario_levels, rss[scenario] = run_scenario(scenario, workload, args, Path(tmp))
             levels += scenario_levels
     if args.plot and str(args.plot) != ".":
-        plot(levels, args.plot, machine())
+        plot(levels, args.plot, f"{machine()}\nquantize {args.quantize}, threads {args.threads}, batchSize "
+                                f"{args.batch_size}, maxBatchDelay {args.max_batch_delay} ms, workers {args.workers}")
     report(levels, rss, workload, sizes, args)
     return 0
 
