@@ -179,7 +179,7 @@ def scenario_config(scenario: str, args: argparse.Namespace, workdir: Path) -> P
     config.update(minWorkers=args.workers, maxWorkers=args.workers, maxBatchDelay=args.max_batch_delay,
                   batchSize=1 if scenario == "batch1" else args.batch_size)
     if scenario != "echo":
-        config["handler"].update(quantize=args.quantize, threads=args.threads)
+        config["handler"].update(quantize=args.quantize, threads=args.threads, threads_alone=args.threads_alone)
     path = workdir / f"{scenario}-config.yaml"
     path.write_text(yaml.safe_dump(config))
     return path
@@ -373,6 +373,7 @@ def handler_defaults() -> dict:
     quantize = config["handler"].get("quantize", False)
     return {"batch_size": config["batchSize"], "max_batch_delay": config["maxBatchDelay"],
             "workers": config["minWorkers"], "threads": config["handler"].get("threads", 0),
+            "threads_alone": config["handler"].get("threads_alone", 0),
             "quantize": {True: "int8", False: "false"}.get(quantize, quantize)}
 
 
@@ -406,6 +407,9 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     p.add_argument("--threads", type=int, default=d["threads"],
                    help=f"handler option threads: torch threads per worker, 0 for one per core "
                         f"(default: model-config's, {d['threads']})")
+    p.add_argument("--threads-alone", type=int, default=d["threads_alone"],
+                   help=f"handler option threads_alone: torch threads for a batch of one request, 0 for as "
+                        f"--threads (default: model-config's, {d['threads_alone']})")
     p.add_argument("--quantize", choices=("false", "int8", "fp16"), default=d["quantize"],
                    help=f"handler option quantize; the in-process reference uses the same "
                         f"(default: model-config's, {d['quantize']})")
@@ -423,7 +427,8 @@ def report(levels: Sequence[Level], rss: dict[str, list[float]], workload: Workl
     lengths = [len(reply.split()) for reply in workload.expected.values()]
     print(f"prompts: {len(workload.prompts)}; mean reply length {np.mean(lengths):.1f} words "
           f"(+ EOS when shorter than max_length)")
-    print(f"settings: workers {args.workers}, threads {args.threads or 'default'}, quantize {args.quantize}, "
+    print(f"settings: workers {args.workers}, threads {args.threads or 'default'} "
+          f"({args.threads_alone or args.threads or 'default'} for a lone request), quantize {args.quantize}, "
           f"batchSize {args.batch_size} (batch1: 1), maxBatchDelay {args.max_batch_delay} ms, "
           f"{args.seconds:g} s per level after {args.warmup_seconds:g} s warm-up")
     print(f"weights on disk (torch.save of the state_dicts): {sizes}")
@@ -459,7 +464,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             scenario_levels, rss[scenario] = run_scenario(scenario, workload, args, Path(tmp))
             levels += scenario_levels
     if args.plot and str(args.plot) != ".":
-        plot(levels, args.plot, f"{machine()}\nquantize {args.quantize}, threads {args.threads}, batchSize "
+        plot(levels, args.plot, f"{machine()}\nquantize {args.quantize}, threads {args.threads} "
+                                f"({args.threads_alone} alone), batchSize "
                                 f"{args.batch_size}, maxBatchDelay {args.max_batch_delay} ms, workers {args.workers}")
     report(levels, rss, workload, sizes, args)
     return 0

@@ -13,7 +13,7 @@ from .checkpoint import (
     read_checkpoint,
     validate_checkpoint,
 )
-from .seq2seq import Attn, EncoderRNN, LuongAttnDecoderRNN, greedy_decode, source_mask
+from .seq2seq import Attn, EncoderRNN, LuongAttnDecoderRNN, greedy_decode, source_mask, trace_step
 from .voc import (
     MAX_LENGTH,
     MIN_COUNT,
@@ -31,5 +31,5 @@ __all__ = [
     "FORMAT", "MAX_LENGTH", "MIN_COUNT", "PAD_token", "SOS_token", "EOS_token",
     "Attn", "Chatbot", "CheckpointError", "EncoderRNN", "LuongAttnDecoderRNN", "NoKnownWordsError",
     "Reply", "Voc", "build_model", "decode", "default_config", "encode", "from_checkpoint",
-    "greedy_decode", "normalize", "read_checkpoint", "source_mask", "validate_checkpoint",
+    "greedy_decode", "normalize", "read_checkpoint", "source_mask", "trace_step", "validate_checkpoint",
 ]

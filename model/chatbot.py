@@ -1,7 +1,7 @@
 """A ready-to-talk chatbot: text in, replies out, one batched greedy decode per call."""
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
 import torch
@@ -21,15 +21,20 @@ class Reply:
 
 
 class Chatbot:
-    """Vocabulary + encoder + decoder in eval mode, decoding whole batches greedily."""
+    """Vocabulary + encoder + decoder in eval mode, decoding whole batches greedily.
+
+    step: what greedy search calls for one decoder step (default: the decoder itself; see
+    seq2seq.trace_step for a faster copy on the CPU).
+    """
 
     def __init__(self, voc: Voc, encoder: nn.Module, decoder: nn.Module, max_length: int,
-                 device: torch.device):
+                 device: torch.device, step: Callable | None = None):
         self.voc = voc
         self.encoder = encoder
         self.decoder = decoder
         self.max_length = max_length
         self.device = device
+        self.step = step
 
     def reply(self, text: str) -> Reply:
         """The reply to one text."""
@@ -58,6 +63,7 @@ class Chatbot:
         input_seq = torch.full((int(lengths.max()), len(batch)), PAD_token, dtype=torch.long)  # (T, B)
         for b, ids in enumerate(batch):
             input_seq[: len(ids), b] = torch.tensor(ids)
-        out = greedy_decode(self.encoder, self.decoder, input_seq.to(self.device), lengths, self.max_length)
+        out = greedy_decode(self.encoder, self.decoder, input_seq.to(self.device), lengths, self.max_length,
+                            self.step)
         return out.tolist()
 

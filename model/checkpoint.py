@@ -3,19 +3,21 @@ from __future__ import annotations
 
 import pickle
 import re
+import warnings
 from typing import IO
 
 import torch
 from torch import nn
 
 from .chatbot import Chatbot
-from .seq2seq import Attn, EncoderRNN, LuongAttnDecoderRNN
+from .int8 import quantize_int8
+from .seq2seq import Attn, EncoderRNN, LuongAttnDecoderRNN, trace_step
 from .voc import SPECIAL_WORDS, Voc
 
 FORMAT = "seq2seq-chatbot/1"
 CONFIG_KEYS = ("hidden_size", "encoder_n_layers", "decoder_n_layers", "dropout", "attn_model", "max_length")
 REQUIRED_KEYS = ("config", "voc", "encoder", "decoder")
-QUANTIZE_DTYPES = {"int8": torch.qint8, "fp16": torch.float16}  # the `quantize` option's names
+QUANTIZE_MODES = ("int8", "fp16")  # the `quantize` option's names; True means "int8"
 
 
 class CheckpointError(ValueError):
@@ -87,11 +89,12 @@ def validate_checkpoint(ckpt: object) -> None:
 def from_checkpoint(ckpt: dict, device: torch.device | str = "cpu", quantize: bool | str = False) -> Chatbot:
     """Rebuild vocabulary, encoder, decoder and greedy searcher from a checkpoint dict alone.
 
-    quantize (CPU only) stores the GRU and Linear weights in fewer bytes: "fp16" (float16
-    weights, float32 maths), True or "int8" (int8 dynamic quantisation); False keeps float32.
+    quantize (CPU only) stores the GRU and Linear weights in fewer bytes: True or "int8" (int8
+    weights and per-row int8 inputs, model/int8.py), "fp16" (float16 weights, float32 maths);
+    False keeps float32. Every mode decodes a text the same alone or inside any batch.
     """
     validate_checkpoint(ckpt)
-    weight_dtype = quantize_dtype(quantize)
+    mode = quantize_mode(quantize)
     voc = Voc.from_dict(ckpt["voc"])
     encoder, decoder = build_model(ckpt["config"], voc.num_words)
     try:
@@ -102,31 +105,36 @@ def from_checkpoint(ckpt: dict, device: torch.device | str = "cpu", quantize: bo
     device = torch.device(device)
     encoder.to(device).eval()
     decoder.to(device).eval()
-    if weight_dtype is not None:
+    if mode is not None:
         if device.type != "cpu":
             raise CheckpointError("quantisation (int8 or fp16 weights) runs on the CPU only")
-        encoder, decoder = quantize_dynamic(encoder, weight_dtype), quantize_dynamic(decoder, weight_dtype)
-    return Chatbot(voc, encoder, decoder, ckpt["config"]["max_length"], device)
+        encoder, decoder = quantize_model(encoder, mode), quantize_model(decoder, mode)
+    step = trace_step(decoder) if device.type == "cpu" else None
+    return Chatbot(voc, encoder, decoder, ckpt["config"]["max_length"], device, step)
 
 
-def quantize_dtype(quantize: bool | str | None) -> torch.dtype | None:
-    """The weight dtype a `quantize` option names: None (float32), torch.qint8 or torch.float16."""
+def quantize_mode(quantize: bool | str | None) -> str | None:
+    """The weight mode a `quantize` option names: None (float32), "int8" or "fp16"."""
     if quantize is None or quantize is False:
         return None
     name = "int8" if quantize is True else quantize
-    if name not in QUANTIZE_DTYPES:
-        raise CheckpointError(f"quantize must be false, true, {' or '.join(map(repr, QUANTIZE_DTYPES))}, "
+    if name not in QUANTIZE_MODES:
+        raise CheckpointError(f"quantize must be false, true, {' or '.join(map(repr, QUANTIZE_MODES))}, "
                               f"not {quantize!r}")
-    return QUANTIZE_DTYPES[name]
+    return name
 
 
-def quantize_dynamic(module: nn.Module, dtype: torch.dtype = torch.qint8) -> nn.Module:
+def quantize_model(module: nn.Module, mode: str) -> nn.Module:
     """GRU and Linear layers with int8 (~4x fewer bytes read per greedy step) or float16 (2x) weights.
 
-    int8 also quantises each layer's input with one scale for the whole batch, so a reply can
-    depend on the other texts of its batch; float16 weights keep float32 activations, so it cannot.
-    Attention layers stay float: 'concat' attention reads its Linear's weight directly.
+    int8 is model/int8.py's (each input row quantised on its own). fp16 is torch's dynamic
+    quantisation with float16 weights and float32 activations. Attention layers stay float:
+    'concat' attention reads its Linear's weight directly.
     """
+    if mode == "int8":
+        return quantize_int8(module, bounded_inputs=("out",))  # the decoder's out reads tanh(concat(...))
     spec = {name for name, m in module.named_modules()
             if isinstance(m, (nn.GRU, nn.Linear)) and ".attn" not in f".{name}"}
-    return torch.ao.quantization.quantize_dynamic(module, spec, dtype=dtype)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", DeprecationWarning)  # torch.ao.quantization: deprecated since torch 2.10
+        return torch.ao.quantization.quantize_dynamic(module, spec, dtype=torch.float16)

@@ -17,6 +17,7 @@ from pathlib import Path
 import pytest
 import torch
 import yaml
+from torch.ao.nn.quantized.dynamic import GRU as QuantizedGRU
 from ts.context import Context
 from ts.metrics.metric_cache_yaml_impl import MetricsCacheYamlImpl
 from ts.protocol.otf_message_handler import _retrieve_input_data
@@ -25,6 +26,7 @@ from ts.utils.util import list_classes_from_module
 
 from handler import seq2seq_handler
 from model import from_checkpoint
+from model.int8 import Int8GRU
 
 REPO = Path(__file__).resolve().parent.parent
 MODEL_NAME = "my_s2s"
@@ -235,13 +237,13 @@ def test_uses_the_cpu_when_cuda_is_unavailable_even_with_a_gpu_id(model_dir, mon
     assert handler.device == torch.device("cpu")
 
 
-@pytest.mark.filterwarnings("ignore:torch.ao.quantization is deprecated:DeprecationWarning")
-def test_quantize_option_serves_the_int8_model(model_dir, serving_checkpoint):
+@pytest.mark.parametrize("quantize, gru_type", [(True, Int8GRU), ("int8", Int8GRU), ("fp16", QuantizedGRU)])
+def test_quantize_option_serves_the_quantized_model(model_dir, serving_checkpoint, quantize, gru_type):
     plain = start_handler(model_dir, quantize=False)
-    quantized = start_handler(model_dir, quantize=True)
+    quantized = start_handler(model_dir, quantize=quantize)
     assert isinstance(plain.chatbot.encoder.gru, torch.nn.GRU)
-    assert type(quantized.chatbot.encoder.gru).__module__.startswith("torch.ao.nn.quantized.dynamic")
-    reference = from_checkpoint(torch.load(serving_checkpoint, weights_only=True), quantize=True)
+    assert isinstance(quantized.chatbot.encoder.gru, gru_type)
+    reference = from_checkpoint(torch.load(serving_checkpoint, weights_only=True), quantize=quantize)
     texts = ["hello there", "how are you ?", "do you like music ?"]
     assert [r.body for r in run_batch(quantized, [request(t) for t in texts])] == \
         [r.text + "\n" for r in reference.reply_batch(texts)]

@@ -52,7 +52,6 @@ def test_model_config_quantises_by_default():
     assert shipped_quantize() in MODES
 
 
-@pytest.mark.filterwarnings("ignore::DeprecationWarning")
 def test_shipped_quantisation_keeps_float32_quality(trained, heldout):
     quality = compare(trained, shipped_quantize(), heldout, batch_size=8)
     assert quality.prompts >= 100
@@ -69,9 +68,12 @@ def test_the_gates_reject_a_degraded_model(trained, heldout):
     assert not compare_bots(from_checkpoint(trained), degraded, "noisy", heldout).passes
 
 
-@pytest.mark.filterwarnings("ignore::DeprecationWarning")
-def test_fp16_replies_do_not_depend_on_the_other_texts_of_a_batch(trained, heldout):
-    """float16 weights keep float32 activations: a reply is the same alone or in any batch."""
-    bot = from_checkpoint(trained, quantize="fp16")
-    queries = [query for query, _ in heldout[:32]]
-    assert [r.text for r in bot.reply_batch(queries)] == [bot.reply(q).text for q in queries]
+@pytest.mark.parametrize("mode", MODES)
+def test_replies_do_not_depend_on_the_other_texts_of_a_batch(trained, heldout, mode):
+    """int8 quantises each row on its own and fp16 keeps float32 activations: alone == in any batch."""
+    bot = from_checkpoint(trained, quantize=mode)
+    queries = [query for query, _ in heldout[:48]]
+    alone = [bot.reply(q).text for q in queries]
+    assert [r.text for r in bot.reply_batch(queries)] == alone
+    assert [r.text for r in bot.reply_batch(queries[::-1])] == alone[::-1]
+    assert [r.text for r in bot.reply_batch(queries[:5])] == alone[:5]

@@ -1,0 +1,235 @@
+"""Int8 GRU and Linear layers for CPU inference whose replies never depend on their batch mates.
+
+torch's dynamic int8 quantisation (torch.ao) gives each layer's input one range for the whole
+batch, so a text's reply can change with the other texts of its TorchServe batch (2-3% of
+replies did). Here every input row is quantised on its own range and the weights with a scale
+per output channel, on the same fbgemm kernels: each row is mapped onto [-1, 1], and every row
+carries two extra inputs, -1 and 1, with zero weights, which pins the range fbgemm picks for
+the whole matrix at [-1, 1]. A row is then quantised as it would be alone; int32 sums are exact;
+and the float steps around them run row by row (see gru_cell), so alone == in a batch, bit for bit.
+
+The per-step functions are compiled with TorchScript where it is available (about half the
+Python overhead of a GRU step); they run eagerly otherwise, with the same results.
+Inference only; drop-in for nn.Linear and nn.GRU (tensor or PackedSequence input).
+"""
+import logging
+import warnings
+from typing import Optional
+
+import torch
+from torch import Tensor, nn
+from torch.nn.utils.rnn import PackedSequence
+
+logger = logging.getLogger(__name__)
+
+try:  # fbgemm's packed weights: the type TorchScript needs to see in the signatures below
+    PackedWeight = torch.classes.quantized.LinearPackedParamsBase
+except (AttributeError, RuntimeError):  # a torch without it: compiled() falls back to eager code
+    PackedWeight = object
+
+
+def int8_linear(x: Tensor, weight: PackedWeight, bias: Tensor, weight_sums: Tensor, range_cols: Tensor,
+                bounded: bool) -> Tensor:
+    """x (N, K) float -> x W^T + b (N, out), each row of x quantised on its own range.
+
+    A row is mapped onto [-1, 1] by x = half * x' + mid (its own min and max), quantised by
+    fbgemm on that fixed range, and mapped back: x W^T = half * (x' W^T) + mid * (W 1).
+    bounded: every |x| <= 1 already (a tanh or GRU output), so rows are quantised as they are,
+    saving the mapping; as precise for such rows, whose values span most of [-1, 1]. Should an
+    |x| exceed 1 after all, fbgemm's range grows to cover it: the result stays right but may
+    then depend on the other rows.
+    """
+    if bounded:
+        rows = torch.cat((x, range_cols.expand(x.size(0), 2)), dim=1)  # (N, K + 2)
+        return torch.ops.quantized.linear_dynamic(rows, weight, True) + bias
+    low, high = torch.aminmax(x, dim=1, keepdim=True)  # (N, 1) each
+    half = ((high - low) / 2).clamp_min(1e-12)
+    mid = (high + low) / 2
+    unit = ((x - mid) / half).clamp(-1.0, 1.0)  # the clamp only trims rounding errors
+    rows = torch.cat((unit, range_cols.expand(x.size(0), 2)), dim=1)  # (N, K + 2), range exactly [-1, 1]
+    # reduce_range: 7-bit inputs, as torch.ao uses on x86, so fbgemm's 16-bit pair sums cannot saturate
+    y = torch.ops.quantized.linear_dynamic(rows, weight, True)
+    return torch.addcmul(torch.addcmul(bias, mid, weight_sums), y, half)
+
+
+def gru_cell(gates_x: Tensor, h: Tensor, weight: PackedWeight, bias: Tensor, weight_sums: Tensor,
+             range_cols: Tensor, hidden: int) -> Tensor:
+    """nn.GRU's update: gates_x (n, 3H) = W_ih x + b_ih, h (n, H) -> h' (n, H)."""
+    gates_h = int8_linear(h, weight, bias, weight_sums, range_cols, True)  # (n, 3H); |h| <= 1
+    # sigmoid and tanh read strided views, so torch runs them row by row: a contiguous (n, H)
+    # input would be run as one flat vector whose SIMD/scalar split, and so the last bit of
+    # some results, depends on n.
+    both = gates_x + gates_h  # (n, 3H); only the r and z columns are used
+    r, z = torch.sigmoid(both[:, : 2 * hidden]).chunk(2, dim=1)
+    n = both[:, 2 * hidden:]
+    torch.addcmul(gates_x[:, 2 * hidden:], r, gates_h[:, 2 * hidden:], out=n)  # (n, H) view, row stride 3H
+    return torch.lerp(torch.tanh(n), h, z)  # (1 - z) * n + z * h
+
+
+def gru_steps(gates_x: list[Tensor], h: Tensor, weight: PackedWeight, bias: Tensor, weight_sums: Tensor,
+              range_cols: Tensor, hidden: int, reverse: bool) -> tuple[list[Tensor], Tensor]:
+    """One layer and direction over time: gates_x[t] (n_t, 3H), h (B, H) -> outputs[t] (n_t, H), final h.
+
+    Sequences are sorted by length (packing), so at step t the first n_t are active and the
+    others keep their hidden state, as nn.GRU does with a PackedSequence.
+    """
+    outputs = [h] * len(gates_x)
+    steps = list(range(len(gates_x)))
+    if reverse:
+        steps.reverse()
+    for t in steps:
+        n = gates_x[t].size(0)
+        out = gru_cell(gates_x[t], h[:n], weight, bias, weight_sums, range_cols, hidden)
+        outputs[t] = out
+        h = out if n == h.size(0) else torch.cat((out, h[n:]))
+    return outputs, h
+
+
+def _script(fn):
+    """fn compiled by TorchScript, or fn itself where TorchScript is missing or refuses it."""
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # recent torch warns that TorchScript is deprecated
+            return torch.jit.script(fn)
+    except Exception as e:  # TorchScript may be gone from a future torch: eager gives the same numbers
+        logger.warning("TorchScript unavailable (%s); int8 layers run eagerly", type(e).__name__)
+        return fn
+
+
+_compiled: dict = {}
+
+
+def compiled(name: str):
+    """The TorchScript version of int8_linear, gru_cell or gru_steps, compiled on first use."""
+    if name not in _compiled:
+        _compiled[name] = _script({"int8_linear": int8_linear, "gru_cell": gru_cell, "gru_steps": gru_steps}[name])
+    return _compiled[name]
+
+
+class Int8Weight(nn.Module):
+    """One weight matrix (out, in) and bias, packed for fbgemm: int8, one scale per output channel."""
+
+    def __init__(self, weight: Tensor, bias: Optional[Tensor]):
+        super().__init__()
+        out_features, in_features = weight.shape
+        padded = torch.cat((weight.detach().float(), weight.new_zeros(out_features, 2).float()), dim=1)
+        scale = (padded.abs().amax(dim=1) / 127.0).clamp_min(1e-12).double()
+        zero = torch.zeros(out_features, dtype=torch.long)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # recent torch warns that quantised tensors are deprecated
+            qweight = torch.quantize_per_channel(padded, scale, zero, 0, torch.qint8)
+        self.packed = torch.ops.quantized.linear_prepack(qweight, None)
+        self.register_buffer("bias", bias.detach().float() if bias is not None else torch.zeros(out_features))
+        self.register_buffer("weight_sums", qweight.dequantize().sum(dim=1))  # (out,): W 1, as quantised
+        self.register_buffer("range_cols", torch.tensor([[-1.0, 1.0]]))
+        self.in_features, self.out_features = in_features, out_features
+
+    def _save_to_state_dict(self, destination, prefix, keep_vars):
+        """Saved as int8 weights (out, in) and their float scales (out,), for sizes; never loaded back."""
+        super()._save_to_state_dict(destination, prefix, keep_vars)
+        qweight, _ = torch.ops.quantized.linear_unpack(self.packed)
+        destination[prefix + "weight"] = qweight.int_repr()[:, : self.in_features].clone()
+        destination[prefix + "scale"] = qweight.q_per_channel_scales().float()
+
+
+class Int8Linear(nn.Module):
+    """nn.Linear's forward with int8 weights and per-row int8 inputs."""
+
+    def __init__(self, linear: nn.Linear, bounded_input: bool = False):
+        super().__init__()
+        self.weight = Int8Weight(linear.weight, linear.bias)
+        self.in_features, self.out_features = linear.in_features, linear.out_features
+        self.bounded_input = bounded_input  # the caller promises |x| <= 1 (see int8_linear)
+        self._linear = compiled("int8_linear")
+
+    def forward(self, x: Tensor) -> Tensor:
+        w = self.weight
+        y = self._linear(x.reshape(-1, self.in_features), w.packed, w.bias, w.weight_sums, w.range_cols,
+                         self.bounded_input)
+        return y.reshape(x.shape[:-1] + (self.out_features,))  # (..., out)
+
+
+class Int8GRU(nn.Module):
+    """nn.GRU's inference forward (any number of layers, either direction) with int8 weights."""
+
+    def __init__(self, gru: nn.GRU):
+        super().__init__()
+        if gru.batch_first or not gru.bias:
+            raise ValueError("Int8GRU supports batch_first=False and bias=True only")
+        self.hidden_size, self.num_layers = gru.hidden_size, gru.num_layers
+        self.directions = 2 if gru.bidirectional else 1
+        self.input_weights, self.hidden_weights = nn.ModuleList(), nn.ModuleList()
+        for layer in range(self.num_layers):
+            for suffix in ("", "_reverse")[: self.directions]:
+                for kind, weights in (("ih", self.input_weights), ("hh", self.hidden_weights)):
+                    weights.append(Int8Weight(getattr(gru, f"weight_{kind}_l{layer}{suffix}"),
+                                              getattr(gru, f"bias_{kind}_l{layer}{suffix}")))
+        self._linear, self._cell, self._steps = compiled("int8_linear"), compiled("gru_cell"), compiled("gru_steps")
+
+    def forward(self, input, hx: Optional[Tensor] = None):
+        """input (T, B, I) or a PackedSequence; hx (L*D, B, H) -> (output like input, h_n (L*D, B, H))."""
+        if isinstance(input, Tensor) and input.size(0) == 1 and self.directions == 1 and hx is not None:
+            return self._one_step(input[0], hx)
+        if isinstance(input, PackedSequence):
+            data, batch_sizes = input.data, input.batch_sizes.tolist()
+            if hx is not None and input.sorted_indices is not None:
+                hx = hx.index_select(1, input.sorted_indices)
+        else:
+            data, batch_sizes = input.reshape(-1, input.size(-1)), [input.size(1)] * input.size(0)
+        if hx is None:
+            hx = data.new_zeros(self.num_layers * self.directions, batch_sizes[0], self.hidden_size)
+        finals = []
+        for layer in range(self.num_layers):
+            outputs = []
+            for d in range(self.directions):
+                k = layer * self.directions + d
+                out, h_n = self._run(data, batch_sizes, hx[k], k, reverse=d == 1)
+                outputs.append(out)
+                finals.append(h_n)
+            data = torch.cat(outputs, dim=1) if self.directions == 2 else outputs[0]  # (N, D*H)
+        h_n = torch.stack(finals)  # (L*D, B, H)
+        if isinstance(input, PackedSequence):
+            if input.unsorted_indices is not None:
+                h_n = h_n.index_select(1, input.unsorted_indices)
+            return PackedSequence(data, input.batch_sizes, input.sorted_indices, input.unsorted_indices), h_n
+        return data.reshape(input.size(0), input.size(1), -1), h_n
+
+    def _one_step(self, x: Tensor, hx: Tensor) -> tuple[Tensor, Tensor]:
+        """A greedy decoding step, without the bookkeeping of sequences: x (B, I) -> ((1, B, H), (L, B, H))."""
+        finals = []
+        for k in range(self.num_layers):
+            w_ih, w_hh = self.input_weights[k], self.hidden_weights[k]
+            gates_x = self._linear(x, w_ih.packed, w_ih.bias, w_ih.weight_sums, w_ih.range_cols, k > 0)  # (B, 3H)
+            x = self._cell(gates_x, hx[k], w_hh.packed, w_hh.bias, w_hh.weight_sums, w_hh.range_cols,
+                           self.hidden_size)  # (B, H)
+            finals.append(x)
+        return x.unsqueeze(0), torch.stack(finals)
+
+    def _run(self, data: Tensor, batch_sizes: list[int], h: Tensor, k: int, reverse: bool) -> tuple[Tensor, Tensor]:
+        """One layer and direction: data (N, I) packed rows -> outputs (N, H), final hidden (B, H)."""
+        w_ih, w_hh = self.input_weights[k], self.hidden_weights[k]
+        # every step in one product; layers above the first read GRU outputs, |x| <= 1
+        gates_x = self._linear(data, w_ih.packed, w_ih.bias, w_ih.weight_sums, w_ih.range_cols,
+                               k >= self.directions)
+        outputs, h = self._steps(list(gates_x.split(batch_sizes)), h, w_hh.packed, w_hh.bias, w_hh.weight_sums,
+                                 w_hh.range_cols, self.hidden_size, reverse)
+        return torch.cat(outputs), h
+
+
+def quantize_int8(module: nn.Module, bounded_inputs: tuple = ()) -> nn.Module:
+    """Swap module's nn.GRU and nn.Linear layers (attention's excepted) for the int8 ones, in place.
+
+    bounded_inputs: names of Linear layers whose input is always within [-1, 1] (see int8_linear).
+    GRU hidden states are; a GRU's initial hidden state must be too, for replies to stay
+    independent of their batch mates.
+    """
+    for name, child in module.named_children():
+        if name == "attn":  # 'concat' attention reads its Linear's weight directly
+            continue
+        if isinstance(child, nn.GRU):
+            setattr(module, name, Int8GRU(child))
+        elif isinstance(child, nn.Linear):
+            setattr(module, name, Int8Linear(child, bounded_input=name in bounded_inputs))
+        else:
+            quantize_int8(child, bounded_inputs)
+    return module
