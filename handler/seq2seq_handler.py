@@ -24,7 +24,7 @@ Wire format (one HTTP request = one entry of the batch):
 Model-config YAML (packed into the .mar), section `handler:`:
   quantize: int8    CPU only, GRU/Linear weights: int8 (model/int8.py: int8 weights, each input row
                     quantised on its own range), fp16 (float16 weights, float32 maths), false (float32);
-                    in every mode a reply is the same whatever else shares its batch
+                    int8 and fp16 replies are bit for bit the same whatever shares their batch
   threads: 1        torch threads per worker (0: torch's default, one per core)
   threads_alone: 2  torch threads for a batch of one request, i.e. when nothing else is queued, so
                     the otherwise idle cores cut its latency (0: as threads)

@@ -60,7 +60,10 @@ class Chatbot:
     def decode_ids(self, batch: list[list[int]]) -> list[list[int]]:
         """Greedy token ids for a batch of encoded inputs (each ending in EOS)."""
         lengths = torch.tensor([len(ids) for ids in batch], dtype=torch.long)
-        input_seq = torch.full((int(lengths.max()), len(batch)), PAD_token, dtype=torch.long)  # (T, B)
+        # Always padded to max_length (encode never gives more): attention then sums over the same
+        # number of positions alone or in any batch, so its last bits, and the reply, cannot change.
+        steps = max(self.max_length, int(lengths.max()))
+        input_seq = torch.full((steps, len(batch)), PAD_token, dtype=torch.long)  # (T, B)
         for b, ids in enumerate(batch):
             input_seq[: len(ids), b] = torch.tensor(ids)
         out = greedy_decode(self.encoder, self.decoder, input_seq.to(self.device), lengths, self.max_length,

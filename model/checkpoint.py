@@ -91,7 +91,8 @@ def from_checkpoint(ckpt: dict, device: torch.device | str = "cpu", quantize: bo
 
     quantize (CPU only) stores the GRU and Linear weights in fewer bytes: True or "int8" (int8
     weights and per-row int8 inputs, model/int8.py), "fp16" (float16 weights, float32 maths);
-    False keeps float32. Every mode decodes a text the same alone or inside any batch.
+    False keeps float32. int8 and fp16 decode a text bit for bit the same alone or in any batch
+    (float32's MKL kernels may round a row differently beside other rows).
     """
     validate_checkpoint(ckpt)
     mode = quantize_mode(quantize)

@@ -6,7 +6,8 @@ replies did). Here every input row is quantised on its own range and the weights
 per output channel, on the same fbgemm kernels: each row is mapped onto [-1, 1], and every row
 carries two extra inputs, -1 and 1, with zero weights, which pins the range fbgemm picks for
 the whole matrix at [-1, 1]. A row is then quantised as it would be alone; int32 sums are exact;
-and the float steps around them run row by row (see gru_cell), so alone == in a batch, bit for bit.
+and the float steps around them run row by row (see gru_cell), so a row's results are bit for bit
+the same alone or in any batch.
 
 The per-step functions are compiled with TorchScript where it is available (about half the
 Python overhead of a GRU step); they run eagerly otherwise, with the same results.

@@ -111,3 +111,71 @@ def test_trace_step_falls_back_to_the_decoder(monkeypatch, caplog):
     monkeypatch.setattr(torch.jit, "trace", lambda *a, **k: (_ for _ in ()).throw(RuntimeError("no tracing")))
     assert trace_step(decoder.eval()) is decoder
     assert "cannot trace the decoder step" in caplog.text
+
+
+def word(i: int) -> str:
+    """A made-up word that survives the tutorial's normaliser (letters only): 0 -> 'qa', 27 -> 'qbb'."""
+    letters = ""
+    while True:
+        letters = chr(ord("a") + i % 26) + letters
+        i //= 26
+        if not i:
+            return "q" + letters
+
+
+def random_bot(attn_model: str, quantize, words: int = 3000, hidden: int = 50):
+    """Untrained weights over a large vocabulary, EOS disabled: near-tied logits everywhere, so the
+    last bit of any number that depended on the batch would show up as a different reply. A hidden
+    size that is not a multiple of the SIMD width puts rows at different lanes in different batches."""
+    from model import Voc, default_config, from_checkpoint
+    from model.voc import EOS_token
+
+    voc = Voc("random")
+    voc.add_sentence(" ".join(word(i) for i in range(words)))
+    config = default_config(hidden_size=hidden, attn_model=attn_model)
+    torch.manual_seed(0)
+    encoder, decoder = build_model(config, voc.num_words)
+    with torch.no_grad():
+        decoder.out.bias[EOS_token] = -1e4
+    return from_checkpoint({"config": config, "voc": voc.to_dict(), "encoder": encoder.state_dict(),
+                            "decoder": decoder.state_dict()}, quantize=quantize)
+
+
+@pytest.mark.parametrize("attn_model", ["dot", "concat"])
+@pytest.mark.parametrize("quantize", [False, "int8", "fp16"])
+def test_untrained_replies_are_the_same_alone_and_in_any_batch(attn_model, quantize):
+    bot = random_bot(attn_model, quantize)
+    rng = torch.Generator().manual_seed(1)
+    texts = [" ".join(word(int(i)) for i in torch.randint(3000, (int(n),), generator=rng))
+             for n in torch.randint(1, 10, (200,), generator=rng)]
+    alone = [bot.reply(t).text for t in texts]
+    for size in (8, 13):
+        batched = [r.text for start in range(0, len(texts), size) for r in bot.reply_batch(texts[start: start + size])]
+        assert batched == alone
+
+
+
+def first_step_logits(bot, texts: list[str]) -> torch.Tensor:
+    """(B, V) logits of the first greedy step of bot.reply_batch(texts)."""
+    step, seen = bot.step, []
+
+    def spy(*args):
+        seen.append(step(*args)[0][0])
+        return step(*args)
+
+    bot.step = spy
+    try:
+        bot.reply_batch(texts)
+    finally:
+        bot.step = step
+    return seen[0]
+
+
+@pytest.mark.parametrize("quantize", ["int8", "fp16"])
+def test_logits_are_bit_identical_alone_and_in_a_batch(quantize):
+    """Not float32: MKL's float kernels may round a row differently with other rows beside it."""
+    bot = random_bot("dot", quantize)
+    texts = [" ".join(word(i) for i in ids) for ids in ([1, 2, 3], [7], list(range(10, 19)), [5, 9], [2999, 0])]
+    together = first_step_logits(bot, texts)
+    for i, text in enumerate(texts):
+        assert torch.equal(first_step_logits(bot, [text])[0], together[i])
