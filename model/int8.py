@@ -159,12 +159,16 @@ class Int8GRU(nn.Module):
             raise ValueError("Int8GRU supports batch_first=False and bias=True only")
         self.hidden_size, self.num_layers = gru.hidden_size, gru.num_layers
         self.directions = 2 if gru.bidirectional else 1
-        self.input_weights, self.hidden_weights = nn.ModuleList(), nn.ModuleList()
-        for layer in range(self.num_layers):
-            for suffix in ("", "_reverse")[: self.directions]:
-                for kind, weights in (("ih", self.input_weights), ("hh", self.hidden_weights)):
-                    weights.append(Int8Weight(getattr(gru, f"weight_{kind}_l{layer}{suffix}"),
-                                              getattr(gru, f"bias_{kind}_l{layer}{suffix}")))
+        suffixes = ("", "_reverse")[: self.directions]
+        # One input projection per layer for both directions, which read the same input: one
+        # product instead of two (rows are scaled once; per-output-channel weights are unchanged).
+        self.input_weights = nn.ModuleList(
+            Int8Weight(torch.cat([getattr(gru, f"weight_ih_l{layer}{s}") for s in suffixes]),
+                       torch.cat([getattr(gru, f"bias_ih_l{layer}{s}") for s in suffixes]))
+            for layer in range(self.num_layers))
+        self.hidden_weights = nn.ModuleList(
+            Int8Weight(getattr(gru, f"weight_hh_l{layer}{s}"), getattr(gru, f"bias_hh_l{layer}{s}"))
+            for layer in range(self.num_layers) for s in suffixes)
         self._linear, self._cell, self._steps = compiled("int8_linear"), compiled("gru_cell"), compiled("gru_steps")
 
     def forward(self, input, hx: Optional[Tensor] = None):
@@ -181,10 +185,13 @@ class Int8GRU(nn.Module):
             hx = data.new_zeros(self.num_layers * self.directions, batch_sizes[0], self.hidden_size)
         finals = []
         for layer in range(self.num_layers):
+            w_ih = self.input_weights[layer]
+            # every step of both directions in one product; layers above the first read GRU outputs, |x| <= 1
+            gates_x = self._linear(data, w_ih.packed, w_ih.bias, w_ih.weight_sums, w_ih.range_cols, layer > 0)
             outputs = []
-            for d in range(self.directions):
+            for d, gates in enumerate(gates_x.split(3 * self.hidden_size, dim=1)):  # (N, 3H) per direction
                 k = layer * self.directions + d
-                out, h_n = self._run(data, batch_sizes, hx[k], k, reverse=d == 1)
+                out, h_n = self._run(gates, batch_sizes, hx[k], k, reverse=d == 1)
                 outputs.append(out)
                 finals.append(h_n)
             data = torch.cat(outputs, dim=1) if self.directions == 2 else outputs[0]  # (N, D*H)
@@ -206,12 +213,10 @@ class Int8GRU(nn.Module):
             finals.append(x)
         return x.unsqueeze(0), torch.stack(finals)
 
-    def _run(self, data: Tensor, batch_sizes: list[int], h: Tensor, k: int, reverse: bool) -> tuple[Tensor, Tensor]:
-        """One layer and direction: data (N, I) packed rows -> outputs (N, H), final hidden (B, H)."""
-        w_ih, w_hh = self.input_weights[k], self.hidden_weights[k]
-        # every step in one product; layers above the first read GRU outputs, |x| <= 1
-        gates_x = self._linear(data, w_ih.packed, w_ih.bias, w_ih.weight_sums, w_ih.range_cols,
-                               k >= self.directions)
+    def _run(self, gates_x: Tensor, batch_sizes: list[int], h: Tensor, k: int,
+             reverse: bool) -> tuple[Tensor, Tensor]:
+        """One layer and direction: input gates (N, 3H) of packed rows -> outputs (N, H), final hidden (B, H)."""
+        w_hh = self.hidden_weights[k]
         outputs, h = self._steps(list(gates_x.split(batch_sizes)), h, w_hh.packed, w_hh.bias, w_hh.weight_sums,
                                  w_hh.range_cols, self.hidden_size, reverse)
         return torch.cat(outputs), h
