@@ -97,9 +97,10 @@ def newest_tutorial_checkpoint(runs: Path) -> Path | None:
     return found[-1] if ckpt["config"]["hidden_size"] == TUTORIAL_HIDDEN else None
 
 
-def random_checkpoint(voc: Voc, seed: int) -> dict:
-    """Random weights at the tutorial's sizes over `voc`; EOS never wins, so replies are max_length long."""
-    config = default_config()
+def random_checkpoint(voc: Voc, seed: int, **config_overrides) -> dict:
+    """Random weights at the tutorial's sizes (or config_overrides') over `voc`; EOS never wins, so
+    replies are max_length long."""
+    config = default_config(**config_overrides)
     torch.manual_seed(seed)
     encoder, decoder = build_model(config, voc.num_words)
     with torch.no_grad():  # untrained logits would stop replies at arbitrary lengths

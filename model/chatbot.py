@@ -62,8 +62,8 @@ class Chatbot:
         lengths = torch.tensor([len(ids) for ids in batch], dtype=torch.long)
         # Always padded to max_length (encode never gives more): attention then sums over the same
         # number of positions alone or in any batch, so its last bits, and the reply, cannot change.
-        steps = max(self.max_length, int(lengths.max()))
-        input_seq = torch.full((steps, len(batch)), PAD_token, dtype=torch.long)  # (T, B)
+        src_len = max(self.max_length, int(lengths.max()))
+        input_seq = torch.full((src_len, len(batch)), PAD_token, dtype=torch.long)  # (T, B)
         for b, ids in enumerate(batch):
             input_seq[: len(ids), b] = torch.tensor(ids)
         out = greedy_decode(self.encoder, self.decoder, input_seq.to(self.device), lengths, self.max_length,

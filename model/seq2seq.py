@@ -134,8 +134,9 @@ def greedy_decode(encoder: EncoderRNN, decoder: LuongAttnDecoderRNN, input_seq: 
 
     Each row stops at its own EOS (everything after it is EOS padding) and leaves the batch, so
     later steps decode only the unfinished rows; the loop ends when every row has finished or
-    max_length tokens were produced. Padded source positions are masked out of attention, so a
-    sentence decodes the same alone or inside any batch.
+    max_length tokens were produced. Padded source positions are masked out of attention; with
+    input_seq padded to a fixed length (Chatbot pads to max_length) a sentence decodes the same
+    alone or inside any batch.
     """
     device = input_seq.device
     encoder_outputs, encoder_hidden = encoder(input_seq, input_lengths)  # (T, B, H), (2L, B, H)

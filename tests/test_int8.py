@@ -7,6 +7,7 @@ from test_model import tiny_checkpoint
 from torch import nn
 from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
 
+from bench.serve_bench import random_checkpoint, synthetic_voc
 from model import int8, trace_step
 from model.checkpoint import build_model
 from model.int8 import Int8GRU, Int8Linear, quantize_int8
@@ -113,32 +114,17 @@ def test_trace_step_falls_back_to_the_decoder(monkeypatch, caplog):
     assert "cannot trace the decoder step" in caplog.text
 
 
-def word(i: int) -> str:
-    """A made-up word that survives the tutorial's normaliser (letters only): 0 -> 'qa', 27 -> 'qbb'."""
-    letters = ""
-    while True:
-        letters = chr(ord("a") + i % 26) + letters
-        i //= 26
-        if not i:
-            return "q" + letters
+VOC = synthetic_voc([])  # 7,826 made-up words, as the Cornell vocabulary has
+WORDS = [VOC.index2word[i] for i in range(3, VOC.num_words)]
 
 
-def random_bot(attn_model: str, quantize, words: int = 3000, hidden: int = 50):
-    """Untrained weights over a large vocabulary, EOS disabled: near-tied logits everywhere, so the
+def random_bot(attn_model: str, quantize):
+    """Untrained weights with EOS disabled (bench.serve_bench's): near-tied logits everywhere, so the
     last bit of any number that depended on the batch would show up as a different reply. A hidden
     size that is not a multiple of the SIMD width puts rows at different lanes in different batches."""
-    from model import Voc, default_config, from_checkpoint
-    from model.voc import EOS_token
+    from model import from_checkpoint
 
-    voc = Voc("random")
-    voc.add_sentence(" ".join(word(i) for i in range(words)))
-    config = default_config(hidden_size=hidden, attn_model=attn_model)
-    torch.manual_seed(0)
-    encoder, decoder = build_model(config, voc.num_words)
-    with torch.no_grad():
-        decoder.out.bias[EOS_token] = -1e4
-    return from_checkpoint({"config": config, "voc": voc.to_dict(), "encoder": encoder.state_dict(),
-                            "decoder": decoder.state_dict()}, quantize=quantize)
+    return from_checkpoint(random_checkpoint(VOC, 0, hidden_size=50, attn_model=attn_model), quantize=quantize)
 
 
 @pytest.mark.parametrize("attn_model", ["dot", "concat"])
@@ -146,7 +132,7 @@ def random_bot(attn_model: str, quantize, words: int = 3000, hidden: int = 50):
 def test_untrained_replies_are_the_same_alone_and_in_any_batch(attn_model, quantize):
     bot = random_bot(attn_model, quantize)
     rng = torch.Generator().manual_seed(1)
-    texts = [" ".join(word(int(i)) for i in torch.randint(3000, (int(n),), generator=rng))
+    texts = [" ".join(WORDS[int(i)] for i in torch.randint(len(WORDS), (int(n),), generator=rng))
              for n in torch.randint(1, 10, (200,), generator=rng)]
     alone = [bot.reply(t).text for t in texts]
     for size in (8, 13):
@@ -154,14 +140,14 @@ def test_untrained_replies_are_the_same_alone_and_in_any_batch(attn_model, quant
         assert batched == alone
 
 
-
 def first_step_logits(bot, texts: list[str]) -> torch.Tensor:
     """(B, V) logits of the first greedy step of bot.reply_batch(texts)."""
     step, seen = bot.step, []
 
     def spy(*args):
-        seen.append(step(*args)[0][0])
-        return step(*args)
+        out = step(*args)
+        seen.append(out[0][0])
+        return out
 
     bot.step = spy
     try:
@@ -175,7 +161,10 @@ def first_step_logits(bot, texts: list[str]) -> torch.Tensor:
 def test_logits_are_bit_identical_alone_and_in_a_batch(quantize):
     """Not float32: MKL's float kernels may round a row differently with other rows beside it."""
     bot = random_bot("dot", quantize)
-    texts = [" ".join(word(i) for i in ids) for ids in ([1, 2, 3], [7], list(range(10, 19)), [5, 9], [2999, 0])]
+    rng = torch.Generator().manual_seed(2)  # texts of 1 to 9 words: a batch is padded to its longest
+    texts = [" ".join(WORDS[int(i)] for i in torch.randint(len(WORDS), (n,), generator=rng))
+             for n in list(range(1, 10)) * 6]
     together = first_step_logits(bot, texts)
     for i, text in enumerate(texts):
         assert torch.equal(first_step_logits(bot, [text])[0], together[i])
+
