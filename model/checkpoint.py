@@ -10,7 +10,7 @@ import torch
 from torch import nn
 
 from .chatbot import Chatbot
-from .int8 import quantize_int8
+from .int8 import quantize_int8, tabulate_input_gates
 from .seq2seq import Attn, EncoderRNN, LuongAttnDecoderRNN, trace_step
 from .voc import SPECIAL_WORDS, Voc
 
@@ -132,8 +132,8 @@ def quantize_model(module: nn.Module, mode: str) -> nn.Module:
     quantisation with float16 weights and float32 activations. Attention layers stay float:
     'concat' attention reads its Linear's weight directly.
     """
-    if mode == "int8":
-        return quantize_int8(module, bounded_inputs=("out",))  # the decoder's out reads tanh(concat(...))
+    if mode == "int8":  # the decoder's out reads tanh(concat(...)); first-layer gates become a table lookup
+        return tabulate_input_gates(quantize_int8(module, bounded_inputs=("out",)))
     spec = {name for name, m in module.named_modules()
             if isinstance(m, (nn.GRU, nn.Linear)) and ".attn" not in f".{name}"}
     with warnings.catch_warnings():

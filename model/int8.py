@@ -36,13 +36,14 @@ def int8_linear(x: Tensor, weight: PackedWeight, bias: Tensor, weight_sums: Tens
     A row is mapped onto [-1, 1] by x = half * x' + mid (its own min and max), quantised by
     fbgemm on that fixed range, and mapped back: x W^T = half * (x' W^T) + mid * (W 1).
     bounded: every |x| <= 1 already (a tanh or GRU output), so rows are quantised as they are,
-    saving the mapping; as precise for such rows, whose values span most of [-1, 1]. Should an
+    saving the mapping; as precise for such rows, whose values span most of [-1, 1]; the bias is
+    then added by fbgemm (packed with the weight: see Int8Weight). Should an
     |x| exceed 1 after all, fbgemm's range grows to cover it: the result stays right but may
     then depend on the other rows.
     """
     if bounded:
         rows = torch.cat((x, range_cols.expand(x.size(0), 2)), dim=1)  # (N, K + 2)
-        return torch.ops.quantized.linear_dynamic(rows, weight, True) + bias
+        return torch.ops.quantized.linear_dynamic(rows, weight, True)  # bias packed in the weight
     low, high = torch.aminmax(x, dim=1, keepdim=True)  # (N, 1) each
     half = ((high - low) / 2).clamp_min(1e-12)
     mid = (high + low) / 2
@@ -108,9 +109,13 @@ def compiled(name: str):
 
 
 class Int8Weight(nn.Module):
-    """One weight matrix (out, in) and bias, packed for fbgemm: int8, one scale per output channel."""
+    """One weight matrix (out, in) and bias, packed for fbgemm: int8, one scale per output channel.
 
-    def __init__(self, weight: Tensor, bias: Optional[Tensor]):
+    bounded: its inputs are within [-1, 1] (see int8_linear), so the bias is packed too and fbgemm
+    adds it, an operation less per product.
+    """
+
+    def __init__(self, weight: Tensor, bias: Optional[Tensor], bounded: bool):
         super().__init__()
         out_features, in_features = weight.shape
         padded = torch.cat((weight.detach().float(), weight.new_zeros(out_features, 2).float()), dim=1)
@@ -119,11 +124,11 @@ class Int8Weight(nn.Module):
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")  # recent torch warns that quantised tensors are deprecated
             qweight = torch.quantize_per_channel(padded, scale, zero, 0, torch.qint8)
-        self.packed = torch.ops.quantized.linear_prepack(qweight, None)
         self.register_buffer("bias", bias.detach().float() if bias is not None else torch.zeros(out_features))
+        self.packed = torch.ops.quantized.linear_prepack(qweight, self.bias if bounded else None)
         self.register_buffer("weight_sums", qweight.dequantize().sum(dim=1))  # (out,): W 1, as quantised
         self.register_buffer("range_cols", torch.tensor([[-1.0, 1.0]]))
-        self.in_features, self.out_features = in_features, out_features
+        self.in_features, self.out_features, self.bounded = in_features, out_features, bounded
 
     def _save_to_state_dict(self, destination, prefix, keep_vars):
         """Saved as int8 weights (out, in) and their float scales (out,), for sizes; never loaded back."""
@@ -138,9 +143,9 @@ class Int8Linear(nn.Module):
 
     def __init__(self, linear: nn.Linear, bounded_input: bool = False):
         super().__init__()
-        self.weight = Int8Weight(linear.weight, linear.bias)
+        self.weight = Int8Weight(linear.weight, linear.bias, bounded_input)  # bounded: the caller promises |x| <= 1
         self.in_features, self.out_features = linear.in_features, linear.out_features
-        self.bounded_input = bounded_input  # the caller promises |x| <= 1 (see int8_linear)
+        self.bounded_input = bounded_input
         self._linear = compiled("int8_linear")
 
     def forward(self, x: Tensor) -> Tensor:
@@ -164,15 +169,27 @@ class Int8GRU(nn.Module):
         # product instead of two (rows are scaled once; per-output-channel weights are unchanged).
         self.input_weights = nn.ModuleList(
             Int8Weight(torch.cat([getattr(gru, f"weight_ih_l{layer}{s}") for s in suffixes]),
-                       torch.cat([getattr(gru, f"bias_ih_l{layer}{s}") for s in suffixes]))
+                       torch.cat([getattr(gru, f"bias_ih_l{layer}{s}") for s in suffixes]),
+                       bounded=layer > 0)  # layers above the first read GRU outputs, |x| <= 1
             for layer in range(self.num_layers))
         self.hidden_weights = nn.ModuleList(
-            Int8Weight(getattr(gru, f"weight_hh_l{layer}{s}"), getattr(gru, f"bias_hh_l{layer}{s}"))
+            Int8Weight(getattr(gru, f"weight_hh_l{layer}{s}"), getattr(gru, f"bias_hh_l{layer}{s}"), bounded=True)
             for layer in range(self.num_layers) for s in suffixes)
+        self.gate_input = False  # True: layer 0's input is already W_ih x + b_ih (a GateTable's rows)
         self._linear, self._cell, self._steps = compiled("int8_linear"), compiled("gru_cell"), compiled("gru_steps")
 
+    def input_gates(self, layer: int, x: Tensor) -> Tensor:
+        """x (N, I) -> W_ih x + b_ih (N, D*3H) for `layer`."""
+        if layer == 0 and self.gate_input:
+            return x
+        w_ih = self.input_weights[layer]
+        return self._linear(x, w_ih.packed, w_ih.bias, w_ih.weight_sums, w_ih.range_cols, w_ih.bounded)
+
     def forward(self, input, hx: Optional[Tensor] = None):
-        """input (T, B, I) or a PackedSequence; hx (L*D, B, H) -> (output like input, h_n (L*D, B, H))."""
+        """input (T, B, I) or a PackedSequence; hx (L*D, B, H) -> (output like input, h_n (L*D, B, H)).
+
+        With gate_input, I is D*3H: the first layer's input gates (see GateTable).
+        """
         if isinstance(input, Tensor) and input.size(0) == 1 and self.directions == 1 and hx is not None:
             return self._one_step(input[0], hx)
         if isinstance(input, PackedSequence):
@@ -185,9 +202,7 @@ class Int8GRU(nn.Module):
             hx = data.new_zeros(self.num_layers * self.directions, batch_sizes[0], self.hidden_size)
         finals = []
         for layer in range(self.num_layers):
-            w_ih = self.input_weights[layer]
-            # every step of both directions in one product; layers above the first read GRU outputs, |x| <= 1
-            gates_x = self._linear(data, w_ih.packed, w_ih.bias, w_ih.weight_sums, w_ih.range_cols, layer > 0)
+            gates_x = self.input_gates(layer, data)  # (N, D*3H): every step of both directions in one product
             outputs = []
             for d, gates in enumerate(gates_x.split(3 * self.hidden_size, dim=1)):  # (N, 3H) per direction
                 k = layer * self.directions + d
@@ -206,9 +221,8 @@ class Int8GRU(nn.Module):
         """A greedy decoding step, without the bookkeeping of sequences: x (B, I) -> ((1, B, H), (L, B, H))."""
         finals = []
         for k in range(self.num_layers):
-            w_ih, w_hh = self.input_weights[k], self.hidden_weights[k]
-            gates_x = self._linear(x, w_ih.packed, w_ih.bias, w_ih.weight_sums, w_ih.range_cols, k > 0)  # (B, 3H)
-            x = self._cell(gates_x, hx[k], w_hh.packed, w_hh.bias, w_hh.weight_sums, w_hh.range_cols,
+            w_hh = self.hidden_weights[k]
+            x = self._cell(self.input_gates(k, x), hx[k], w_hh.packed, w_hh.bias, w_hh.weight_sums, w_hh.range_cols,
                            self.hidden_size)  # (B, H)
             finals.append(x)
         return x.unsqueeze(0), torch.stack(finals)
@@ -220,6 +234,26 @@ class Int8GRU(nn.Module):
         outputs, h = self._steps(list(gates_x.split(batch_sizes)), h, w_hh.packed, w_hh.bias, w_hh.weight_sums,
                                  w_hh.range_cols, self.hidden_size, reverse)
         return torch.cat(outputs), h
+
+
+class GateTable(nn.Module):
+    """An embedding whose rows are a GRU's first-layer input gates, W_ih e + b_ih, for every word.
+
+    A greedy step then looks its input gates up instead of computing them: one int8 product and
+    its row mapping less per step and layer-0 pass, for V * D*3H floats of memory. Since every row
+    is quantised on its own, a looked-up row is bit for bit the one the GRU would have computed.
+    """
+
+    def __init__(self, embedding: nn.Embedding, gru: Int8GRU):
+        super().__init__()
+        with torch.no_grad():
+            table = gru.input_gates(0, embedding.weight.detach().float())  # (V, D*3H)
+        self.register_buffer("table", table, persistent=False)  # rebuilt from the weights, never saved
+        gru.gate_input = True
+
+    def forward(self, ids: Tensor) -> Tensor:
+        """ids (...) -> input gates (..., D*3H)."""
+        return nn.functional.embedding(ids, self.table)
 
 
 def quantize_int8(module: nn.Module, bounded_inputs: tuple = ()) -> nn.Module:
@@ -238,4 +272,15 @@ def quantize_int8(module: nn.Module, bounded_inputs: tuple = ()) -> nn.Module:
             setattr(module, name, Int8Linear(child, bounded_input=name in bounded_inputs))
         else:
             quantize_int8(child, bounded_inputs)
+    return module
+
+
+def tabulate_input_gates(module: nn.Module) -> nn.Module:
+    """Replace the `embedding` that feeds an int8 `gru` (the encoder's, the decoder's) by a GateTable.
+
+    Inference only: the decoder's embedding dropout, between the two, must be off (eval mode).
+    The encoder and the decoder share one embedding, but each gets a table for its own GRU.
+    """
+    if isinstance(getattr(module, "embedding", None), nn.Embedding) and isinstance(getattr(module, "gru", None), Int8GRU):
+        module.embedding = GateTable(module.embedding, module.gru)
     return module

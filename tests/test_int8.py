@@ -1,6 +1,8 @@
 """model/int8.py: int8 layers that match float32 closely and never depend on their batch mates."""
 from __future__ import annotations
 
+import copy
+
 import pytest
 import torch
 from test_model import tiny_checkpoint
@@ -75,6 +77,23 @@ def test_quantize_int8_swaps_gru_and_linear_but_not_attention():
     assert isinstance(decoder.concat, Int8Linear) and not decoder.concat.bounded_input
     assert decoder.out.bounded_input
     assert isinstance(decoder.attn.attn, nn.Linear)  # 'concat' attention reads its weight directly
+
+
+@pytest.mark.parametrize("attn", ["dot", "concat"])
+def test_gate_tables_give_the_same_numbers_as_computing_the_gates(attn):
+    """The looked-up first-layer gates are bit for bit what the GRU computes from the embedding."""
+    config = tiny_checkpoint(attn)["config"]
+    floats = build_model(config, 30)
+    enc, dec = [quantize_int8(copy.deepcopy(m).eval(), bounded_inputs=("out",)) for m in floats]
+    t_enc, t_dec = [int8.tabulate_input_gates(quantize_int8(m.eval(), bounded_inputs=("out",))) for m in floats]
+    assert isinstance(t_enc.embedding, int8.GateTable) and t_enc.gru.gate_input and t_dec.gru.gate_input
+    assert t_enc.embedding.table.shape == (30, 2 * 3 * config["hidden_size"])  # both directions
+    ids, lengths = torch.randint(3, 30, (6, 4), generator=seeded()), torch.tensor([6, 2, 5, 6])
+    with torch.no_grad():
+        (out, h), (t_out, t_h) = enc(ids, lengths), t_enc(ids, lengths)
+        assert torch.equal(out, t_out) and torch.equal(h, t_h)
+        token = torch.randint(3, 30, (1, 4), generator=seeded(1))
+        assert all(torch.equal(a, b) for a, b in zip(dec(token, h[:2], out), t_dec(token, h[:2], out)))
 
 
 def test_int8_state_dict_holds_int8_weights():
