@@ -281,6 +281,7 @@ def tabulate_input_gates(module: nn.Module) -> nn.Module:
     Inference only: the decoder's embedding dropout, between the two, must be off (eval mode).
     The encoder and the decoder share one embedding, but each gets a table for its own GRU.
     """
-    if isinstance(getattr(module, "embedding", None), nn.Embedding) and isinstance(getattr(module, "gru", None), Int8GRU):
-        module.embedding = GateTable(module.embedding, module.gru)
+    embedding, gru = getattr(module, "embedding", None), getattr(module, "gru", None)
+    if isinstance(embedding, nn.Embedding) and isinstance(gru, Int8GRU):
+        module.embedding = GateTable(embedding, gru)
     return module
