@@ -49,6 +49,7 @@ import torch
 import yaml
 
 from model import FORMAT, Chatbot, Voc, build_model, default_config, from_checkpoint, normalize, read_checkpoint
+from model.int8 import GateTable
 from model.voc import MAX_LENGTH, MIN_COUNT, EOS_token
 from serving.launcher import REPO, TorchServe, build_mar, start_torchserve
 
@@ -170,6 +171,12 @@ def weights_megabytes(bot: Chatbot) -> float:
     buf = io.BytesIO()
     torch.save({"encoder": bot.encoder.state_dict(), "decoder": bot.decoder.state_dict()}, buf)
     return buf.tell() / 1e6
+
+
+def tables_megabytes(bot: Chatbot) -> float:
+    """Memory of the int8 model's first-layer gate tables, built at load and never saved (model/int8.py)."""
+    tables = [m.table for part in (bot.encoder, bot.decoder) for m in part.modules() if isinstance(m, GateTable)]
+    return sum(t.numel() * t.element_size() for t in tables) / 1e6
 
 
 # ---------------------------------------------------------------- archives and servers
@@ -459,6 +466,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         sizes = f"float32 {weights_megabytes(from_checkpoint(ckpt)):.1f} MB"
         if args.quantize:
             sizes += f", {args.quantize} {weights_megabytes(bot):.1f} MB"
+            if tables_megabytes(bot):
+                sizes += f" (+ {tables_megabytes(bot):.1f} MB of gate tables, built at load)"
         levels, rss = [], {}
         for scenario in args.scenarios:
             logger.info("scenario %s", scenario)

@@ -246,9 +246,10 @@ class GateTable(nn.Module):
 
     def __init__(self, embedding: nn.Embedding, gru: Int8GRU):
         super().__init__()
+        self.embedding = embedding  # kept, so a state_dict holds what rebuilds the table
         with torch.no_grad():
             table = gru.input_gates(0, embedding.weight.detach().float())  # (V, D*3H)
-        self.register_buffer("table", table, persistent=False)  # rebuilt from the weights, never saved
+        self.register_buffer("table", table, persistent=False)  # derived: never saved
         gru.gate_input = True
 
     def forward(self, ids: Tensor) -> Tensor:
