@@ -26,8 +26,9 @@ Model-config YAML (packed into the .mar), section `handler:`:
                     quantised on its own range), fp16 (float16 weights, float32 maths), false (float32);
                     int8 and fp16 replies are bit for bit the same whatever shares their batch
   threads: 1        torch threads per worker (0: torch's default, one per core)
-  threads_alone: 2  torch threads for a batch of one request, i.e. when nothing else is queued, so
-                    the otherwise idle cores cut its latency (0: as threads)
+  threads_alone: 0  torch threads for a batch of one request, i.e. when nothing else is queued (0: as
+                    threads); more cut its latency only on cores nothing else uses: OpenMP waits for
+                    every thread at every op, so one busy neighbour process makes it ~100x slower
   max_chars: 1000   longest accepted text, in characters
 
 Must run on Python 3.9 / torch 2.4 (the pytorch/torchserve image). TorchServe requires

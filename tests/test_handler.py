@@ -247,3 +247,14 @@ def test_quantize_option_serves_the_quantized_model(model_dir, serving_checkpoin
     texts = ["hello there", "how are you ?", "do you like music ?"]
     assert [r.body for r in run_batch(quantized, [request(t) for t in texts])] == \
         [r.text + "\n" for r in reference.reply_batch(texts)]
+
+
+@pytest.mark.parametrize("options, alone, batched", [({}, 1, 1), ({"threads": 1, "threads_alone": 2}, 2, 1)])
+def test_a_lone_request_gets_threads_alone_and_a_batch_gets_threads(model_dir, monkeypatch, options, alone, batched):
+    """The shipped default gives a lone request no extra threads (see threads_alone in model-config.yaml)."""
+    handler = start_handler(model_dir, **options)
+    calls = []
+    monkeypatch.setattr(torch, "set_num_threads", calls.append)
+    run_batch(handler, [request(GOOD[0])])
+    run_batch(handler, [request(GOOD[0]), request(GOOD[1])])
+    assert calls == [alone, batched]
