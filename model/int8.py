@@ -284,5 +284,7 @@ def tabulate_input_gates(module: nn.Module) -> nn.Module:
     """
     embedding, gru = getattr(module, "embedding", None), getattr(module, "gru", None)
     if isinstance(embedding, nn.Embedding) and isinstance(gru, Int8GRU):
+        if module.training:
+            raise ValueError("gate tables are for inference: call .eval() first")
         module.embedding = GateTable(embedding, gru)
     return module

@@ -94,6 +94,8 @@ def test_gate_tables_give_the_same_numbers_as_computing_the_gates(attn):
         assert torch.equal(out, t_out) and torch.equal(h, t_h)
         token = torch.randint(3, 30, (1, 4), generator=seeded(1))
         assert all(torch.equal(a, b) for a, b in zip(dec(token, h[:2], out), t_dec(token, h[:2], out)))
+    with pytest.raises(ValueError, match="eval"):  # the decoder's embedding dropout sits between the two
+        int8.tabulate_input_gates(quantize_int8(build_model(config, 30)[1]))
 
 
 def test_int8_state_dict_holds_int8_weights():
