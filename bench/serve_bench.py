@@ -466,8 +466,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         sizes = f"float32 {weights_megabytes(from_checkpoint(ckpt)):.1f} MB"
         if args.quantize:
             sizes += f", {args.quantize} {weights_megabytes(bot):.1f} MB"
-            if tables_megabytes(bot):
-                sizes += f" (+ {tables_megabytes(bot):.1f} MB of gate tables, built at load)"
+            tables = tables_megabytes(bot)
+            if tables:
+                sizes += f" (+ {tables:.1f} MB of gate tables, built at load)"
         levels, rss = [], {}
         for scenario in args.scenarios:
             logger.info("scenario %s", scenario)

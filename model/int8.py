@@ -145,13 +145,17 @@ class Int8Linear(nn.Module):
         super().__init__()
         self.weight = Int8Weight(linear.weight, linear.bias, bounded_input)  # bounded: the caller promises |x| <= 1
         self.in_features, self.out_features = linear.in_features, linear.out_features
-        self.bounded_input = bounded_input
         self._linear = compiled("int8_linear")
+
+    @property
+    def bounded_input(self) -> bool:
+        """Whether inputs are taken to be within [-1, 1] (the weight was packed for that)."""
+        return self.weight.bounded
 
     def forward(self, x: Tensor) -> Tensor:
         w = self.weight
         y = self._linear(x.reshape(-1, self.in_features), w.packed, w.bias, w.weight_sums, w.range_cols,
-                         self.bounded_input)
+                         w.bounded)
         return y.reshape(x.shape[:-1] + (self.out_features,))  # (..., out)
 
 
@@ -250,7 +254,6 @@ class GateTable(nn.Module):
         with torch.no_grad():
             table = gru.input_gates(0, embedding.weight.detach().float())  # (V, D*3H)
         self.register_buffer("table", table, persistent=False)  # derived: never saved
-        gru.gate_input = True
 
     def forward(self, ids: Tensor) -> Tensor:
         """ids (...) -> input gates (..., D*3H)."""
@@ -287,4 +290,5 @@ def tabulate_input_gates(module: nn.Module) -> nn.Module:
         if module.training:
             raise ValueError("gate tables are for inference: call .eval() first")
         module.embedding = GateTable(embedding, gru)
+        gru.gate_input = True  # its first layer now reads the table's gates
     return module
