@@ -184,7 +184,7 @@ bench-quant: ## Quantised vs float32 held-out loss and greedy replies (CKPT=path
 # `python serving/soak.py --help` lists the knobs; docs/SECURITY.md says what the tests prove.
 SOAK_ARGS ?=
 
-soak: ## Long reliability run: 64 clients x 60 s, then a worker SIGKILL under load (SOAK_ARGS=...)
+soak: ## Long reliability run: one hostile request in four (32 clients x 30 s), 64 clients x 60 s, then a worker SIGKILL under load (SOAK_ARGS=...)
 	$(PY) serving/soak.py $(SOAK_ARGS)
 
 .PHONY: soak

@@ -70,12 +70,17 @@ def serving_checkpoint(ckpt: dict, name: str, staging: Path) -> Path:
     return path
 
 
+HANDLER_MODULES = ("wire.py",)  # handler/ modules the handler imports, unpacked beside it
+
+
 def stage_model_package(staging: Path) -> Path:
-    """Copy model/*.py into staging/model (no caches) and return staging."""
+    """Copy model/*.py into staging/model (no caches) and the handler's own modules into staging; return staging."""
     target = staging / "model"
     target.mkdir(parents=True)
     for source in sorted((REPO / "model").glob("*.py")):
         shutil.copy2(source, target / source.name)
+    for name in HANDLER_MODULES:
+        shutil.copy2(REPO / "handler" / name, staging / name)
     return staging
 
 

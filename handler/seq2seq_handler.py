@@ -9,17 +9,13 @@ Wire format (one HTTP request = one entry of the batch):
   JSON: Content-Type: application/json, body {"text": "hello there"}
     -> 200 application/json {"reply": "hi .", "unknown_words": ["zorblax"]}
 
-  A rejected request gets its own 4xx status and an application/json body
-  {"code": <status>, "type": <ErrorType>, "message": <what to fix>, "unknown_words": [...]}:
-    400 EmptyInput            no body, or only whitespace
-    400 InvalidEncoding       the body is not UTF-8
-    400 MalformedJSON         Content-Type application/json but the body does not parse
-    400 MissingText           JSON that is not an object with a string "text"
-    413 InputTooLong          more than max_chars characters (default 1000)
-    415 UnsupportedMediaType  a form without a "text" field: plain `curl -d/--data-binary` sends
-                              one, and TorchServe parses forms before the handler sees the body
-    422 NoKnownWords          no word of the text is in the vocabulary (unknown_words lists them)
-  The other requests of the same batch are answered normally.
+  A text body is read in its Content-Type's charset (default UTF-8; a leading BOM is dropped).
+  A rejected request gets its own status and an application/json body
+  {"code": <status>, "type": <ErrorType>, "message": <what to fix>, "unknown_words": [...]}; the
+  kinds and statuses are the one table wire.ErrorKind (README, docs/SECURITY.md). The other
+  requests of the same batch are answered normally, whatever one request holds: every stage runs
+  per request behind a guard, and a batched decode that fails is retried request by request, so an
+  exception our code did not anticipate costs only its own request a 500 InternalError.
 
 Model-config YAML (packed into the .mar), section `handler:`:
   quantize: int8    CPU only, GRU/Linear weights: int8 (model/int8.py: int8 weights, each input row
@@ -32,7 +28,7 @@ Model-config YAML (packed into the .mar), section `handler:`:
   max_chars: 1000   longest accepted text, in characters
 
 Must run on Python 3.9 / torch 2.4 (the pytorch/torchserve image). TorchServe requires
-exactly one class in this module, so requests and errors are plain dicts.
+exactly one class in this module, so the request and error types live in wire.py beside it.
 """
 from __future__ import annotations
 
@@ -41,28 +37,39 @@ import logging
 import os
 import sys
 import time
+import traceback
+from collections.abc import Callable
 from http import HTTPStatus
-from typing import Any
+from typing import Any, Union
 
 import torch
 from ts.metrics.metric_type_enum import MetricTypes
 from ts.torch_handler.base_handler import BaseHandler
 
-# The archive unpacks the `model` package next to this file; the worker may start elsewhere.
+# The archive unpacks the `model` package and wire.py next to this file; the worker may start elsewhere.
 _HERE = os.path.dirname(os.path.abspath(__file__))
 if _HERE not in sys.path:
     sys.path.insert(0, _HERE)
 
+from wire import (  # noqa: E402
+    BODY_FIELDS,
+    JSON_TYPE,
+    TEXT_TYPE,
+    Answer,
+    BadRequest,
+    ChatRequest,
+    ErrorKind,
+    internal_error,
+    parse_body,
+)
+
 import model  # noqa: E402
-from model import CheckpointError, from_checkpoint, read_checkpoint  # noqa: E402
+from model import CheckpointError, NoKnownWordsError, from_checkpoint, read_checkpoint  # noqa: E402
 
 logger = logging.getLogger(__name__)
 
 DEFAULT_MAX_CHARS = 1000
-JSON_TYPE = "application/json"
-TEXT_TYPE = "text/plain; charset=utf-8"
-FORM_TYPES = ("application/x-www-form-urlencoded", "multipart/form-data")
-BODY_FIELDS = ("body", "data", "text")  # raw body, multipart field "data", form field "text"
+Outcome = Union[ChatRequest, Answer, BadRequest]  # what each stage hands the next, per request
 
 # Custom metrics: name -> type. They must also be declared in handler/metrics.yaml,
 # with dimensions [ModelName] (+ [Reason] for bad requests), or TorchServe drops them.
@@ -70,15 +77,11 @@ METRICS = {
     "seq2seq_requests_decoded_total": MetricTypes.COUNTER,
     "seq2seq_bad_requests_total": MetricTypes.COUNTER,
     "seq2seq_unknown_words_total": MetricTypes.COUNTER,
+    "seq2seq_decode_fallbacks_total": MetricTypes.COUNTER,
     "seq2seq_reply_words": MetricTypes.HISTOGRAM,
     "seq2seq_batch_size": MetricTypes.HISTOGRAM,
     "seq2seq_decode_seconds": MetricTypes.HISTOGRAM,
 }
-
-
-def request_error(code: int, kind: str, message: str, unknown_words: list[str] | None = None) -> dict:
-    """The JSON error body for one rejected request."""
-    return {"code": code, "type": kind, "message": message, "unknown_words": list(unknown_words or [])}
 
 
 def one_line(text: str) -> str:
@@ -86,80 +89,53 @@ def one_line(text: str) -> str:
     return "".join(c for c in " ".join(text.split()) if c.isprintable())
 
 
-def media_type(value: str | None) -> str:
-    """'application/json; charset=utf-8' -> 'application/json'; '' when no type was sent."""
-    return (value or "").split(";")[0].strip().lower()
-
-
 def request_header(context, idx: int, name: str) -> str:
     """An HTTP header of request `idx`, whatever its case ('' when absent)."""
     for key, value in (context.get_all_request_header(idx) or {}).items():
-        if key.lower() == name and isinstance(value, str):
+        if isinstance(key, str) and key.lower() == name and isinstance(value, str):
             return value
     return ""
 
 
 def find_body(context, idx: int, row: dict) -> tuple[Any, str]:
-    """(body as the worker decoded it: bytes, str or parsed JSON; its media type) of request `idx`.
+    """(body as the worker decoded it: bytes, str, parsed JSON or None; its Content-Type) of request `idx`.
 
-    The body is the raw request body, a multipart field "data", or a form field "text";
-    None when there is none (an empty form, or curl -d without a "text=" field).
+    The body is the raw request body, a multipart field "data", or a form field "text"; None
+    when there is none (an empty form, or curl -d without a "text=" field). The raw body's type is
+    the request's Content-Type header: the frontend passes the worker its media type without the
+    charset parameter.
     """
-    for field in BODY_FIELDS:
-        if field in row:
-            header = context.get_request_header(idx, field)  # per field: {"content-type": ...}
-            return row[field], media_type(header.get("content-type") if isinstance(header, dict) else None)
-    return None, media_type(request_header(context, idx, "content-type"))
+    for name in BODY_FIELDS:
+        if name in row:
+            header = context.get_request_header(idx, name)  # per field: {"content-type": ...}
+            part_type = header.get("content-type") if isinstance(header, dict) else None
+            return row[name], (request_header(context, idx, "content-type") if name == "body" else "") or part_type
+    return None, request_header(context, idx, "content-type")
 
 
-def missing_body_error(content_type: str) -> dict:
-    """Why a request had no body: an HTML form without a "text" field, or nothing at all."""
-    if content_type in FORM_TYPES:
-        return request_error(415, "UnsupportedMediaType",
-                             f"the body was sent as a form ({content_type}; plain curl -d and --data-binary "
-                             "send one) without a \"text\" field: send raw text with -H 'Content-Type: "
-                             "text/plain' or curl -T, JSON {\"text\": ...}, or the form field text=...")
-    return request_error(400, "EmptyInput", "the request has no body")
+def log_failure(what: str, error: Exception, level: int = logging.ERROR) -> None:
+    """Log an exception of our own code in one line: its type and where it was raised, never its message
+    (a KeyError's message, say, can be the user's words)."""
+    frames = traceback.extract_tb(error.__traceback__)[-6:]
+    where = " <- ".join(f"{os.path.basename(f.filename)}:{f.lineno} {f.name}" for f in reversed(frames))
+    logger.log(level, "%s: %s at %s", what, type(error).__name__, where)
 
 
-def decode_text(body: Any, max_chars: int) -> tuple[str, dict | None]:
-    """(text, None) for a usable raw body, else ("", error)."""
-    if isinstance(body, (bytes, bytearray)):
-        try:
-            body = bytes(body).decode("utf-8")
-        except UnicodeDecodeError:
-            return "", request_error(400, "InvalidEncoding", "the request body is not valid UTF-8 text")
-    if not isinstance(body, str):
-        return "", request_error(400, "InvalidEncoding", "the request body is not text")
-    return check_text(body, max_chars)
-
-
-def decode_json(body: Any, max_chars: int) -> tuple[str, dict | None]:
-    """(text, None) for a JSON body {"text": "..."}, else ("", error)."""
-    if isinstance(body, (bytes, bytearray)):  # the worker could not parse it (or decoding is off)
-        try:
-            body = json.loads(bytes(body).decode("utf-8"))
-        except UnicodeDecodeError:
-            return "", request_error(400, "InvalidEncoding", "the JSON body is not valid UTF-8")
-        except ValueError as e:  # json.JSONDecodeError; its message quotes positions, not the text
-            return "", request_error(400, "MalformedJSON", f"the body is not valid JSON: {e}")
-    if not isinstance(body, dict) or not isinstance(body.get("text"), str):
-        return "", request_error(400, "MissingText", 'the JSON body must be an object with a string field "text"')
-    return check_text(body["text"], max_chars)
-
-
-def check_text(text: str, max_chars: int) -> tuple[str, dict | None]:
-    """(text, None) unless it is blank or longer than max_chars characters."""
-    if not text.strip():
-        return "", request_error(400, "EmptyInput", "the text is empty or only whitespace")
-    if len(text) > max_chars:
-        return "", request_error(413, "InputTooLong",
-                                 f"the text has {len(text)} characters; send at most {max_chars}")
-    return text, None
+def guarded(stage: str, idx: int, work: Callable[[], Outcome]) -> Outcome:
+    """work(), or the BadRequest it raised, or a request-scoped 500 for any other exception."""
+    try:
+        return work()
+    except BadRequest as e:
+        return e
+    except NoKnownWordsError as e:
+        return BadRequest(ErrorKind.NO_KNOWN_WORDS, str(e), e.unknown_words)
+    except Exception as e:  # our bug
+        log_failure(f"request {idx} failed while {stage}", e)
+        return internal_error(stage)
 
 
 class Seq2seqHandler(BaseHandler):
-    """Chatbot replies for a batch of raw-text or JSON requests, bad ones rejected one by one."""
+    """Chatbot replies for a batch of raw-text or JSON requests, each request isolated from the others."""
 
     def initialize(self, context):
         """Rebuild the chatbot from the archive's checkpoint on the GPU TorchServe assigned, else the CPU."""
@@ -196,72 +172,113 @@ class Seq2seqHandler(BaseHandler):
                     os.path.basename(self.model_pt_path), self.device, quantize,
                     self.chatbot.voc.num_words, self.max_chars, os.path.dirname(model.__file__))
 
-    def preprocess(self, data: list[dict]) -> list[dict]:
-        """One request dict per batch entry: its text and reply format, or the error that rejects it."""
-        requests = []
-        for idx, row in enumerate(data):
-            body, content_type = find_body(self.context, idx, row)
-            as_json = content_type == JSON_TYPE
-            if body is None:
-                text, error = "", missing_body_error(content_type)
-            else:
-                text, error = (decode_json if as_json else decode_text)(body, self.max_chars)
-            logger.debug("request %d (%s): %r", idx, "json" if as_json else "raw", text)
-            requests.append({"text": text, "as_json": as_json, "error": error, "reply": None})
-        return requests
+    def handle(self, data: list[dict], context) -> list[bytes]:
+        """One response per request, always: TorchServe answers a whole batch 503 if this raises.
 
-    def inference(self, requests: list[dict], *args, **kwargs) -> list[dict]:
-        """Decode every request without an error in ONE Chatbot.reply_batch call."""
-        good = [r for r in requests if r["error"] is None]
-        if good:
-            if self.device.type == "cpu":  # a lone request means an idle server: lend it the other cores
-                torch.set_num_threads(self.threads_alone if len(good) == 1 else self.threads)
-            start = time.perf_counter()
-            replies = self.chatbot.reply_batch([r["text"] for r in good])
-            seconds = time.perf_counter() - start
-            for request, reply in zip(good, replies):
-                request["reply"] = reply
-                if reply.error:
-                    request["error"] = request_error(422, "NoKnownWords", reply.error, reply.unknown_words)
-            self.observe("seq2seq_decode_seconds", seconds)
-            self.observe("seq2seq_batch_size", len(good))
-            self.observe("seq2seq_requests_decoded_total", sum(r["error"] is None for r in good))
-            self.observe("seq2seq_unknown_words_total", sum(len(r["reply"].unknown_words) for r in good))
-            # DEBUG: at INFO this line would cost as much as the metrics, every batch
-            logger.debug("batch of %d: %d decoded together in %.1f ms", len(requests), len(good), seconds * 1000)
-        return requests
+        BaseHandler.handle is not used: it would answer a batch whose first request carries a
+        `describe: True` or `explain: True` header with one body (TorchServe then fails the batch).
+        """
+        start = time.time()
+        self.context = context
+        try:
+            return self.postprocess(self.inference(self.preprocess(data)))
+        except Exception as e:  # unreachable unless a guard itself is broken: still one reply per request
+            log_failure(f"batch of {len(data)} failed outside the per-request guards", e)
+            return [self.respond(idx, internal_error("answering its batch")) for idx in range(len(data))]
+        finally:
+            context.metrics.add_time("HandlerTime", round((time.time() - start) * 1000, 2), None, "ms")
 
-    def postprocess(self, requests: list[dict]) -> list[str]:
+    def preprocess(self, data: list[dict]) -> list[Outcome]:
+        """A ChatRequest (text, reply format, token ids) or the BadRequest that rejects it, per batch entry."""
+        return [guarded("reading the request", idx, lambda idx=idx, row=row: self.read_request(idx, row))
+                for idx, row in enumerate(data)]
+
+    def read_request(self, idx: int, row: dict) -> ChatRequest:
+        """Parse and encode request `idx`; raises BadRequest or NoKnownWordsError."""
+        request = parse_body(*find_body(self.context, idx, row), self.max_chars)
+        logger.debug("request %d (%s): %r", idx, "json" if request.as_json else "raw", request.text)
+        request.ids, request.unknown_words = self.chatbot.encode(request.text)
+        return request
+
+    def inference(self, requests: list[Outcome], *args, **kwargs) -> list[Outcome]:
+        """Decode every usable request in ONE batched call: an Answer (or its error) takes its place."""
+        good = [idx for idx, r in enumerate(requests) if isinstance(r, ChatRequest)]
+        if not good:
+            return requests
+        if self.device.type == "cpu":  # a lone request means an idle server: lend it the other cores
+            torch.set_num_threads(self.threads_alone if len(good) == 1 else self.threads)
+        start = time.perf_counter()
+        texts = self.decode_batch([requests[idx].ids for idx in good], good)
+        seconds = time.perf_counter() - start
+        self.observe("seq2seq_decode_seconds", seconds)
+        self.observe("seq2seq_batch_size", len(good))
+        self.observe("seq2seq_requests_decoded_total", sum(isinstance(t, str) for t in texts))
+        # DEBUG: at INFO this line would cost as much as the metrics, every batch
+        logger.debug("batch of %d: %d decoded together in %.1f ms", len(requests), len(good), seconds * 1000)
+        replies = list(requests)
+        for idx, text in zip(good, texts):
+            replies[idx] = Answer(requests[idx], text) if isinstance(text, str) else text
+        return replies
+
+    def decode_batch(self, batch: list[list[int]], indices: list[int]) -> list[str | BadRequest]:
+        """Reply texts for the batch in one call; if that call raises, each input alone, so only a bad one fails."""
+        try:
+            return self.chatbot.reply_texts(batch)
+        except Exception as e:
+            # WARNING: the request that fails alone is logged at ERROR below; the others get their replies
+            log_failure(f"batched decode of {len(batch)} requests failed, decoding them one by one", e,
+                        logging.WARNING)
+            self.observe("seq2seq_decode_fallbacks_total", 1)
+        return [guarded("decoding the reply", idx, lambda ids=ids: self.chatbot.reply_texts([ids])[0])
+                for idx, ids in zip(indices, batch)]
+
+    def postprocess(self, outcomes: list[Outcome]) -> list[bytes]:
         """One response body (a line of text or JSON) per request; status and headers set per request index."""
-        return [self.respond(idx, request) for idx, request in enumerate(requests)]
+        return [self.respond(idx, outcome) for idx, outcome in enumerate(outcomes)]
 
-    def respond(self, idx: int, request: dict) -> str:
-        """Set request idx's status and headers and return its body."""
-        error = request["error"]
-        if error is not None:
-            self.context.set_response_status(error["code"], HTTPStatus(error["code"]).phrase, idx)
-            self.context.set_response_content_type(idx, JSON_TYPE)
-            self.observe("seq2seq_bad_requests_total", 1, error["type"])
-            return json.dumps(error) + "\n"
-        reply = request["reply"]
-        self.observe("seq2seq_reply_words", len(reply.text.split()))
+    def respond(self, idx: int, outcome: Outcome) -> bytes:
+        """Set request idx's status and headers and return its body, as UTF-8 bytes."""
+        try:
+            if isinstance(outcome, Answer):
+                return self.reply_body(idx, outcome).encode("utf-8", "replace")
+        except Exception as e:
+            log_failure(f"request {idx} failed while writing its reply", e)
+            outcome = internal_error("writing the reply")
+        if not isinstance(outcome, BadRequest):  # a stage returned nothing usable: our bug
+            logger.error("request %d reached the response without a reply or an error", idx)
+            outcome = internal_error("answering")
+        return self.error_body(idx, outcome).encode("utf-8")
+
+    def reply_body(self, idx: int, answer: Answer) -> str:
+        """Status 200 and the reply: a line of text (unknown words in a header) or JSON."""
+        request, text = answer.request, answer.text
+        self.observe("seq2seq_reply_words", len(text.split()))
+        self.observe("seq2seq_unknown_words_total", len(request.unknown_words))
         self.context.set_response_status(200, "OK", idx)
-        if request["as_json"]:
+        if request.as_json:
             self.context.set_response_content_type(idx, JSON_TYPE)
-            return json.dumps({"reply": reply.text, "unknown_words": reply.unknown_words}) + "\n"
+            return json.dumps({"reply": text, "unknown_words": request.unknown_words}) + "\n"
         self.context.set_response_content_type(idx, TEXT_TYPE)
-        if reply.unknown_words:
-            self.context.set_response_header(idx, "X-Unknown-Words", ",".join(reply.unknown_words))
-        return reply.text + "\n"  # a line, so `curl -T hello.txt` leaves the prompt on the next line
+        if request.unknown_words:
+            self.context.set_response_header(idx, "X-Unknown-Words", ",".join(request.unknown_words))
+        return text + "\n"  # a line, so `curl -T hello.txt` leaves the prompt on the next line
+
+    def error_body(self, idx: int, error: BadRequest) -> str:
+        """The error's status and JSON body for request idx (headers a stage may have set are dropped)."""
+        self.context.set_response_status(error.kind.status, HTTPStatus(error.kind.status).phrase, idx)
+        self.context.set_response_content_type(idx, JSON_TYPE)
+        self.context.get_response_headers(idx).pop("X-Unknown-Words", None)
+        self.observe("seq2seq_bad_requests_total", 1, error.kind.type_name)
+        self.observe("seq2seq_unknown_words_total", len(error.unknown_words))
+        return json.dumps(error.body()) + "\n"
 
     def observe(self, name: str, value: float, *dimensions: str) -> None:
-        """Add `value` to the custom metric `name` (declared in metrics.yaml), for this model."""
+        """Add `value` to the custom metric `name` (declared in metrics.yaml), for this model; never raises."""
         metrics = getattr(self.context, "metrics", None)
         if metrics is None or (value == 0 and METRICS[name] == MetricTypes.COUNTER):
             return
         try:
             metric = metrics.get_metric(name, METRICS[name])
+            metric.add_or_update(value, [self.context.model_name, *dimensions])
         except Exception:  # not declared in the metrics config: TorchServe would drop it anyway
-            logger.debug("metric %s is not declared in the metrics config", name)
-            return
-        metric.add_or_update(value, [self.context.model_name, *dimensions])
+            logger.debug("metric %s could not be updated", name, exc_info=True)

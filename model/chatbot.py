@@ -46,16 +46,23 @@ class Chatbot:
         encoded = []  # (position in batch, token ids)
         for i, text in enumerate(texts):
             try:
-                ids, replies[i].unknown_words = encode(self.voc, text, self.max_length)
+                ids, replies[i].unknown_words = self.encode(text)
                 encoded.append((i, ids))
             except NoKnownWordsError as e:
                 replies[i].error = str(e)
                 replies[i].unknown_words = e.unknown_words
         if encoded:
-            tokens = self.decode_ids([ids for _, ids in encoded])
-            for (i, _), row in zip(encoded, tokens):
-                replies[i].text = decode(self.voc, row)
+            for (i, _), text in zip(encoded, self.reply_texts([ids for _, ids in encoded])):
+                replies[i].text = text
         return replies
+
+    def encode(self, text: str) -> tuple[list[int], list[str]]:
+        """(token ids ending in EOS, dropped unknown words) for one text; raises NoKnownWordsError."""
+        return encode(self.voc, text, self.max_length)
+
+    def reply_texts(self, batch: list[list[int]]) -> list[str]:
+        """The reply text for each encoded input, all decoded together."""
+        return [decode(self.voc, row) for row in self.decode_ids(batch)]
 
     def decode_ids(self, batch: list[list[int]]) -> list[list[int]]:
         """Greedy token ids for a batch of encoded inputs (each ending in EOS)."""

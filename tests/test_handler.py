@@ -20,7 +20,7 @@ import yaml
 from torch.ao.nn.quantized.dynamic import GRU as QuantizedGRU
 from ts.context import Context
 from ts.metrics.metric_cache_yaml_impl import MetricsCacheYamlImpl
-from ts.protocol.otf_message_handler import _retrieve_input_data
+from ts.protocol.otf_message_handler import _retrieve_input_data, create_predict_response
 from ts.service import Service
 from ts.utils.util import list_classes_from_module
 
@@ -47,19 +47,21 @@ def frame(*parts: bytes) -> bytes:
     return b"".join(struct.pack("!i", len(p)) + p for p in parts)
 
 
-def request(body: bytes | str | None, content_type: str = "", field: str = "body", request_type: str = "") -> dict:
+def request(body: bytes | str | None, content_type: str = "", field: str = "body", request_type: str = "",
+            headers: dict | None = None) -> dict:
     """One batch entry as the worker builds it from the frontend's message.
 
     body None: no body parameter at all (what the frontend sends for a form without fields).
-    request_type: the HTTP Content-Type header (defaults to content_type).
+    request_type: the HTTP Content-Type header (defaults to content_type). headers: more HTTP headers.
     """
     if isinstance(body, str):
         body = body.encode("utf-8")
     parameters = []
     if body is not None:
         parameters.append(_retrieve_input_data(FakeSocket(frame(field.encode(), content_type.encode(), body))))
-    headers = [{"name": b"Content-Type", "value": (request_type or content_type).encode()}]
-    return {"requestId": b"", "headers": headers, "parameters": parameters}
+    headers = {"Content-Type": request_type or content_type, **(headers or {})}
+    return {"requestId": b"", "parameters": parameters,
+            "headers": [{"name": name.encode(), "value": value.encode()} for name, value in headers.items()]}
 
 
 def json_request(payload: object) -> dict:
@@ -91,7 +93,8 @@ def make_context(model_dir: Path, handler_options: dict | None = None, gpu: int 
 
 
 def run_batch(handler, entries: list[dict]) -> list[Response]:
-    """Send one batch through handler.handle as TorchServe's Service.predict does."""
+    """Send one batch through handler.handle as TorchServe's Service.predict does, and encode the
+    responses as the worker does (that must not raise: it would kill the worker)."""
     for i, entry in enumerate(entries):
         entry["requestId"] = f"req-{i}".encode()
     headers, inputs, request_ids = Service.retrieve_data_for_inference(entries)
@@ -100,8 +103,10 @@ def run_batch(handler, entries: list[dict]) -> list[Response]:
     context.metrics.set_request_ids(request_ids)
     bodies = handler.handle(inputs, context)
     assert len(bodies) == len(entries)
+    create_predict_response(bodies, request_ids, "Prediction success", 200, context)  # what the worker sends
     return [Response(context.get_response_status(i)[0], context.get_response_content_type(i),
-                     dict(context.get_response_headers(i)), body) for i, body in enumerate(bodies)]
+                     dict(context.get_response_headers(i)), body.decode("utf-8") if isinstance(body, bytes) else body)
+            for i, body in enumerate(bodies)]
 
 
 @pytest.fixture
@@ -172,10 +177,10 @@ def test_mixed_batch_answers_each_request_on_its_own(handler, serving_chatbot):
 
 def test_the_good_requests_of_a_batch_are_decoded_in_one_call(handler, monkeypatch):
     calls = []
-    reply_batch = handler.chatbot.reply_batch
-    monkeypatch.setattr(handler.chatbot, "reply_batch", lambda texts: calls.append(list(texts)) or reply_batch(texts))
+    decode_ids = handler.chatbot.decode_ids
+    monkeypatch.setattr(handler.chatbot, "decode_ids", lambda batch: calls.append(batch) or decode_ids(batch))
     run_batch(handler, [request(GOOD[0]), request(""), json_request({"text": GOOD[1]}), request("zorblax")])
-    assert calls == [[GOOD[0], GOOD[1], "zorblax"]]
+    assert calls == [[handler.chatbot.encode(GOOD[0])[0], handler.chatbot.encode(GOOD[1])[0]]]
 
 
 def test_a_reply_in_a_batch_equals_the_reply_alone(handler):
@@ -226,7 +231,7 @@ def test_custom_metrics_are_emitted_with_declared_dimensions(handler, caplog):
     assert value("[METRICS]seq2seq_unknown_words_total.Count:") == 2
     assert any("seq2seq_bad_requests_total" in ln and "Reason:EmptyInput" in ln for ln in lines)
     assert value("[METRICS]seq2seq_bad_requests_total.Count:") == 3
-    assert value("[METRICS]seq2seq_batch_size.Requests:") == 2  # the empty bodies never reach the decoder
+    assert value("[METRICS]seq2seq_batch_size.Requests:") == 1  # empty or all-unknown texts never reach the decoder
     assert not [r for r in caplog.records if "Failed to update metric" in r.getMessage()]
 
 
@@ -258,3 +263,76 @@ def test_a_lone_request_gets_threads_alone_and_a_batch_gets_threads(model_dir, m
     run_batch(handler, [request(GOOD[0])])
     run_batch(handler, [request(GOOD[0]), request(GOOD[1])])
     assert calls == [alone, batched]
+
+
+# ---------------------------------------------------------------- request isolation
+
+
+@pytest.mark.parametrize("name, entry, status, kind", [
+    ("JSON nested past the recursion limit", request("[" * 50_000, "application/json"), 400, "MalformedJSON"),
+    ("the same, with a charset", request('{"text": ' + "[" * 50_000, "application/json; charset=utf-8"), 400,
+     "MalformedJSON"),
+    ("a multipart part of deep JSON", request("[" * 50_000, "application/json", field="data"), 400, "MalformedJSON"),
+    ("an unpaired surrogate", request('{"text": "hello \\ud800"}', "application/json"), 400, "InvalidEncoding"),
+    ("an unknown charset", request("hello", "text/plain; charset=x-nope"), 415, "UnsupportedMediaType"),
+    ("a describe: True header", request("hello there !", "text/plain", headers={"describe": "True"}), 200, None),
+    ("an explain: True header", request("hello there !", "text/plain", headers={"explain": "True"}), 200, None),
+])
+def test_a_hostile_request_first_in_its_batch_costs_the_others_nothing(handler, name, entry, status, kind):
+    """TorchServe fails a whole batch with 503 when the handler raises or returns the wrong number of bodies."""
+    alone = [run_batch(handler, [request(text)])[0].body for text in GOOD]
+    responses = run_batch(handler, [entry, *[request(text) for text in GOOD]])
+    assert [r.body for r in responses[1:]] == alone, name
+    assert responses[0].status == status, name
+    if kind:
+        assert responses[0].json()["type"] == kind
+
+
+@pytest.mark.parametrize("charset, encoding", [("latin-1", "latin-1"), ("utf-16", "utf-16"), ("cp1252", "cp1252"),
+                                               ("utf-8", "utf-8-sig")])
+def test_a_text_body_is_read_in_its_declared_charset(handler, charset, encoding):
+    text = "Hello caf\u00e9, how are you ?"
+    declared = run_batch(handler, [request(text.encode(encoding), f"text/plain; charset={charset}")])[0]
+    assert (declared.status, declared.body) == (200, run_batch(handler, [request(text)])[0].body)
+    assert declared.headers["X-Unknown-Words"] == "cafe"  # accents stripped as the tutorial does: decoded right
+
+
+def fail(error: Exception):
+    raise error
+
+
+def poison(handler, monkeypatch, bad_text: str, where: str):
+    """Make the chatbot's batched decode (where="decode") or encode (where="encode") raise on `bad_text`."""
+    bad_ids = handler.chatbot.encode(bad_text)[0]
+    if where == "decode":
+        decode_ids = handler.chatbot.decode_ids
+        monkeypatch.setattr(handler.chatbot, "decode_ids", lambda batch: fail(RuntimeError("boom"))
+                            if bad_ids in batch else decode_ids(batch))
+    else:
+        encode = handler.chatbot.encode
+        monkeypatch.setattr(handler.chatbot, "encode", lambda text: fail(KeyError(text))
+                            if text == bad_text else encode(text))
+
+
+@pytest.mark.parametrize("where", ["encode", "decode"])
+def test_an_exception_we_did_not_foresee_fails_only_its_own_request(handler, monkeypatch, caplog, where):
+    alone = [run_batch(handler, [request(text)])[0].body for text in GOOD]
+    poison(handler, monkeypatch, "what is your name", where)
+    with caplog.at_level(logging.INFO, logger="ts.metrics.caching_metric"):
+        responses = run_batch(handler, [request(GOOD[0]), request("what is your name"), *map(request, GOOD[1:])])
+    assert [r.body for i, r in enumerate(responses) if i != 1] == alone
+    error = responses[1].json()
+    assert (responses[1].status, error["type"]) == (500, "InternalError") and "other requests" in error["message"]
+    fallbacks = [r.getMessage() for r in caplog.records if "seq2seq_decode_fallbacks_total" in r.getMessage()]
+    assert len(fallbacks) == (where == "decode")
+    errors = [r for r in caplog.records if r.levelno >= logging.ERROR]
+    assert len(errors) == 1 and "what is your name" not in caplog.text  # once, tracebacks included, no user text
+
+
+def test_a_reply_that_cannot_be_written_fails_only_its_own_request(handler, monkeypatch):
+    reply_body = handler.reply_body
+    monkeypatch.setattr(handler, "reply_body", lambda idx, answer: fail(UnicodeError("x"))
+                        if idx == 1 else reply_body(idx, answer))
+    responses = run_batch(handler, [request(GOOD[0]), json_request({"text": GOOD[1]}), request(GOOD[2])])
+    assert [r.status for r in responses] == [200, 500, 200]
+    assert responses[1].content_type == "application/json" and responses[1].json()["type"] == "InternalError"

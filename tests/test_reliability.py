@@ -41,9 +41,11 @@ from serving.soak import (
     TEXT,
     Case,
     bad_input_cases,
+    hostile_cases,
     java_process,
     kill_worker_during_load,
     load_cases,
+    mixed_phase,
     run_load,
     send,
     served_quantize,
@@ -85,12 +87,19 @@ def test_each_bad_input_gets_its_documented_answer_and_good_ones_in_the_batch_th
                                                                                            served_chatbot):
     worker = [p.pid for p in worker_processes(torchserve)]
     batched_before = batches_of_more_than_one(torchserve)
-    cases = bad_input_cases(served_chatbot)
+    cases = bad_input_cases(served_chatbot) + hostile_cases(served_chatbot)
     cases = [c for pair in zip(cases, good_cases(served_chatbot, len(cases))) for c in pair]  # bad, good, ...
     results = send_all_at_once(torchserve.predictions_url, cases)
     assert failures(results) == []
     assert batches_of_more_than_one(torchserve) > batched_before, "the requests were never batched"
     assert [p.pid for p in worker_processes(torchserve)] == worker, "a bad input killed the worker"
+
+
+def test_one_hostile_request_in_four_from_32_clients_fails_no_good_request(torchserve, served_chatbot):
+    mixed = mixed_phase(torchserve, served_chatbot, clients=32, seconds=8)
+    assert mixed["good_sent"] >= 200 and mixed["bad_sent"] >= 60, mixed
+    assert (mixed["good_not_200"], mixed["good_wrong_reply"], mixed["bad_unexpected"]) == (0, 0, []), mixed
+    assert mixed["worker_pid_kept"], mixed
 
 
 def test_a_body_over_max_request_size_gets_413_and_the_server_goes_on(torchserve, served_chatbot):
@@ -117,11 +126,53 @@ JSON_VALUES = st.recursive(
     lambda inner: st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=6), inner, max_size=4),
     max_leaves=12)
 JSON_BODIES = JSON_VALUES | st.builds(lambda v: {"text": v}, JSON_VALUES) | st.builds(lambda t: {"text": t}, st.text())
+ODD_TEXT = st.text(st.characters(categories=["Cs", "Mn", "Cc", "Cf", "Zs", "So", "Lo"]) |
+                   st.sampled_from("\ufb01\ufb02\u0301\u200d\ufeff\x00\x1b\u202e\U0001F600hello ?!"), max_size=40)
+
+
+def raw_json(draw) -> bytes:
+    """JSON as an attacker writes it: deep nesting, huge numbers, duplicate keys, escaped surrogates."""
+    depth = draw(st.integers(1, 60_000))
+    digits = draw(st.integers(1, 20_000))
+    text = json.dumps(draw(ODD_TEXT))  # ASCII-escaped: lone surrogates arrive as \udXXX escapes
+    return draw(st.sampled_from([
+        "[" * depth + "]" * draw(st.sampled_from([0, depth])),
+        '{"text": ' + "[" * depth,
+        '{"text": "hello", "n": ' + "9" * digits + "}",
+        '{"text": ' + "1" + "0" * digits + "}",
+        '{"text": ' + text + ', "text": "hello"}',
+        '{"text": "hello", "text": ' + text + "}",
+        '{"text": ' + text + "}",
+        "[" * depth + '{"text": "hello"}' + "]" * depth,
+    ])).encode()
+
+
+@st.composite
+def hostile_entries(draw) -> dict:
+    """One request built to break a parser rather than to pass it."""
+    charset = draw(st.sampled_from(["", "; charset=utf-8", "; charset=latin-1", "; charset=utf-16",
+                                    "; charset=x-unknown", "; charset=", '; charset="utf-8"']))
+    kind = draw(st.sampled_from(["json", "text", "multipart", "header"]))
+    if kind == "json":
+        return request(raw_json(draw), "application/json" + draw(st.sampled_from(["", charset])),
+                       field=draw(st.sampled_from(["body", "data", "text"])))
+    if kind == "text":  # text in one encoding, labelled (rightly or not) with another
+        encoding = draw(st.sampled_from(["utf-8", "latin-1", "utf-16", "utf-16-le", "cp1252", "utf-8-sig"]))
+        body = draw(ODD_TEXT).encode(encoding, "surrogatepass" if encoding.startswith("utf") else "replace")
+        return request(body, "text/plain" + charset)
+    if kind == "multipart":  # odd field names and part types the frontend passes on as they came
+        return request(draw(st.binary(max_size=200)), draw(CONTENT_TYPES), field=draw(st.text(max_size=10)),
+                       request_type="multipart/form-data; boundary=" + draw(st.text(max_size=5)))
+    name = draw(st.sampled_from(["describe", "explain", "body", "data", "text", "content-type", "Content-Type"]))
+    return request("hello there !", "text/plain", headers={name: draw(st.sampled_from(["True", "true", "", "x"]))})
+
+
 ENTRIES = st.one_of(
     st.builds(request, st.none() | st.binary(max_size=1500) | st.text(max_size=1200), CONTENT_TYPES, FIELDS,
               CONTENT_TYPES),
     st.builds(lambda v, ct: request(json.dumps(v), ct), JSON_BODIES,
               st.sampled_from(["application/json", "application/json; charset=utf-8"])),
+    hostile_entries(),
 )
 FUZZ = {"deadline": None, "database": None, "suppress_health_check": [HealthCheck.too_slow, HealthCheck.data_too_large]}
 
@@ -150,14 +201,39 @@ def test_fuzz_one_request_of_any_bytes_json_and_content_type(fuzz_handler, entry
     assert_well_formed(run_batch(fuzz_handler, [entry]))  # run_batch checks one response per request
 
 
-@given(entries=st.lists(ENTRIES, min_size=1, max_size=7), position=st.integers(0, 7))
-@settings(max_examples=500, **FUZZ)
-def test_fuzz_mixed_batches_keep_the_good_request_right(fuzz_handler, serving_chatbot, entries, position):
-    position = min(position, len(entries))
-    entries.insert(position, request(GOOD_TEXT, "text/plain"))
-    responses = run_batch(fuzz_handler, entries)
+GOOD_TEXTS = ["how are you ?", "hello there !", "do you like music ?"]
+
+
+@pytest.fixture(scope="module")
+def replies_alone(fuzz_handler) -> dict:
+    """Each good text's response body when it is the only request of its batch."""
+    return {text: run_batch(fuzz_handler, [request(text, "text/plain")])[0].body for text in GOOD_TEXTS}
+
+
+def assert_good_ones_unharmed(handler, replies_alone, entries, positions) -> None:
+    """Insert the good requests at `positions` among `entries`: each must get its reply alone, the rest 200/4xx."""
+    goods = {}
+    for i, position in enumerate(positions):
+        position = min(position, len(entries))
+        entries.insert(position, request(GOOD_TEXTS[i % len(GOOD_TEXTS)], "text/plain"))
+        goods = {(k + 1 if k >= position else k): t for k, t in goods.items()}
+        goods[position] = GOOD_TEXTS[i % len(GOOD_TEXTS)]
+    responses = run_batch(handler, entries)
     assert_well_formed(responses)
-    assert responses[position].body == serving_chatbot.reply(GOOD_TEXT).text + "\n"
+    assert {k: responses[k].body for k in goods} == {k: replies_alone[t] for k, t in goods.items()}
+
+
+@given(entries=st.lists(ENTRIES, min_size=1, max_size=7), positions=st.lists(st.integers(0, 8), min_size=1, max_size=3))
+@settings(max_examples=500, **FUZZ)
+def test_fuzz_mixed_batches_keep_the_good_requests_right(fuzz_handler, replies_alone, entries, positions):
+    assert_good_ones_unharmed(fuzz_handler, replies_alone, entries, positions)
+
+
+@given(entries=st.lists(hostile_entries(), min_size=1, max_size=7),
+       positions=st.lists(st.integers(0, 8), min_size=1, max_size=3))
+@settings(max_examples=500, **FUZZ)
+def test_fuzz_hostile_batches_keep_the_good_requests_right(fuzz_handler, replies_alone, entries, positions):
+    assert_good_ones_unharmed(fuzz_handler, replies_alone, entries, positions)
 
 
 # ---------------------------------------------------------------- load
