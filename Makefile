@@ -148,7 +148,7 @@ ping: ## Health check: GET :8080/ping
 	@curl -sS $(call ts_auth,inference) $(INFERENCE_URL)/ping
 
 predict: ## Ask the served bot: make predict TEXT="how are you?"
-	@$(PY) client/chat_client.py --url $(INFERENCE_URL) --model $(MODEL_NAME) \
+	@$(PY) -m client.chat_client --url $(INFERENCE_URL) --model $(MODEL_NAME) \
 	  $$([ -f $(KEY_FILE) ] && echo --token-auth --key-file $(KEY_FILE)) '$(subst ','"'"',$(TEXT))'
 
 models: ## List the models and describe my_s2s (management API, :8081)

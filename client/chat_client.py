@@ -1,11 +1,13 @@
 """Talk to the chatbot served by TorchServe: one question, or a chat loop.
 
-    python client/chat_client.py "hello there"      # one-shot: prints only the reply
-    python client/chat_client.py                    # '> ' prompt, 'Bot: ...' replies; q, quit or Ctrl-D ends
-    TOKEN_AUTH=1 python client/chat_client.py "hi"  # token mode: send the inference key of key_file.json
+    python -m client.chat_client "hello there"      # one-shot: prints only the reply
+    python -m client.chat_client                    # '> ' prompt, 'Bot: ...' replies; q, quit or Ctrl-D ends
+    python -m client.chat_client --beam-size 5 --num-replies 3 "hi"   # decoding options, as train.chat's
+    TOKEN_AUTH=1 python -m client.chat_client "hi"  # token mode: send the inference key of key_file.json
 
 It behaves like the local chat CLI (python -m train.chat), but asks the server: each text is sent
-as JSON {"text": ...} and answered {"reply": ..., "unknown_words": [...]} (handler/seq2seq_handler.py).
+as JSON {"text": ..., <decoding options>} and answered {"reply": ..., "score": ..., "unknown_words":
+[...], "replies": [...]} (handler/seq2seq_handler.py).
 Dropped unknown words are named on stderr, as the CLI does. Exit status: 0 replied, 1 the server
 rejected the text (one-shot), 2 the server could not be reached.
 """
@@ -18,6 +20,8 @@ import sys
 from pathlib import Path
 
 import requests
+
+from client.flags import add_decoding_flags, decoding_fields, reply_lines
 
 QUIT_WORDS = ("q", "quit")  # as in train/chat.py
 
@@ -43,10 +47,11 @@ def inference_key(key_file: Path) -> str:
         raise ServerError(f"{key_file} is not a TorchServe key file (no inference key)") from None
 
 
-def ask(session: requests.Session, url: str, text: str, timeout: float) -> tuple[bool, str, list[str]]:
-    """Send one text: (True, reply, unknown words), or (False, error message, unknown words)."""
+def ask(session: requests.Session, url: str, text: str, timeout: float,
+        fields: dict | None = None) -> tuple[bool, str, list[str]]:
+    """Send one text (and decoding fields): (True, reply lines, unknown words), or (False, error message, ...)."""
     try:
-        response = session.post(url, json={"text": text}, timeout=timeout)
+        response = session.post(url, json={"text": text, **(fields or {})}, timeout=timeout)
     except requests.RequestException as e:
         raise ServerError(f"cannot reach {url}: {e}") from e
     try:
@@ -54,19 +59,20 @@ def ask(session: requests.Session, url: str, text: str, timeout: float) -> tuple
     except ValueError:
         raise ServerError(f"{url} answered {response.status_code} without JSON: {response.text[:200]}") from None
     if response.ok:
-        return True, body.get("reply", ""), body.get("unknown_words", [])
+        replies = [(r["reply"], r["score"]) for r in body.get("replies", [])] or [(body.get("reply", ""), 0.0)]
+        return True, "\n".join(reply_lines(replies, "replies" in body)), body.get("unknown_words", [])
     message = f"{body.get('message', response.text[:200])} ({response.status_code} {body.get('type', 'Error')})"
     return False, message, body.get("unknown_words", [])
 
 
-def chat(session: requests.Session, url: str, timeout: float) -> int:
+def chat(session: requests.Session, url: str, timeout: float, fields: dict) -> int:
     """The chat CLI's loop: read a line after '> ', print 'Bot: ...', until q, quit or end of input."""
     while True:
         print("> ", end="", flush=True)
         line = sys.stdin.readline()
         if not line or line.strip() in QUIT_WORDS:
             return 0
-        ok, message, unknown_words = ask(session, url, line.rstrip("\n"), timeout)
+        ok, message, unknown_words = ask(session, url, line.rstrip("\n"), timeout, fields)
         report_unknown(unknown_words)
         if ok:
             print(f"Bot: {message}", flush=True)
@@ -75,7 +81,7 @@ def chat(session: requests.Session, url: str, timeout: float) -> int:
 
 
 def parse_args(argv=None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser = argparse.ArgumentParser(prog="python -m client.chat_client", description=__doc__.split("\n")[0])
     parser.add_argument("text", nargs="?", help="one question to ask; without it, chat interactively")
     parser.add_argument("--url", default=os.environ.get("TS_INFERENCE_URL", "http://127.0.0.1:8080"),
                         help="TorchServe inference address (env TS_INFERENCE_URL)")
@@ -85,6 +91,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--key-file", type=Path, default=Path(os.environ.get("TS_KEY_FILE", "key_file.json")),
                         help="TorchServe key file for token mode (env TS_KEY_FILE)")
     parser.add_argument("--timeout", type=float, default=30.0, help="seconds to wait for each reply")
+    add_decoding_flags(parser)
     return parser.parse_args(argv)
 
 
@@ -96,8 +103,8 @@ def main(argv=None) -> int:
         if args.token_auth:
             session.headers["Authorization"] = f"Bearer {inference_key(args.key_file)}"
         if args.text is None:
-            return chat(session, url, args.timeout)
-        ok, message, unknown_words = ask(session, url, args.text, args.timeout)
+            return chat(session, url, args.timeout, decoding_fields(args))
+        ok, message, unknown_words = ask(session, url, args.text, args.timeout, decoding_fields(args))
     except ServerError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2

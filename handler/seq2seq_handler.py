@@ -65,6 +65,7 @@ from wire import (  # noqa: E402
 
 import model  # noqa: E402
 from model import CheckpointError, NoKnownWordsError, from_checkpoint, read_checkpoint  # noqa: E402
+from model.decoding import InvalidOption, options_from_config, parse_options  # noqa: E402
 
 logger = logging.getLogger(__name__)
 
@@ -129,6 +130,8 @@ def guarded(stage: str, idx: int, work: Callable[[], Outcome]) -> Outcome:
         return e
     except NoKnownWordsError as e:
         return BadRequest(ErrorKind.NO_KNOWN_WORDS, str(e), e.unknown_words)
+    except InvalidOption as e:
+        return BadRequest(ErrorKind.INVALID_OPTION, str(e))
     except Exception as e:  # our bug
         log_failure(f"request {idx} failed while {stage}", e)
         return internal_error(stage)
@@ -167,6 +170,8 @@ class Seq2seqHandler(BaseHandler):
                          "which validates the checkpoint)", os.path.basename(self.model_pt_path), type(e).__name__,
                          one_line(str(e)))
             raise
+        # Decoding defaults and limits; a wrong value here fails the load with InvalidOption naming it
+        self.defaults, self.limits = options_from_config(options, self.chatbot.max_length)
         self.initialized = True
         logger.info("seq2seq chatbot loaded from %s on %s (quantize=%s, %d words, max %d chars, model package %s)",
                     os.path.basename(self.model_pt_path), self.device, quantize,
@@ -194,8 +199,10 @@ class Seq2seqHandler(BaseHandler):
                 for idx, row in enumerate(data)]
 
     def read_request(self, idx: int, row: dict) -> ChatRequest:
-        """Parse and encode request `idx`; raises BadRequest or NoKnownWordsError."""
+        """Parse, check the decoding options of and encode request `idx`; raises BadRequest, InvalidOption or
+        NoKnownWordsError."""
         request = parse_body(*find_body(self.context, idx, row), self.max_chars)
+        request.options = parse_options(request.option_values, self.defaults, self.limits)
         logger.debug("request %d (%s): %r", idx, "json" if request.as_json else "raw", request.text)
         request.ids, request.unknown_words = self.chatbot.encode(request.text)
         return request
@@ -208,29 +215,34 @@ class Seq2seqHandler(BaseHandler):
         if self.device.type == "cpu":  # a lone request means an idle server: lend it the other cores
             torch.set_num_threads(self.threads_alone if len(good) == 1 else self.threads)
         start = time.perf_counter()
-        texts = self.decode_batch([requests[idx].ids for idx in good], good)
+        found = self.decode_batch([requests[idx] for idx in good], good)
         seconds = time.perf_counter() - start
         self.observe("seq2seq_decode_seconds", seconds)
         self.observe("seq2seq_batch_size", len(good))
-        self.observe("seq2seq_requests_decoded_total", sum(isinstance(t, str) for t in texts))
+        self.observe("seq2seq_requests_decoded_total", sum(isinstance(f, list) for f in found))
         # DEBUG: at INFO this line would cost as much as the metrics, every batch
         logger.debug("batch of %d: %d decoded together in %.1f ms", len(requests), len(good), seconds * 1000)
-        replies = list(requests)
-        for idx, text in zip(good, texts):
-            replies[idx] = Answer(requests[idx], text) if isinstance(text, str) else text
-        return replies
+        outcomes = list(requests)
+        for idx, replies in zip(good, found):
+            outcomes[idx] = Answer(requests[idx], replies) if isinstance(replies, list) else replies
+        return outcomes
 
-    def decode_batch(self, batch: list[list[int]], indices: list[int]) -> list[str | BadRequest]:
-        """Reply texts for the batch in one call; if that call raises, each input alone, so only a bad one fails."""
+    def decode(self, batch: list[ChatRequest]) -> list[list[tuple[str, float]]]:
+        """Each request's (reply, score) pairs, best first: one batched search per decoding mode."""
+        found = self.chatbot.generate([r.ids for r in batch], [r.options for r in batch])
+        return [[(self.chatbot.text(c), c.score) for c in candidates] for candidates in found]
+
+    def decode_batch(self, batch: list[ChatRequest], indices: list[int]) -> list[list | BadRequest]:
+        """Replies for the batch in one call; if that call raises, each request alone, so only a bad one fails."""
         try:
-            return self.chatbot.reply_texts(batch)
+            return self.decode(batch)
         except Exception as e:
             # WARNING: the request that fails alone is logged at ERROR below; the others get their replies
             log_failure(f"batched decode of {len(batch)} requests failed, decoding them one by one", e,
                         logging.WARNING)
             self.observe("seq2seq_decode_fallbacks_total", 1)
-        return [guarded("decoding the reply", idx, lambda ids=ids: self.chatbot.reply_texts([ids])[0])
-                for idx, ids in zip(indices, batch)]
+        return [guarded("decoding the reply", idx, lambda request=request: self.decode([request])[0])
+                for idx, request in zip(indices, batch)]
 
     def postprocess(self, outcomes: list[Outcome]) -> list[bytes]:
         """One response body (a line of text or JSON) per request; status and headers set per request index."""
@@ -251,13 +263,13 @@ class Seq2seqHandler(BaseHandler):
 
     def reply_body(self, idx: int, answer: Answer) -> str:
         """Status 200 and the reply: a line of text (unknown words in a header) or JSON."""
-        request, text = answer.request, answer.text
+        request, text = answer.request, answer.replies[0][0]
         self.observe("seq2seq_reply_words", len(text.split()))
         self.observe("seq2seq_unknown_words_total", len(request.unknown_words))
         self.context.set_response_status(200, "OK", idx)
         if request.as_json:
             self.context.set_response_content_type(idx, JSON_TYPE)
-            return json.dumps({"reply": text, "unknown_words": request.unknown_words}) + "\n"
+            return json.dumps(answer.body()) + "\n"
         self.context.set_response_content_type(idx, TEXT_TYPE)
         if request.unknown_words:
             self.context.set_response_header(idx, "X-Unknown-Words", ",".join(request.unknown_words))

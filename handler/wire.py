@@ -28,6 +28,7 @@ class ErrorKind(Enum):
     INVALID_ENCODING = ("InvalidEncoding", 400)
     MALFORMED_JSON = ("MalformedJSON", 400)
     MISSING_TEXT = ("MissingText", 400)
+    INVALID_OPTION = ("InvalidOption", 400)
     INPUT_TOO_LONG = ("InputTooLong", 413)
     UNSUPPORTED_MEDIA_TYPE = ("UnsupportedMediaType", 415)
     NO_KNOWN_WORDS = ("NoKnownWords", 422)
@@ -62,20 +63,30 @@ def internal_error(stage: str) -> BadRequest:
 
 @dataclass
 class ChatRequest:
-    """One usable request: its text, and whether the reply goes back as JSON."""
+    """One usable request: its text, whether the reply goes back as JSON, and its decoding fields."""
 
     text: str
     as_json: bool = False
+    option_values: dict = field(default_factory=dict)  # the JSON body's fields beside "text", unchecked
     unknown_words: list[str] = field(default_factory=list)
     ids: list[int] = field(default_factory=list)  # the encoded text, set by the handler
+    options: Any = None  # model.decoding.DecodeOptions, set by the handler
 
 
 @dataclass
 class Answer:
-    """A decoded reply to a ChatRequest."""
+    """The decoded replies to a ChatRequest: (text, mean token log-probability) pairs, best first."""
 
     request: ChatRequest
-    text: str
+    replies: list
+
+    def body(self) -> dict:
+        """The JSON reply: {"reply", "score", "unknown_words"}, and "replies" when more than one was asked."""
+        text, score = self.replies[0]
+        body = {"reply": text, "score": round(score, 4), "unknown_words": self.request.unknown_words}
+        if self.request.options is not None and self.request.options.num_replies > 1:
+            body["replies"] = [{"reply": t, "score": round(s, 4)} for t, s in self.replies]
+        return body
 
 
 def media_type(value: str | None) -> tuple[str, dict]:
@@ -98,7 +109,8 @@ def parse_body(body: Any, content_type: str | None, max_chars: int) -> ChatReque
         value = load_json(to_text(body, params)) if isinstance(body, (bytes, bytearray)) else body
         if not isinstance(value, dict) or not isinstance(value.get("text"), str):
             raise BadRequest(ErrorKind.MISSING_TEXT, 'the JSON body must be an object with a string field "text"')
-        return ChatRequest(check_text(value["text"], max_chars), as_json=True)
+        options = {k: v for k, v in value.items() if k != "text"}
+        return ChatRequest(check_text(value["text"], max_chars), as_json=True, option_values=options)
     if not isinstance(body, (bytes, bytearray, str)):
         raise BadRequest(ErrorKind.INVALID_ENCODING, "the request body is not text")
     return ChatRequest(check_text(to_text(body, params), max_chars))

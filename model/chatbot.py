@@ -1,4 +1,4 @@
-"""A ready-to-talk chatbot: text in, replies out, one batched greedy decode per call."""
+"""A ready-to-talk chatbot: text in, replies out, one batched decode per decoding mode and call."""
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
@@ -7,17 +7,24 @@ from dataclasses import dataclass, field
 import torch
 from torch import nn
 
+from .decoding import SEARCHES, Candidate, DecodeOptions
 from .seq2seq import greedy_decode
 from .voc import NoKnownWordsError, PAD_token, Voc, decode, encode
 
 
 @dataclass
 class Reply:
-    """The bot's answer to one input: `text`, or `error` when the input could not be used."""
+    """The bot's answer to one input: `text`, or `error` when the input could not be used.
+
+    score: the reply's mean token log-probability; replies: every (text, score) asked for
+    (num_replies), best first, the first being (text, score).
+    """
 
     text: str = ""
     unknown_words: list[str] = field(default_factory=list)
     error: str | None = None
+    score: float | None = None
+    replies: list[tuple[str, float]] = field(default_factory=list)
 
 
 class Chatbot:
@@ -36,12 +43,18 @@ class Chatbot:
         self.device = device
         self.step = step
 
-    def reply(self, text: str) -> Reply:
-        """The reply to one text."""
-        return self.reply_batch([text])[0]
+    @property
+    def default_options(self) -> DecodeOptions:
+        """Greedy, up to the model's max_length tokens."""
+        return DecodeOptions(max_length=self.max_length)
 
-    def reply_batch(self, texts: Sequence[str]) -> list[Reply]:
+    def reply(self, text: str, options: DecodeOptions | None = None) -> Reply:
+        """The reply to one text."""
+        return self.reply_batch([text], None if options is None else [options])[0]
+
+    def reply_batch(self, texts: Sequence[str], options: Sequence[DecodeOptions] | None = None) -> list[Reply]:
         """One Reply per text, in order; texts with no known word get an error, the rest are decoded together."""
+        options = list(options) if options is not None else [self.default_options] * len(texts)
         replies = [Reply() for _ in texts]
         encoded = []  # (position in batch, token ids)
         for i, text in enumerate(texts):
@@ -52,20 +65,37 @@ class Chatbot:
                 replies[i].error = str(e)
                 replies[i].unknown_words = e.unknown_words
         if encoded:
-            for (i, _), text in zip(encoded, self.reply_texts([ids for _, ids in encoded])):
-                replies[i].text = text
+            found = self.generate([ids for _, ids in encoded], [options[i] for i, _ in encoded])
+            for (i, _), candidates in zip(encoded, found):
+                replies[i].replies = [(self.text(c), c.score) for c in candidates]
+                replies[i].text, replies[i].score = replies[i].replies[0]
         return replies
 
     def encode(self, text: str) -> tuple[list[int], list[str]]:
         """(token ids ending in EOS, dropped unknown words) for one text; raises NoKnownWordsError."""
         return encode(self.voc, text, self.max_length)
 
-    def reply_texts(self, batch: list[list[int]]) -> list[str]:
-        """The reply text for each encoded input, all decoded together."""
-        return [decode(self.voc, row) for row in self.decode_ids(batch)]
+    def text(self, candidate: Candidate) -> str:
+        """A candidate's reply text."""
+        return decode(self.voc, candidate.ids)
 
-    def decode_ids(self, batch: list[list[int]]) -> list[list[int]]:
-        """Greedy token ids for a batch of encoded inputs (each ending in EOS)."""
+    def generate(self, batch: list[list[int]], options: Sequence[DecodeOptions]) -> list[list[Candidate]]:
+        """Each encoded input's candidates, best first: requests are grouped by decoding mode (greedy, beam,
+        sample) and each group is decoded in one batched search."""
+        groups: dict[str, list[int]] = {}
+        for i, o in enumerate(options):
+            groups.setdefault(o.mode, []).append(i)
+        results: list[list[Candidate]] = [[] for _ in batch]
+        for mode, indices in groups.items():
+            input_seq, lengths = self.pad([batch[i] for i in indices])
+            found = SEARCHES[mode](self.encoder, self.decoder, input_seq, lengths, [options[i] for i in indices],
+                                   self.step)
+            for i, candidates in zip(indices, found):
+                results[i] = candidates
+        return results
+
+    def pad(self, batch: list[list[int]]) -> tuple[torch.Tensor, torch.Tensor]:
+        """(T, B) padded ids on the model's device and (B,) lengths for a batch of encoded inputs."""
         lengths = torch.tensor([len(ids) for ids in batch], dtype=torch.long)
         # Always padded to max_length (encode never gives more): attention then sums over the same
         # number of positions alone or in any batch, so its last bits, and the reply, cannot change.
@@ -73,7 +103,13 @@ class Chatbot:
         input_seq = torch.full((src_len, len(batch)), PAD_token, dtype=torch.long)  # (T, B)
         for b, ids in enumerate(batch):
             input_seq[: len(ids), b] = torch.tensor(ids)
-        out = greedy_decode(self.encoder, self.decoder, input_seq.to(self.device), lengths, self.max_length,
-                            self.step)
-        return out.tolist()
+        return input_seq.to(self.device), lengths
 
+    def reply_texts(self, batch: list[list[int]]) -> list[str]:
+        """The greedy reply text for each encoded input, all decoded together."""
+        return [decode(self.voc, row) for row in self.decode_ids(batch)]
+
+    def decode_ids(self, batch: list[list[int]]) -> list[list[int]]:
+        """Greedy token ids for a batch of encoded inputs (each ending in EOS)."""
+        input_seq, lengths = self.pad(batch)
+        return greedy_decode(self.encoder, self.decoder, input_seq, lengths, self.max_length, self.step).tolist()

@@ -126,8 +126,12 @@ def source_mask(input_lengths: torch.Tensor, max_len: int, device: torch.device)
 
 @torch.no_grad()
 def greedy_decode(encoder: EncoderRNN, decoder: LuongAttnDecoderRNN, input_seq: torch.Tensor,
-                  input_lengths: torch.Tensor, max_length: int, step: Callable | None = None) -> torch.Tensor:
+                  input_lengths: torch.Tensor, max_length: int, step: Callable | None = None,
+                  with_logprobs: bool = False) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
     """Greedy replies for a whole batch: (T, B) padded ids -> (B, <= max_length) token ids.
+
+    with_logprobs: also return each token's log-probability (B, <= max_length) (0 after EOS); the
+    ids are the same either way.
 
     step runs one decoder step, as decoder(token, hidden, encoder_outputs, mask) does (default:
     the decoder itself; trace_step's copy is the same with less Python overhead).
@@ -145,20 +149,25 @@ def greedy_decode(encoder: EncoderRNN, decoder: LuongAttnDecoderRNN, input_seq: 
     step = step or decoder
     batch = input_seq.size(1)
     replies = torch.full((batch, max_length), EOS_token, dtype=torch.long, device=device)
+    logprobs = torch.zeros((batch, max_length), dtype=torch.double, device=device) if with_logprobs else None
     rows = torch.arange(batch, device=device)  # which reply each row of the shrinking batch fills
     token = torch.full((1, batch), SOS_token, dtype=torch.long, device=device)
     for t in range(max_length):
         logits, hidden = step(token, hidden, encoder_outputs, mask)  # (1, n, V)
-        token = logits.max(dim=2).indices  # (1, n); argmax of logits == of softmax; max() is 3x faster than argmax()
+        best = logits.max(dim=2)  # argmax of logits == of softmax; max() is 3x faster than argmax()
+        token = best.indices  # (1, n)
         replies[rows, t] = token[0]
+        if logprobs is not None:  # log softmax of the chosen token: its logit minus the log-sum-exp
+            logprobs[rows, t] = (best.values[0].double() - torch.logsumexp(logits[0].double(), dim=1))
         going = token[0] != EOS_token
         if not bool(going.all()):
             if not bool(going.any()):
-                return replies[:, : t + 1]
+                replies = replies[:, : t + 1]
+                return (replies, logprobs[:, : t + 1]) if logprobs is not None else replies
             keep = going.nonzero().squeeze(1)
             rows, token, hidden = rows[keep], token[:, keep], hidden[:, keep]
             encoder_outputs, mask = encoder_outputs[:, keep], mask[:, keep]
-    return replies
+    return (replies, logprobs) if logprobs is not None else replies
 
 
 def _step_example(decoder: LuongAttnDecoderRNN, batch: int, src_len: int) -> tuple:

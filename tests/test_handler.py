@@ -172,13 +172,16 @@ def test_mixed_batch_answers_each_request_on_its_own(handler, serving_chatbot):
         assert responses[idx].body == serving_chatbot.reply(text).text + "\n"
     for idx, text in ((2, GOOD[2]), (3, GOOD[3])):
         assert (responses[idx].status, responses[idx].content_type) == (200, "application/json")
-        assert responses[idx].json() == {"reply": serving_chatbot.reply(text).text, "unknown_words": []}
+        reference = serving_chatbot.reply(text)
+        assert responses[idx].json() == {"reply": reference.text, "score": round(reference.score, 4),
+                                         "unknown_words": []}
 
 
 def test_the_good_requests_of_a_batch_are_decoded_in_one_call(handler, monkeypatch):
     calls = []
-    decode_ids = handler.chatbot.decode_ids
-    monkeypatch.setattr(handler.chatbot, "decode_ids", lambda batch: calls.append(batch) or decode_ids(batch))
+    generate = handler.chatbot.generate
+    monkeypatch.setattr(handler.chatbot, "generate", lambda batch, options: calls.append(batch) or
+                        generate(batch, options))
     run_batch(handler, [request(GOOD[0]), request(""), json_request({"text": GOOD[1]}), request("zorblax")])
     assert calls == [[handler.chatbot.encode(GOOD[0])[0], handler.chatbot.encode(GOOD[1])[0]]]
 
@@ -305,9 +308,9 @@ def poison(handler, monkeypatch, bad_text: str, where: str):
     """Make the chatbot's batched decode (where="decode") or encode (where="encode") raise on `bad_text`."""
     bad_ids = handler.chatbot.encode(bad_text)[0]
     if where == "decode":
-        decode_ids = handler.chatbot.decode_ids
-        monkeypatch.setattr(handler.chatbot, "decode_ids", lambda batch: fail(RuntimeError("boom"))
-                            if bad_ids in batch else decode_ids(batch))
+        generate = handler.chatbot.generate
+        monkeypatch.setattr(handler.chatbot, "generate", lambda batch, options: fail(RuntimeError("boom"))
+                            if bad_ids in batch else generate(batch, options))
     else:
         encode = handler.chatbot.encode
         monkeypatch.setattr(handler.chatbot, "encode", lambda text: fail(KeyError(text))
@@ -336,3 +339,34 @@ def test_a_reply_that_cannot_be_written_fails_only_its_own_request(handler, monk
     responses = run_batch(handler, [request(GOOD[0]), json_request({"text": GOOD[1]}), request(GOOD[2])])
     assert [r.status for r in responses] == [200, 500, 200]
     assert responses[1].content_type == "application/json" and responses[1].json()["type"] == "InternalError"
+
+
+# ---------------------------------------------------------------- decoding options
+
+
+def test_a_batch_of_mixed_options_runs_one_search_per_mode_and_each_reply_is_its_own(handler, monkeypatch):
+    from model import decoding
+    options = [{}, {"beam_size": 4, "num_replies": 2}, {"temperature": 0.7, "seed": 3}, {}, {"beam_size": 3},
+               {"top_k": 5, "seed": 9, "num_replies": 2}]
+    entries = [json_request({"text": GOOD[i % len(GOOD)], **o}) for i, o in enumerate(options)]
+    alone = [run_batch(handler, [json_request({"text": GOOD[i % len(GOOD)], **o})])[0].json()
+             for i, o in enumerate(options)]
+    calls = []
+    for mode, search in list(decoding.SEARCHES.items()):
+        monkeypatch.setitem(decoding.SEARCHES, mode, lambda *a, mode=mode, search=search, **k:
+                            calls.append((mode, len(a[4]))) or search(*a, **k))
+    assert [r.json() for r in run_batch(handler, entries)] == alone
+    assert sorted(calls) == [("beam", 2), ("greedy", 2), ("sample", 2)]
+    assert [len(a.get("replies", [1])) for a in alone] == [1, 2, 1, 1, 1, 2]
+
+
+def test_raw_text_requests_decode_with_the_model_config_defaults(model_dir):
+    handler = start_handler(model_dir, beam_size=3, num_replies=2)
+    raw, as_json = run_batch(handler, [request(GOOD[1]), json_request({"text": GOOD[1]})])
+    assert raw.body == as_json.json()["replies"][0]["reply"] + "\n"
+    assert len(as_json.json()["replies"]) == 2
+
+
+def test_an_invalid_option_in_the_model_config_fails_the_load_naming_it(model_dir):
+    with pytest.raises(ValueError, match="beam_size"):
+        start_handler(model_dir, beam_size=0)

@@ -120,8 +120,10 @@ def test_batch_decoding_equals_single_decoding(attn_model):
     bot = from_checkpoint(tiny_checkpoint(attn_model))
     texts = ["hello", "how are you ?", "what is your name ? i am going home", "good night bob",
              "where", "i am fine . my name is bob . good night !"]
-    batched = bot.reply_batch(texts)
-    assert batched == [bot.reply(t) for t in texts]
+    batched, alone = bot.reply_batch(texts), [bot.reply(t) for t in texts]
+    assert [(r.text, r.unknown_words, r.error) for r in batched] == [(r.text, r.unknown_words, r.error) for r in alone]
+    # float32 kernels may round a row's last bits differently beside others: the score, not the words
+    assert [r.score for r in batched] == pytest.approx([r.score for r in alone], abs=1e-6)
     assert len({r.text for r in batched}) > 1, "a model that says one thing proves nothing"
 
 

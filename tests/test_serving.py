@@ -14,6 +14,7 @@ import sys
 import time
 import zipfile
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -25,11 +26,12 @@ from conftest import TINY_SENTENCES
 from serving.launcher import REPO, read_properties
 
 BUILD_MAR = REPO / "archive" / "build_mar.py"
-CLIENT = REPO / "client" / "chat_client.py"
+CLIENT = ("-m", "client.chat_client")
 HELLO = REPO / "hello.txt"
 
 
 def run(*command: str, **kwargs) -> subprocess.CompletedProcess:
+    kwargs.setdefault("cwd", REPO)  # `-m client.chat_client` imports from the repo root
     return subprocess.run([str(c) for c in command], capture_output=True, text=True, timeout=120, **kwargs)
 
 
@@ -181,7 +183,53 @@ def test_raw_body_like_curl_T_gets_a_text_reply(torchserve, serving_chatbot):
 def test_json_body_gets_a_json_reply(torchserve, serving_chatbot):
     reply = requests.post(torchserve.predictions_url, json={"text": "how are you zorblax ?"}, timeout=30)
     assert reply.status_code == 200 and reply.headers["Content-Type"] == "application/json"
-    assert reply.json() == {"reply": serving_chatbot.reply("how are you ?").text, "unknown_words": ["zorblax"]}
+    reference = serving_chatbot.reply("how are you ?")
+    assert reply.json() == {"reply": reference.text, "score": round(reference.score, 4), "unknown_words": ["zorblax"]}
+
+
+DECODING_CASES = [  # (JSON fields beside "text", the DecodeOptions fields the reference decodes with)
+    ({}, {}),
+    ({"beam_size": 5, "num_replies": 3}, {"beam_size": 5, "num_replies": 3}),
+    ({"temperature": 0.9, "top_k": 20, "seed": 42, "num_replies": 2}, {"temperature": 0.9, "top_k": 20, "seed": 42,
+                                                                        "num_replies": 2}),
+    ({"top_p": 0.8, "seed": 7, "max_length": 4}, {"top_p": 0.8, "seed": 7, "max_length": 4}),
+    ({"no_repeat_ngram_size": 1}, {"no_repeat_ngram_size": 1}),
+    ({"max_length": 3}, {"max_length": 3}),
+]
+
+
+def test_decoding_options_in_one_concurrent_batch_each_get_the_reply_alone(torchserve, serving_chatbot):
+    """Greedy, beam, sampling and length requests at once (batched by mode) each get what the chatbot gives
+    for them alone; a seeded sample is reproducible."""
+    texts = [f"{a} {b}" for a in TINY_SENTENCES[:3] for b in TINY_SENTENCES[5:7]]
+    cases = [(text, fields, options) for text in texts for fields, options in DECODING_CASES]
+    with ThreadPoolExecutor(len(cases)) as pool:
+        replies = list(pool.map(lambda c: requests.post(torchserve.predictions_url, json={"text": c[0], **c[1]},
+                                                        timeout=60), cases))
+    for (text, fields, options), reply in zip(cases, replies):
+        assert reply.status_code == 200, (fields, reply.text)
+        expected = serving_chatbot.reply(text, replace(serving_chatbot.default_options, **options))
+        body = reply.json()
+        assert (body["reply"], body["score"]) == (expected.text, round(expected.score, 4)), (text, fields)
+        if expected.replies[1:] or fields.get("num_replies", 1) > 1:
+            assert [(r["reply"], r["score"]) for r in body["replies"]] == \
+                [(t, round(s, 4)) for t, s in expected.replies], (text, fields)
+        else:
+            assert "replies" not in body
+
+
+def test_an_invalid_option_gets_400_naming_it_and_the_batch_is_answered(torchserve, serving_chatbot):
+    bad = [{"beam_size": 0}, {"beam_size": "5"}, {"temperature": -1}, {"beams": 5}, {"beam_size": 2, "num_replies": 3},
+           {"max_length": 1000}, {"beam_size": 3, "top_p": 0.5}]
+    cases = [*({"text": "how are you ?", **b} for b in bad), {"text": "how are you ?"}]
+    with ThreadPoolExecutor(len(cases)) as pool:
+        replies = list(pool.map(lambda c: requests.post(torchserve.predictions_url, json=c, timeout=60), cases))
+    for fields, reply in zip(bad, replies):
+        field = next(iter(fields)) if len(fields) == 1 else ("num_replies" if "num_replies" in fields else "beam_size")
+        body = reply.json()
+        assert (reply.status_code, body["type"]) == (400, "InvalidOption"), fields
+        assert body["message"].startswith(f"{field}: "), body
+    assert replies[-1].status_code == 200 and replies[-1].json()["reply"] == serving_chatbot.reply("how are you ?").text
 
 
 def test_16_concurrent_requests_each_get_what_chatbot_reply_gives(torchserve, serving_chatbot):
@@ -272,18 +320,18 @@ def test_metrics_port_serves_torchserve_and_custom_metrics(torchserve):
 
 def test_client_one_shot_prints_the_reply_and_reports_unknown_words_like_the_cli(torchserve, serving_chatbot):
     url = torchserve.url("inference")
-    result = run(sys.executable, CLIENT, "--url", url, "hello zorblax there !")
+    result = run(sys.executable, *CLIENT, "--url", url, "hello zorblax there !")
     assert result.returncode == 0, result.stderr
     assert result.stdout == serving_chatbot.reply("hello there !").text + "\n"
     assert result.stderr == "(unknown words dropped: zorblax)\n"
-    rejected = run(sys.executable, CLIENT, "--url", url, "zorblax")
+    rejected = run(sys.executable, *CLIENT, "--url", url, "zorblax")
     assert rejected.returncode == 1 and rejected.stdout == ""
     assert rejected.stderr.splitlines() == ["(unknown words dropped: zorblax)",
                                             "error: none of the words is in the bot's vocabulary (422 NoKnownWords)"]
 
 
 def test_client_chat_loop_answers_each_line_until_q(torchserve, serving_chatbot):
-    result = run(sys.executable, CLIENT, "--url", torchserve.url("inference"),
+    result = run(sys.executable, *CLIENT, "--url", torchserve.url("inference"),
                  input="how are you ?\nzorblax\ni am fine .\nq\nnever sent\n")
     assert result.returncode == 0, result.stderr
     first, second = (serving_chatbot.reply(t).text for t in ("how are you ?", "i am fine ."))
@@ -293,7 +341,7 @@ def test_client_chat_loop_answers_each_line_until_q(torchserve, serving_chatbot)
 
 
 def test_client_without_a_server_fails_clearly(tmp_path):
-    result = run(sys.executable, CLIENT, "--url", "http://127.0.0.1:9", "hello")
+    result = run(sys.executable, *CLIENT, "--url", "http://127.0.0.1:9", "hello")
     assert result.returncode == 2 and result.stderr.startswith("error: cannot reach")
 
 
@@ -318,9 +366,9 @@ def test_token_mode_needs_the_right_key_and_the_server_stops_cleanly(torchserve_
     assert requests.get(models, headers=keys["management"], timeout=30).status_code == 200
 
     env = {**os.environ, "TOKEN_AUTH": "1", "TS_KEY_FILE": str(server.workdir / "key_file.json")}
-    client = run(sys.executable, CLIENT, "--url", server.url("inference"), "hello there !", env=env)
+    client = run(sys.executable, *CLIENT, "--url", server.url("inference"), "hello there !", env=env)
     assert client.returncode == 0 and client.stdout == serving_chatbot.reply("hello there !").text + "\n"
-    no_key = run(sys.executable, CLIENT, "--url", server.url("inference"), "hello there")
+    no_key = run(sys.executable, *CLIENT, "--url", server.url("inference"), "hello there")
     assert no_key.returncode == 1 and "InvalidKeyException" in no_key.stderr
 
     assert any(p.name() == "java" for p in server.leftover_processes())

@@ -2,6 +2,7 @@
 
     python -m train.chat runs/demo/1000_checkpoint.tar             # '> ' prompt, q or quit ends
     python -m train.chat runs/demo/1000_checkpoint.tar --text "hello"   # prints only the reply
+    python -m train.chat runs/demo/1000_checkpoint.tar --beam-size 5 --num-replies 3   # decoding options
 
 Unknown words are dropped and named on stderr; input with no known word is an error (exit 1
 in the one-shot form). A missing or broken checkpoint exits with code 2.
@@ -13,13 +14,16 @@ import sys
 from collections.abc import Sequence
 from typing import TextIO
 
+from client.flags import add_decoding_flags, decoding_fields, reply_lines
 from model.chatbot import Chatbot, Reply
 from model.checkpoint import CheckpointError, from_checkpoint, read_checkpoint
+from model.decoding import DecodeOptions, InvalidOption, parse_options
 from train.engine import pick_device
 
 QUIT_WORDS = ("q", "quit")
 EXIT_BAD_INPUT = 1
 EXIT_BAD_CHECKPOINT = 2
+EXIT_USAGE = 2  # as argparse
 
 
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
@@ -27,6 +31,7 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     p.add_argument("checkpoint", help="a {iteration}_checkpoint.tar written by train.main")
     p.add_argument("--text", default=None, help="reply to this one text and exit (no prompt)")
     p.add_argument("--device", choices=("auto", "cpu", "cuda"), default="cpu", help="where to run the model")
+    add_decoding_flags(p)
     return p.parse_args(argv)
 
 
@@ -48,30 +53,30 @@ def report_unknown(reply: Reply, err: TextIO) -> None:
         print(f"(unknown words dropped: {', '.join(reply.unknown_words)})", file=err)
 
 
-def one_shot(bot: Chatbot, text: str) -> int:
+def one_shot(bot: Chatbot, text: str, options: DecodeOptions) -> int:
     """Print the reply alone on stdout; exit code 1 for input with no known word."""
-    reply = bot.reply(text)
+    reply = bot.reply(text, options)
     report_unknown(reply, sys.stderr)
     if reply.error:
         print(f"error: {reply.error}", file=sys.stderr)
         return EXIT_BAD_INPUT
-    print(reply.text)
+    print("\n".join(reply_lines(reply.replies, options.num_replies > 1)))
     return 0
 
 
-def interactive(bot: Chatbot, stdin: TextIO = sys.stdin) -> int:
+def interactive(bot: Chatbot, options: DecodeOptions, stdin: TextIO = sys.stdin) -> int:
     """The tutorial's evaluateInput: read a line after '> ', print 'Bot: ...', until q, quit or end of input."""
     while True:
         print("> ", end="", flush=True)
         line = stdin.readline()
         if not line or line.strip() in QUIT_WORDS:
             return 0
-        reply = bot.reply(line)
+        reply = bot.reply(line, options)
         report_unknown(reply, sys.stderr)
         if reply.error:
             print(f"Error: {reply.error}", file=sys.stderr)
         else:
-            print(f"Bot: {reply.text}", flush=True)
+            print("Bot: " + "\n".join(reply_lines(reply.replies, options.num_replies > 1)), flush=True)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -81,9 +86,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     except (CheckpointError, RuntimeError) as e:  # RuntimeError: --device cuda without a GPU
         print(f"error: {e}", file=sys.stderr)
         return EXIT_BAD_CHECKPOINT
+    try:  # no limits here beyond the options' own: the local CLI may decode as long or wide as asked
+        options = parse_options(decoding_fields(args), bot.default_options, {})
+    except InvalidOption as e:
+        print(f"error: {e}", file=sys.stderr)
+        return EXIT_USAGE
     if args.text is not None:
-        return one_shot(bot, args.text)
-    return interactive(bot)
+        return one_shot(bot, args.text, options)
+    return interactive(bot, options)
 
 
 if __name__ == "__main__":

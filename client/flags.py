@@ -1,0 +1,32 @@
+"""The decoding flags of the chat CLI and the HTTP client, and how both print several replies.
+
+One flag per option of model.decoding.OPTIONS, spelled as its JSON field with dashes
+(`beam_size` -> `--beam-size`), so `python -m train.chat`, `python -m client.chat_client` and a
+JSON request say the same thing the same way.
+"""
+from __future__ import annotations
+
+import argparse
+
+from model.decoding import OPTIONS
+
+
+def add_decoding_flags(parser: argparse.ArgumentParser) -> None:
+    """--max-length, --beam-size, --num-replies, --temperature, --top-k, --top-p, --seed, --no-repeat-ngram-size."""
+    group = parser.add_argument_group("decoding", "how replies are chosen (the request's JSON fields of the same "
+                                                  "names; unset: the model's or server's defaults, greedy)")
+    for option in OPTIONS.values():
+        group.add_argument("--" + option.name.replace("_", "-"), dest=option.name, type=option.kind, default=None,
+                           help=option.help)
+
+
+def decoding_fields(args: argparse.Namespace) -> dict:
+    """The decoding options given on the command line, by their JSON names."""
+    return {name: getattr(args, name) for name in OPTIONS if getattr(args, name, None) is not None}
+
+
+def reply_lines(replies: list[tuple[str, float]], many: bool) -> list[str]:
+    """The lines to print: the reply alone, or with num_replies > 1 each reply with its score, best first."""
+    if not many:
+        return [replies[0][0]]
+    return [f"{text}  ({score:.3f})" for text, score in replies]

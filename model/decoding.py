@@ -1,0 +1,352 @@
+"""How a reply is decoded: the per-request options, and batched greedy, beam and sampling search.
+
+One definition of the options (OPTIONS) serves the handler's JSON fields, the chat CLI's and the
+client's flags (`--beam-size` for `beam_size`) and the model-config's defaults. A batch of requests
+with mixed options is decoded in one call per mode (Chatbot.generate groups them):
+
+- greedy (beam_size 1, no sampling option): seq2seq.greedy_decode, bit for bit as before;
+- beam (beam_size > 1, or greedy with no_repeat_ngram_size): every request's beams are rows of one
+  decoder call per step; hypotheses are ranked by their mean token log-probability (EOS counted);
+  the greedy path rides along as one more row, so the best reply never scores below greedy's;
+- sample (temperature, top_k or top_p set): one row per reply, each with its own generator seeded
+  from `seed` and the reply's number, so a seeded request gets the same replies alone or in any batch.
+"""
+from __future__ import annotations
+
+import random
+from collections.abc import Callable
+from dataclasses import dataclass, fields, replace
+
+import torch
+
+from .seq2seq import greedy_decode, source_mask
+from .voc import EOS_token, SOS_token
+
+
+@dataclass(frozen=True)
+class Option:
+    """One decoding option: its type, smallest and largest value (None: no bound), and what it does."""
+
+    name: str
+    kind: type
+    low: float | None
+    high: float | None
+    help: str
+    low_open: bool = False  # low itself is not allowed (temperature > 0)
+
+
+OPTIONS = {o.name: o for o in (
+    Option("max_length", int, 1, None, "longest reply in tokens, EOS included (default: the model's max_length)"),
+    Option("beam_size", int, 1, None, "beams per request: 1 is greedy, more is beam search"),
+    Option("num_replies", int, 1, None, "replies to return: the n best beams, or n samples (at most beam_size "
+                                        "for beams)"),
+    Option("temperature", float, 0.0, 100.0, "sampling temperature (setting it turns sampling on)", low_open=True),
+    Option("top_k", int, 1, None, "sample from the k likeliest tokens only (turns sampling on)"),
+    Option("top_p", float, 0.0, 1.0, "sample from the smallest set of tokens whose probability reaches p "
+                                     "(nucleus; turns sampling on)", low_open=True),
+    Option("seed", int, 0, 2**63 - 1, "seed of the sampling generators: the same seed gives the same replies"),
+    Option("no_repeat_ngram_size", int, 0, None, "never repeat an n-gram of this many tokens in a reply (0: off)"),
+)}
+SAMPLING_OPTIONS = ("temperature", "top_k", "top_p")
+
+
+class InvalidOption(ValueError):
+    """A decoding option a request may not have; `field` names it."""
+
+    def __init__(self, field: str, message: str):
+        super().__init__(f"{field}: {message}")
+        self.field = field
+
+
+@dataclass(frozen=True)
+class DecodeOptions:
+    """How one request is decoded (None: not set)."""
+
+    max_length: int = 10
+    beam_size: int = 1
+    num_replies: int = 1
+    temperature: float | None = None
+    top_k: int | None = None
+    top_p: float | None = None
+    seed: int | None = None
+    no_repeat_ngram_size: int = 0
+
+    @property
+    def mode(self) -> str:
+        """'greedy', 'beam' or 'sample'."""
+        if any(getattr(self, name) is not None for name in SAMPLING_OPTIONS):
+            return "sample"
+        return "beam" if self.beam_size > 1 or self.no_repeat_ngram_size else "greedy"
+
+
+@dataclass(frozen=True)
+class Candidate:
+    """One decoded reply: token ids (up to and including EOS, if emitted) and its mean token log-probability."""
+
+    ids: list
+    score: float
+
+
+def check_value(option: Option, value: object, high: float | None = None) -> float | int:
+    """`value` if it is of the option's type and within its range (high overrides the option's); else InvalidOption."""
+    high = option.high if high is None else high
+    is_number = isinstance(value, (int, float)) and not isinstance(value, bool)
+    if option.kind is int and not (isinstance(value, int) and not isinstance(value, bool)):
+        raise InvalidOption(option.name, f"must be an integer in {allowed(option, high)}, not {value!r:.40}")
+    if option.kind is float and not is_number:
+        raise InvalidOption(option.name, f"must be a number in {allowed(option, high)}, not {value!r:.40}")
+    too_low = option.low is not None and (value <= option.low if option.low_open else value < option.low)
+    if too_low or (high is not None and value > high) or value != value:  # value != value: NaN
+        raise InvalidOption(option.name, f"{value!r:.40} is out of range: allowed {allowed(option, high)}")
+    return option.kind(value)
+
+
+def allowed(option: Option, high: float | None) -> str:
+    """'1..10', '(0, 100]', '>= 0' for an error message."""
+    if high is None:
+        return f">= {option.low}" if not option.low_open else f"> {option.low}"
+    return f"({option.low}, {high}]" if option.low_open else f"{option.low}..{high}"
+
+
+def parse_options(values: dict, defaults: DecodeOptions, limits: dict) -> DecodeOptions:
+    """DecodeOptions from a request's fields over `defaults`; InvalidOption for an unknown field or bad value.
+
+    limits: the largest max_length, beam_size and num_replies a request may ask for.
+    """
+    for name in values:
+        if name not in OPTIONS:
+            raise InvalidOption(name, f"unknown option; the options are {', '.join(OPTIONS)}")
+    checked = {name: check_value(OPTIONS[name], value, limits.get(name)) for name, value in values.items()
+               if value is not None or name in SAMPLING_OPTIONS + ("seed",)}
+    options = replace(defaults, **checked)
+    return check_combination(options, limits)
+
+
+def check_combination(options: DecodeOptions, limits: dict) -> DecodeOptions:
+    """The rules between options: beams and sampling do not mix; num_replies within what the mode can give."""
+    if options.mode == "sample" and options.beam_size > 1:
+        raise InvalidOption("beam_size", "beam search and sampling (temperature, top_k, top_p) cannot be combined")
+    most = options.beam_size if options.mode != "sample" else limits.get("num_replies", options.num_replies)
+    if options.num_replies > most:
+        raise InvalidOption("num_replies", f"{options.num_replies} is more than "
+                                           f"{'beam_size' if options.mode != 'sample' else 'the limit'} ({most})")
+    return options
+
+
+def options_from_config(section: dict, max_length: int) -> tuple[DecodeOptions, dict]:
+    """(defaults, limits) from a model-config `handler:` section; max_length defaults to the model's."""
+    limits = {k: int(v) for k, v in (section.get("limits") or {}).items()}
+    names = {f.name for f in fields(DecodeOptions)}
+    given = {k: v for k, v in section.items() if k in names and v is not None}
+    defaults = DecodeOptions(max_length=max_length)
+    return parse_options(given, defaults, limits), limits
+
+
+# ---------------------------------------------------------------- search
+
+
+def banned_tokens(tokens: list[int], n: int) -> list[int]:
+    """Tokens that would repeat an n-gram already in `tokens` (the usual no_repeat_ngram rule)."""
+    if n <= 0 or len(tokens) < n - 1:
+        return []
+    prefix = tuple(tokens[len(tokens) - n + 1:])
+    return [tokens[i + n - 1] for i in range(len(tokens) - n + 1) if tuple(tokens[i:i + n - 1]) == prefix]
+
+
+def ban_repeats(logprobs: torch.Tensor, rows: list[list[int]], sizes: list[int]) -> torch.Tensor:
+    """logprobs (R, V) with -inf wherever row r's next token would repeat an n-gram (n = sizes[r])."""
+    for r, (tokens, n) in enumerate(zip(rows, sizes)):
+        banned = banned_tokens(tokens, n)
+        if banned:
+            logprobs[r, banned] = float("-inf")
+    return logprobs
+
+
+@dataclass
+class Hyp:
+    """A hypothesis being extended: generated tokens (no SOS), summed log-probability, its parent row."""
+
+    tokens: list
+    total: float
+    parent: int = 0
+
+    def mean(self, length: int | None = None) -> float:
+        return self.total / (length or len(self.tokens))
+
+
+class BeamState:
+    """One request's beam search: alive beams, a greedy lane, and finished candidates."""
+
+    def __init__(self, options: DecodeOptions):
+        self.options = options
+        self.k = options.beam_size
+        self.alive = [Hyp([], 0.0)] if self.k > 1 else []  # beam_size 1: the greedy lane alone is the search
+        self.lane = [Hyp([], 0.0)]  # the greedy path, one more row
+        self.finished: list[Candidate] = []
+
+    def rows(self) -> list[Hyp]:
+        return self.alive + self.lane
+
+    def advance(self, logprobs: torch.Tensor, first_row: int) -> None:
+        """Extend by one token from logprobs (rows, V) of this request's rows, in rows() order."""
+        step = len(self.alive[0].tokens) if self.alive else len(self.lane[0].tokens)
+        last = step + 1 == self.options.max_length
+        beams = logprobs[: len(self.alive)]
+        if self.alive:
+            totals = torch.tensor([h.total for h in self.alive], dtype=beams.dtype).unsqueeze(1) + beams  # (k, V)
+            top = totals.flatten().topk(min(2 * self.k, totals.numel()))
+            alive = []
+            for rank, (total, index) in enumerate(zip(top.values.tolist(), top.indices.tolist())):
+                row, token = divmod(index, beams.size(1))
+                if total == float("-inf"):
+                    break
+                hyp = Hyp(self.alive[row].tokens + [token], total, first_row + row)
+                if token == EOS_token or last:
+                    if rank < self.k:
+                        self.finished.append(Candidate(hyp.tokens, hyp.mean()))
+                elif len(alive) < self.k:
+                    alive.append(hyp)
+                if len(alive) == self.k:
+                    break
+            self.alive = [] if last else alive
+        if self.lane:
+            lp = logprobs[len(beams)]
+            token = int(lp.max(0).indices)
+            hyp = Hyp(self.lane[0].tokens + [token], self.lane[0].total + float(lp[token]), first_row + len(beams))
+            self.lane = [] if token == EOS_token or last else [hyp]
+            if not self.lane:
+                self.finished.append(Candidate(hyp.tokens, hyp.mean()))
+        self.prune()
+
+    def prune(self) -> None:
+        """Stop the beams once no alive one can beat the k-th best finished (a bound, never a guess):
+        a prefix summing to s can end no higher than s / max_length, as log-probabilities are <= 0."""
+        best = sorted((c.score for c in self.finished), reverse=True)
+        if self.alive and len(best) >= self.k:
+            if max(h.total for h in self.alive) / self.options.max_length <= best[self.k - 1]:
+                self.alive = []
+
+    def result(self) -> list[Candidate]:
+        """The num_replies best distinct candidates, best first."""
+        unique = {}
+        for c in sorted(self.finished, key=lambda c: -c.score):
+            unique.setdefault(tuple(c.ids), c)
+        return list(unique.values())[: self.options.num_replies]
+
+
+@torch.no_grad()
+def beam_search(encoder, decoder, input_seq: torch.Tensor, input_lengths: torch.Tensor,
+                options: list[DecodeOptions], step: Callable | None = None) -> list[list[Candidate]]:
+    """Batched beam search: (T, B) padded ids -> each request's candidates, best first.
+
+    All requests' rows (beams and greedy lanes) go through one decoder call per step.
+    """
+    step = step or decoder
+    encoder_outputs, encoder_hidden = encoder(input_seq, input_lengths)  # (T, B, H), (2L, B, H)
+    mask = source_mask(input_lengths, input_seq.size(0), input_seq.device)  # (T, B)
+    states = [BeamState(o) for o in options]
+    owners = [r for r, s in enumerate(states) for _ in s.rows()]  # the request of each row
+    hidden = encoder_hidden[: decoder.n_layers, owners]  # (L, R, H): the tutorial's initial decoder state
+    token = torch.full((1, len(owners)), SOS_token, dtype=torch.long, device=input_seq.device)
+    while owners:
+        logits, hidden = step(token, hidden, encoder_outputs[:, owners], mask[:, owners])  # (1, R, V)
+        logprobs = torch.log_softmax(logits[0].double(), dim=1).cpu()  # (R, V), summed in float64
+        rows = [h for s in (states[r] for r in dict.fromkeys(owners)) for h in s.rows()]
+        ban_repeats(logprobs, [h.tokens for h in rows], [states[r].options.no_repeat_ngram_size for r in owners])
+        first = 0
+        for r in dict.fromkeys(owners):
+            count = len(states[r].rows())
+            states[r].advance(logprobs[first: first + count], first)
+            first += count
+        new_rows = [(r, h) for r, s in enumerate(states) for h in s.rows()]
+        owners = [r for r, _ in new_rows]
+        parents = torch.tensor([h.parent for _, h in new_rows], dtype=torch.long)
+        token = torch.tensor([[h.tokens[-1] for _, h in new_rows]], dtype=torch.long, device=input_seq.device)
+        hidden = hidden[:, parents.to(hidden.device)]
+    return [s.result() for s in states]
+
+
+def row_seed(seed: int, reply: int) -> int:
+    """The seed of reply number `reply`'s generator: replies of one request draw independent streams."""
+    return (seed + 0x9E3779B97F4A7C15 * reply) % 2**63
+
+
+def filter_logits(logits: torch.Tensor, options: DecodeOptions) -> torch.Tensor:
+    """logits (V,) / temperature, with everything outside top_k and the top_p nucleus at -inf."""
+    logits = logits / (options.temperature or 1.0)
+    if options.top_k is not None and options.top_k < logits.numel():
+        kth = logits.topk(options.top_k).values[-1]
+        logits = logits.masked_fill(logits < kth, float("-inf"))
+    if options.top_p is not None and options.top_p < 1.0:
+        probs, order = logits.softmax(0).sort(descending=True)
+        outside = probs.cumsum(0) - probs >= options.top_p  # the tokens after the nucleus is full
+        logits = logits.masked_fill(torch.zeros_like(outside).scatter(0, order, outside), float("-inf"))
+    return logits
+
+
+@dataclass
+class SampleRow:
+    """One reply being sampled: its request, generator and tokens so far."""
+
+    request: int
+    generator: torch.Generator
+    tokens: list
+    total: float = 0.0
+
+
+@torch.no_grad()
+def sample(encoder, decoder, input_seq: torch.Tensor, input_lengths: torch.Tensor,
+           options: list[DecodeOptions], step: Callable | None = None) -> list[list[Candidate]]:
+    """Batched sampling: num_replies rows per request, each drawing from its own seeded generator.
+
+    A row's draws depend only on its own logits and generator, so a seeded request samples the
+    same replies alone or beside any others (with batch-invariant logits: int8, fp16, padded input).
+    Scores are the mean log-probability under the model itself (no temperature or filtering).
+    """
+    step = step or decoder
+    encoder_outputs, encoder_hidden = encoder(input_seq, input_lengths)
+    mask = source_mask(input_lengths, input_seq.size(0), input_seq.device)
+    rows = []
+    for r, o in enumerate(options):
+        seed = o.seed if o.seed is not None else random.SystemRandom().randrange(2**63)
+        rows += [SampleRow(r, torch.Generator().manual_seed(row_seed(seed, j)), []) for j in range(o.num_replies)]
+    results: list[list[Candidate]] = [[] for _ in options]
+    hidden = encoder_hidden[: decoder.n_layers, [row.request for row in rows]]
+    token = torch.full((1, len(rows)), SOS_token, dtype=torch.long, device=input_seq.device)
+    while rows:
+        owners = [row.request for row in rows]
+        logits, hidden = step(token, hidden, encoder_outputs[:, owners], mask[:, owners])  # (1, R, V)
+        logits = logits[0].double().cpu()
+        logprobs = ban_repeats(torch.log_softmax(logits, 1), [row.tokens for row in rows],
+                               [options[r].no_repeat_ngram_size for r in owners])
+        going = []
+        for i, row in enumerate(rows):
+            o = options[row.request]
+            weights = filter_logits(logits[i].masked_fill(logprobs[i] == float("-inf"), float("-inf")), o).softmax(0)
+            choice = int(torch.multinomial(weights, 1, generator=row.generator))
+            row.tokens.append(choice)
+            row.total += float(logprobs[i, choice])
+            if choice == EOS_token or len(row.tokens) == o.max_length:
+                results[row.request].append(Candidate(row.tokens, row.total / len(row.tokens)))
+            else:
+                going.append(i)
+        rows = [rows[i] for i in going]
+        hidden = hidden[:, going]
+        token = torch.tensor([[row.tokens[-1] for row in rows]], dtype=torch.long, device=input_seq.device)
+    return [sorted(c, key=lambda c: -c.score) for c in results]
+
+
+@torch.no_grad()
+def greedy(encoder, decoder, input_seq: torch.Tensor, input_lengths: torch.Tensor,
+           options: list[DecodeOptions], step: Callable | None = None) -> list[list[Candidate]]:
+    """seq2seq.greedy_decode for the batch (its replies bit for bit), each cut to its own max_length."""
+    longest = max(o.max_length for o in options)
+    ids, logprobs = greedy_decode(encoder, decoder, input_seq, input_lengths, longest, step, with_logprobs=True)
+    results = []
+    for row, lp, o in zip(ids.tolist(), logprobs.tolist(), options):
+        length = min(o.max_length, row.index(EOS_token) + 1 if EOS_token in row else len(row))
+        results.append([Candidate(row[:length], sum(lp[:length]) / length)])
+    return results
+
+
+SEARCHES = {"greedy": greedy, "beam": beam_search, "sample": sample}

@@ -1,0 +1,241 @@
+"""Decoding controls: beam search against exhaustive search, greedy and sampling invariants, option checks.
+
+The references are independent of model/decoding.py: exhaustive search scores every sequence by
+running the decoder one teacher-forced step at a time.
+"""
+from __future__ import annotations
+
+import functools
+import itertools
+import math
+
+import pytest
+import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from model import Voc, build_model, default_config, from_checkpoint
+from model.decoding import (
+    OPTIONS,
+    DecodeOptions,
+    InvalidOption,
+    beam_search,
+    greedy,
+    options_from_config,
+    parse_options,
+    sample,
+)
+from model.seq2seq import greedy_decode
+from model.voc import EOS_token, SOS_token
+
+WORDS = "hello there how are you i am fine what is your name".split()
+LIMITS = {"max_length": 20, "beam_size": 10, "num_replies": 10}
+
+
+@functools.cache
+def tiny_bot(words=tuple(WORDS), hidden: int = 16, seed: int = 0, quantize=False, scale: float = 3.0):
+    """A random-weight chatbot over `words`; larger weights make replies depend on the input."""
+    voc = Voc("tiny")
+    for w in words:
+        voc.add_word(w)
+    config = default_config(hidden_size=hidden, encoder_n_layers=1, decoder_n_layers=1, dropout=0.0)
+    torch.manual_seed(seed)
+    encoder, decoder = build_model(config, voc.num_words)
+    with torch.no_grad():
+        for p in [*encoder.parameters(), *decoder.parameters()]:
+            p.mul_(scale)
+    return from_checkpoint({"format": "seq2seq-chatbot/1", "config": config, "voc": voc.to_dict(),
+                            "encoder": encoder.state_dict(), "decoder": decoder.state_dict()}, quantize=quantize)
+
+
+def run(search, bot, texts, options):
+    input_seq, lengths = bot.pad([bot.encode(t)[0] for t in texts])
+    return search(bot.encoder, bot.decoder, input_seq, lengths, options, bot.step)
+
+
+@torch.no_grad()
+def sequence_score(bot, text: str, tokens: list[int]) -> float:
+    """Mean log-probability of `tokens` as the reply to `text`, one decoder step at a time."""
+    input_seq, lengths = bot.pad([bot.encode(text)[0]])
+    outputs, hidden = bot.encoder(input_seq, lengths)
+    hidden = hidden[: bot.decoder.n_layers]
+    mask = torch.arange(input_seq.size(0)).unsqueeze(1) < lengths.unsqueeze(0)
+    previous, total = SOS_token, 0.0
+    for token in tokens:
+        logits, hidden = bot.decoder(torch.tensor([[previous]]), hidden, outputs, mask)
+        total += float(torch.log_softmax(logits[0, 0].double(), 0)[token])
+        previous = token
+    return total / len(tokens)
+
+
+def exhaustive_best(bot, text: str, max_length: int) -> tuple[list[int], float]:
+    """The best-scoring reply over every sequence of at most max_length tokens that ends at its first EOS
+    (or runs to max_length)."""
+    vocabulary = range(bot.voc.num_words)
+    best = ([], -math.inf)
+    for length in range(1, max_length + 1):
+        for body in itertools.product([t for t in vocabulary if t != EOS_token], repeat=length - 1):
+            for last in vocabulary:
+                if last != EOS_token and length < max_length:
+                    continue  # not finished: it goes on in a longer sequence
+                tokens = [*body, last]
+                score = sequence_score(bot, text, tokens)
+                if score > best[1]:
+                    best = (tokens, score)
+    return best
+
+
+# ---------------------------------------------------------------- beam search
+
+
+@pytest.mark.parametrize("max_length, beam", [(2, None), (3, "square")])
+def test_beam_search_as_wide_as_the_sequences_finds_the_exhaustive_best(max_length, beam):
+    """Width V at length 2 (and V^2 at length 3) keeps every prefix: nothing may be pruned wrongly."""
+    bot = tiny_bot(words=("yes", "no"), hidden=8, seed=4)
+    width = bot.voc.num_words if beam is None else bot.voc.num_words ** 2
+    for text in ("yes", "no", "yes no", "no no yes"):
+        [[best, *_]] = run(beam_search, bot, [text], [DecodeOptions(max_length=max_length, beam_size=width)])
+        tokens, score = exhaustive_best(bot, text, max_length)
+        assert best.ids == tokens, text
+        assert best.score == pytest.approx(score, abs=1e-6)
+
+
+def test_beam_size_1_is_greedy():
+    bot = tiny_bot(seed=1)
+    texts = [" ".join(WORDS[i:i + 3]) for i in range(0, len(WORDS) - 2)]
+    input_seq, lengths = bot.pad([bot.encode(t)[0] for t in texts])
+    expected = greedy_decode(bot.encoder, bot.decoder, input_seq, lengths, bot.max_length).tolist()
+    found = run(beam_search, bot, texts, [DecodeOptions(beam_size=1)] * len(texts))
+    assert [c[0].ids for c in found] == [row[: row.index(EOS_token) + 1] if EOS_token in row else row
+                                         for row in expected]
+    assert len({tuple(c[0].ids) for c in found}) > 1
+
+
+PROMPTS = st.lists(st.sampled_from(WORDS), min_size=1, max_size=6).map(" ".join)
+
+
+@given(texts=st.lists(PROMPTS, min_size=1, max_size=4), beam=st.integers(2, 6), seed=st.integers(0, 3))
+@settings(max_examples=40, deadline=None, database=None)
+def test_the_best_beam_never_scores_below_greedy(texts, beam, seed):
+    bot = tiny_bot(seed=seed, quantize="int8")  # batch-invariant logits: the comparison is exact
+    greedy_scores = [c[0].score for c in run(greedy, bot, texts, [DecodeOptions()] * len(texts))]
+    beams = run(beam_search, bot, texts, [DecodeOptions(beam_size=beam, num_replies=beam)] * len(texts))
+    for text, greedy_score, candidates in zip(texts, greedy_scores, beams):
+        assert candidates[0].score >= greedy_score - 1e-12, text
+        assert [c.score for c in candidates] == sorted((c.score for c in candidates), reverse=True)
+        assert len({tuple(c.ids) for c in candidates}) == len(candidates)  # distinct replies
+
+
+def test_a_beam_request_decodes_the_same_alone_and_beside_others():
+    bot = tiny_bot(seed=2, quantize="int8")
+    texts = ["hello there", "what is your name", "i am fine", "how are you"]
+    options = [DecodeOptions(beam_size=5, num_replies=3), DecodeOptions(beam_size=2), DecodeOptions(beam_size=7),
+               DecodeOptions(beam_size=3, no_repeat_ngram_size=2)]
+    together = run(beam_search, bot, texts, options)
+    assert together == [run(beam_search, bot, [t], [o])[0] for t, o in zip(texts, options)]
+
+
+# ---------------------------------------------------------------- sampling
+
+
+def test_a_seeded_sample_is_the_same_alone_and_in_a_mixed_batch():
+    bot = tiny_bot(seed=5, quantize="int8")
+    seeded = DecodeOptions(temperature=1.5, top_k=8, seed=1234, num_replies=3)
+    alone = bot.reply("hello there", seeded)
+    mixed = bot.reply_batch(["i am fine", "hello there", "what is your name", "hello there"],
+                            [DecodeOptions(beam_size=4), seeded, DecodeOptions(top_p=0.9, seed=7), DecodeOptions()])
+    assert mixed[1] == alone
+    assert bot.reply("hello there", seeded) == alone
+    other_seed = [bot.reply("hello there", DecodeOptions(temperature=1.5, top_k=8, seed=s)).text for s in range(8)]
+    assert len(set(other_seed)) > 1, "sampling that ignores its seed proves nothing"
+
+
+def test_top_k_1_samples_the_greedy_reply():
+    bot = tiny_bot(seed=6)
+    texts = ["hello there", "what is your name", "i am fine"]
+    assert [r.text for r in bot.reply_batch(texts, [DecodeOptions(top_k=1, seed=s) for s in range(3)])] == \
+        [r.text for r in bot.reply_batch(texts)]
+
+
+def test_top_p_keeps_only_the_nucleus():
+    from model.decoding import filter_logits
+    logits = torch.log(torch.tensor([0.5, 0.3, 0.15, 0.05], dtype=torch.double))
+    kept = filter_logits(logits, DecodeOptions(top_p=0.7)) > float("-inf")
+    assert kept.tolist() == [True, True, False, False]  # 0.5 < 0.7, 0.5 + 0.3 >= 0.7
+    assert (filter_logits(logits, DecodeOptions(top_p=0.5)) > float("-inf")).tolist() == [True, False, False, False]
+
+
+# ---------------------------------------------------------------- no_repeat_ngram_size
+
+
+def repeats(tokens: list[int], n: int) -> bool:
+    grams = [tuple(tokens[i:i + n]) for i in range(len(tokens) - n + 1)]
+    return len(grams) != len(set(grams))
+
+
+@given(text=PROMPTS, n=st.integers(1, 3), mode=st.sampled_from(["greedy", "beam", "sample"]), seed=st.integers(0, 3))
+@settings(max_examples=80, deadline=None, database=None)
+def test_no_repeat_ngram_size_is_never_violated(text, n, mode, seed):
+    bot = tiny_bot(seed=seed, scale=1.0)  # small weights: replies that would repeat themselves
+    options = {"greedy": DecodeOptions(no_repeat_ngram_size=n, max_length=12),
+               "beam": DecodeOptions(beam_size=4, num_replies=4, no_repeat_ngram_size=n, max_length=12),
+               "sample": DecodeOptions(temperature=1.0, seed=seed, num_replies=3, no_repeat_ngram_size=n,
+                                       max_length=12)}[mode]
+    for candidate in bot.generate([bot.encode(text)[0]], [options])[0]:
+        assert not repeats(candidate.ids, n), (mode, candidate.ids)
+
+
+def test_without_the_option_the_same_model_does_repeat():
+    """The ngram test above can fail: unconstrained, these replies repeat themselves."""
+    bot = tiny_bot(seed=0, scale=1.0)
+    replies = [bot.generate([bot.encode(" ".join(WORDS[i:i + 2]))[0]], [DecodeOptions(max_length=12)])[0][0].ids
+               for i in range(len(WORDS) - 1)]
+    assert any(repeats(r, 2) for r in replies)
+
+
+# ---------------------------------------------------------------- options
+
+
+@pytest.mark.parametrize("values, field", [
+    ({"beam_size": "5"}, "beam_size"), ({"beam_size": True}, "beam_size"), ({"beam_size": 2.5}, "beam_size"),
+    ({"beam_size": 0}, "beam_size"), ({"beam_size": 11}, "beam_size"), ({"max_length": 21}, "max_length"),
+    ({"temperature": 0}, "temperature"), ({"temperature": -1.0}, "temperature"), ({"top_p": 1.5}, "top_p"),
+    ({"top_p": 0}, "top_p"), ({"top_k": 0}, "top_k"), ({"seed": -1}, "seed"), ({"seed": 2**64}, "seed"),
+    ({"no_repeat_ngram_size": -1}, "no_repeat_ngram_size"), ({"num_replies": 3}, "num_replies"),
+    ({"beam_size": 3, "num_replies": 4}, "num_replies"), ({"beam_size": 3, "temperature": 0.7}, "beam_size"),
+    ({"temperature": float("nan")}, "temperature"), ({"beams": 3}, "beams"), ({"num_replies": 11, "top_k": 5},
+                                                                                "num_replies"),
+])
+def test_an_invalid_option_names_its_field_and_range(values, field):
+    with pytest.raises(InvalidOption) as error:
+        parse_options(values, DecodeOptions(), LIMITS)
+    assert error.value.field == field and str(error.value).startswith(f"{field}: ")
+
+
+def test_valid_options_and_their_modes():
+    assert parse_options({}, DecodeOptions(), LIMITS).mode == "greedy"
+    assert parse_options({"beam_size": 5, "num_replies": 5}, DecodeOptions(), LIMITS).mode == "beam"
+    assert parse_options({"no_repeat_ngram_size": 2}, DecodeOptions(), LIMITS).mode == "beam"
+    assert parse_options({"top_p": 0.9, "num_replies": 4}, DecodeOptions(), LIMITS).mode == "sample"
+    assert parse_options({"temperature": 1}, DecodeOptions(), LIMITS).temperature == 1.0
+
+
+def test_the_model_config_gives_defaults_and_limits():
+    defaults, limits = options_from_config({"beam_size": 2, "limits": {"beam_size": 4}, "quantize": "int8"}, 10)
+    assert (defaults.beam_size, defaults.max_length, limits) == (2, 10, {"beam_size": 4})
+    with pytest.raises(InvalidOption, match="beam_size"):
+        options_from_config({"beam_size": 5, "limits": {"beam_size": 4}}, 10)
+
+
+def test_every_option_is_a_decode_options_field_with_help():
+    assert list(OPTIONS) == [f for f in DecodeOptions.__dataclass_fields__]
+    assert all(o.help for o in OPTIONS.values())
+
+
+def test_sample_and_greedy_share_one_score_definition():
+    """A reply's score is its mean token log-probability whichever search found it."""
+    bot = tiny_bot(seed=3)
+    for search, options in ((greedy, DecodeOptions()), (sample, DecodeOptions(temperature=0.5, seed=1)),
+                            (beam_search, DecodeOptions(beam_size=3))):
+        [[best, *_]] = run(search, bot, ["what is your name"], [options])
+        assert best.score == pytest.approx(sequence_score(bot, "what is your name", best.ids), abs=1e-5)
