@@ -8,6 +8,8 @@ stopped) with the same config.properties, worker count and batching settings:
   echo     bench/echo_handler.py answers with the body: what TorchServe and this client cost alone
   batch1   the chatbot with batchSize 1
   batched  the chatbot with dynamic batching (handler/model-config.yaml's batchSize, maxBatchDelay)
+  beam5    the batched server, every request JSON with {"beam_size": 5}
+  sample   the batched server, every request JSON with {"temperature": 0.8, "top_p": 0.9, "seed": 1}
 For each number of concurrent clients, every client thread posts prompts back to back over its
 own keep-alive requests.Session for --warmup-seconds (not counted), then --seconds (counted).
 Every reply is checked: a non-200 status or a failed request is an error; a 200 whose text is
@@ -18,10 +20,13 @@ sizes (hidden 500), else random weights at the tutorial's sizes over the Cornell
 (7,826 words), whose EOS can never win so that every reply costs the full max_length steps.
 Prompts: held-out Cornell queries (train/data.py's split) when --cornell-dir exists, else a fixed list.
 
-The last three lines are the headline ratios, all from this one run:
+The last lines are the headline ratios, all from this one run:
   serve_ratio_vs_echo_c16  batched / echo requests per second at 16 clients
   batching_gain_c16        batched / batch1 requests per second at 16 clients
   p50_ms_c1                batched median latency with one client (ms)
+  beam5_vs_greedy_c16      beam5 / batched requests per second at 16 clients
+  beam5_p50_vs_greedy_c1   beam5 / batched median latency with one client
+  sample_vs_greedy_c16     sample / batched requests per second at 16 clients
 """
 from __future__ import annotations
 
@@ -49,13 +54,16 @@ import torch
 import yaml
 
 from model import FORMAT, Chatbot, Voc, build_model, default_config, from_checkpoint, normalize, read_checkpoint
+from model.decoding import parse_options
 from model.int8 import GateTable
 from model.voc import MAX_LENGTH, MIN_COUNT, EOS_token
 from serving.launcher import REPO, TorchServe, build_mar, start_torchserve
 
 logger = logging.getLogger("serve_bench")
 
-SCENARIOS = ("echo", "batch1", "batched")
+SCENARIOS = ("echo", "batch1", "batched", "beam5", "sample")
+# The decoding scenarios: JSON fields each request sends to the batched server (README's request table)
+DECODING_FIELDS = {"batched": {}, "beam5": {"beam_size": 5}, "sample": {"temperature": 0.8, "top_p": 0.9, "seed": 1}}
 TUTORIAL_HIDDEN = 500
 CORNELL_WORDS = 7826  # the tutorial's Cornell vocabulary: 7,823 words kept + PAD, SOS, EOS
 HANDLER_CONFIG = REPO / "handler" / "model-config.yaml"
@@ -86,6 +94,7 @@ class Workload:
     source: str
     prompts: list[str]
     expected: dict[str, str] = field(default_factory=dict)  # prompt -> Chatbot.reply(prompt).text
+    expected_by_scenario: dict[str, dict[str, str]] = field(default_factory=dict)  # beam5, sample: their replies
 
 
 def newest_tutorial_checkpoint(runs: Path) -> Path | None:
@@ -155,8 +164,9 @@ def prepare_workload(args: argparse.Namespace, workdir: Path) -> Workload:
     return Workload(served, source, prompts)
 
 
-def reference_replies(workload: Workload, bot: Chatbot, limit: int) -> None:
-    """Keep the first `limit` prompts the bot can answer and record Chatbot.reply for each."""
+def reference_replies(workload: Workload, bot: Chatbot, limit: int, scenarios: Sequence[str]) -> None:
+    """Keep the first `limit` prompts the bot can answer and record Chatbot.reply for each (with each
+    decoding scenario's options too)."""
     for prompt in workload.prompts:
         reply = bot.reply(prompt)
         if reply.error is None:
@@ -164,6 +174,10 @@ def reference_replies(workload: Workload, bot: Chatbot, limit: int) -> None:
         if len(workload.expected) == limit:
             break
     workload.prompts = list(workload.expected)
+    for scenario in scenarios:
+        if scenario in DECODING_FIELDS and DECODING_FIELDS[scenario]:
+            options = parse_options(DECODING_FIELDS[scenario], bot.default_options, {})
+            workload.expected_by_scenario[scenario] = {p: bot.reply(p, options).text for p in workload.prompts}
 
 
 def weights_megabytes(bot: Chatbot) -> float:
@@ -250,8 +264,19 @@ class Level:
         return float(np.percentile(self.latencies_ms, q)) if self.latencies_ms else float("nan")
 
 
+def post(session: requests.Session, url: str, text: str, fields: dict) -> tuple[int, str]:
+    """(status, reply text): raw text without decoding fields, else JSON with them."""
+    if not fields:
+        reply = session.post(url, data=text.encode(), headers=TEXT_HEADERS, timeout=REQUEST_TIMEOUT_S)
+        # .content, not .text: without a charset (the echo sends none) requests guesses one,
+        # and guesses UTF-16 for some short ASCII bodies.
+        return reply.status_code, reply.content.decode("utf-8", "replace").rstrip("\n")
+    reply = session.post(url, json={"text": text, **fields}, timeout=REQUEST_TIMEOUT_S)
+    return reply.status_code, reply.json().get("reply", "") if reply.status_code == 200 else ""
+
+
 def client_loop(url: str, prompts: Sequence[str], expected: dict[str, str], first: int,
-                stop: Callable[[], bool], records: list) -> None:
+                stop: Callable[[], bool], records: list, fields: dict) -> None:
     """Post prompts back to back over one keep-alive session; append (start, end, outcome) per request."""
     with requests.Session() as session:
         for i in itertools.count(first):
@@ -260,17 +285,15 @@ def client_loop(url: str, prompts: Sequence[str], expected: dict[str, str], firs
             text = prompts[i % len(prompts)]
             start = time.perf_counter()
             try:
-                reply = session.post(url, data=text.encode(), headers=TEXT_HEADERS, timeout=REQUEST_TIMEOUT_S)
-                # .content, not .text: without a charset (the echo sends none) requests guesses one,
-                # and guesses UTF-16 for some short ASCII bodies.
-                outcome = "error" if reply.status_code != 200 else \
-                    "ok" if reply.content.decode("utf-8", "replace").rstrip("\n") == expected[text] else "mismatch"
-            except requests.RequestException:
+                status, reply = post(session, url, text, fields)
+                outcome = "error" if status != 200 else "ok" if reply == expected[text] else "mismatch"
+            except (requests.RequestException, ValueError):
                 outcome = "error"
             records.append((start, time.perf_counter(), outcome))
 
 
-def measure(scenario: str, url: str, expected: dict[str, str], clients: int, args: argparse.Namespace) -> Level:
+def measure(scenario: str, url: str, expected: dict[str, str], clients: int, args: argparse.Namespace,
+            fields: dict | None = None) -> Level:
     """Run `clients` client threads; count the requests started after the warm-up and finished in time."""
     counted_from = time.perf_counter() + args.warmup_seconds
     deadline = counted_from + args.seconds
@@ -281,7 +304,8 @@ def measure(scenario: str, url: str, expected: dict[str, str], clients: int, arg
 
     prompts = list(expected)
     with ThreadPoolExecutor(clients) as pool:  # each client starts at its own prompt
-        futures = [pool.submit(client_loop, url, prompts, expected, 7 * k, stop, records) for k in range(clients)]
+        futures = [pool.submit(client_loop, url, prompts, expected, 7 * k, stop, records, fields or {})
+                   for k in range(clients)]
     for future in futures:
         future.result()  # a bug in the client raises here instead of vanishing
     counted = [r for r in records if r[0] >= counted_from and r[1] <= deadline]
@@ -291,8 +315,12 @@ def measure(scenario: str, url: str, expected: dict[str, str], clients: int, arg
                  end - counted_from)
 
 
-def run_scenario(scenario: str, workload: Workload, args: argparse.Namespace, workdir: Path) -> tuple[list, list]:
-    """Serve one scenario and measure every concurrency: (levels, workers' resident memory in MB)."""
+def run_scenario(scenario: str, workload: Workload, args: argparse.Namespace, workdir: Path,
+                 decoding: Sequence[str] = ()) -> tuple[list, list]:
+    """Serve one scenario and measure every concurrency: (levels, workers' resident memory in MB).
+
+    decoding: the decoding scenarios (beam5, sample) measured on the same server after it, in turn.
+    """
     workdir = workdir / scenario
     store = workdir / "model-store"
     store.mkdir(parents=True)
@@ -307,9 +335,11 @@ def run_scenario(scenario: str, workload: Workload, args: argparse.Namespace, wo
     with start_torchserve(workdir / "server", store, config_overrides=overrides) as server:
         wait_for_workers(server, args.workers)
         levels = []
-        for clients in args.concurrency:
-            levels.append(measure(scenario, server.predictions_url, expected, clients, args))
-            logger.info("%s", row(levels[-1]))
+        for name in (scenario, *decoding):
+            for clients in args.concurrency:
+                levels.append(measure(name, server.predictions_url, workload.expected_by_scenario.get(name, expected),
+                                      clients, args, DECODING_FIELDS.get(name)))
+                logger.info("%s", row(levels[-1]))
         return levels, worker_rss_mb(server)
 
 
@@ -398,7 +428,7 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
                         "else data/cornell; a fixed prompt list when it is missing)")
     p.add_argument("--prompts", type=int, default=300, help="distinct prompts to cycle through (default: 300)")
     p.add_argument("--scenarios", nargs="+", choices=SCENARIOS, default=list(SCENARIOS),
-                   help="what to serve (default: all three)")
+                   help="what to serve (default: all; beam5 and sample need batched)")
     p.add_argument("--concurrency", type=int, nargs="+", default=[1, 4, 16, 64],
                    help="numbers of concurrent clients (default: 1 4 16 64)")
     p.add_argument("--seconds", type=float, default=8.0, help="counted seconds per concurrency (default: 8)")
@@ -445,14 +475,22 @@ def report(levels: Sequence[Level], rss: dict[str, list[float]], workload: Workl
     print("\n" + TABLE_HEADER)
     for level in levels:
         print(row(level))
-    c1 = find(levels, "batched", 1)
+    c1, beam_c1 = find(levels, "batched", 1), find(levels, "beam5", 1)
     print(f"\nserve_ratio_vs_echo_c16: {ratio(levels, 'batched', 'echo', 16)}")
     print(f"batching_gain_c16: {ratio(levels, 'batched', 'batch1', 16)}")
     print(f"p50_ms_c1: {c1.percentile(50):.1f}" if c1 else "p50_ms_c1: n/a")
+    if find(levels, "beam5", 16) or find(levels, "sample", 16) or beam_c1:
+        print(f"beam5_vs_greedy_c16: {ratio(levels, 'beam5', 'batched', 16)}")
+        p50 = f"{beam_c1.percentile(50) / c1.percentile(50):.2f}" if c1 and beam_c1 else "n/a"
+        print(f"beam5_p50_vs_greedy_c1: {p50}")
+        print(f"sample_vs_greedy_c16: {ratio(levels, 'sample', 'batched', 16)}")
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
+    if {"beam5", "sample"} & set(args.scenarios) and "batched" not in args.scenarios:
+        print("error: the beam5 and sample scenarios run on the batched server: add batched", file=sys.stderr)
+        return 2
     args.quantize = False if args.quantize == "false" else args.quantize
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
     args.load_before = ", ".join(f"{x:.2f}" for x in os.getloadavg())  # this run's own load comes after
@@ -462,7 +500,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         with open(workload.checkpoint, "rb") as f:
             ckpt = read_checkpoint(f)
         bot = from_checkpoint(ckpt, quantize=args.quantize)
-        reference_replies(workload, bot, args.prompts)
+        reference_replies(workload, bot, args.prompts, args.scenarios)
         sizes = f"float32 {weights_megabytes(from_checkpoint(ckpt)):.1f} MB"
         if args.quantize:
             sizes += f", {args.quantize} {weights_megabytes(bot):.1f} MB"
@@ -470,9 +508,11 @@ def main(argv: Sequence[str] | None = None) -> int:
             if tables:
                 sizes += f" (+ {tables:.1f} MB of gate tables, built at load)"
         levels, rss = [], {}
-        for scenario in args.scenarios:
+        decoding = [s for s in args.scenarios if s in DECODING_FIELDS and s != "batched"]
+        for scenario in [s for s in args.scenarios if s not in decoding]:
             logger.info("scenario %s", scenario)
-            scenario_levels, rss[scenario] = run_scenario(scenario, workload, args, Path(tmp))
+            scenario_levels, rss[scenario] = run_scenario(scenario, workload, args, Path(tmp),
+                                                          decoding if scenario == "batched" else ())
             levels += scenario_levels
     if args.plot and str(args.plot) != ".":
         plot(levels, args.plot, f"{machine()}\nquantize {args.quantize}, threads {args.threads} "

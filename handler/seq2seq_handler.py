@@ -6,8 +6,11 @@ Wire format (one HTTP request = one entry of the batch):
   `curl --data-binary @hello.txt -H 'Content-Type: text/plain'` (a form field text=... works too)
     -> 200 text/plain; charset=utf-8, body: the reply and a newline,
        header X-Unknown-Words: the dropped words, comma-separated (absent when none)
-  JSON: Content-Type: application/json, body {"text": "hello there"}
-    -> 200 application/json {"reply": "hi .", "unknown_words": ["zorblax"]}
+  JSON: Content-Type: application/json, body {"text": "hello there", <decoding options>}
+    -> 200 application/json {"reply": "hi .", "score": -1.2, "unknown_words": ["zorblax"]}
+       (+ "replies": [{"reply", "score"}, ...] when num_replies > 1); the options are
+       model/decoding.py's OPTIONS (max_length, beam_size, num_replies, temperature, top_k,
+       top_p, seed, no_repeat_ngram_size); raw-text requests get the model-config's defaults
 
   A text body is read in its Content-Type's charset (default UTF-8; a leading BOM is dropped).
   A rejected request gets its own status and an application/json body
@@ -26,6 +29,7 @@ Model-config YAML (packed into the .mar), section `handler:`:
                     threads); more cut its latency only on cores nothing else uses: OpenMP waits for
                     every thread at every op, so one busy neighbour process makes it ~100x slower
   max_chars: 1000   longest accepted text, in characters
+  beam_size, num_replies, ...: decoding defaults; limits: {max_length, beam_size, num_replies}
 
 Must run on Python 3.9 / torch 2.4 (the pytorch/torchserve image). TorchServe requires
 exactly one class in this module, so the request and error types live in wire.py beside it.

@@ -90,3 +90,20 @@ def test_interactive_reports_unusable_input_and_ends_at_end_of_input(checkpoint,
     assert result.returncode == 0, result.stderr
     assert result.stdout == f"> > Bot: {bot.reply('fine thanks').text}\n> "
     assert "Error: none of the words is in the bot's vocabulary" in result.stderr
+
+
+def test_decoding_flags_choose_the_search_and_print_each_reply_with_its_score(checkpoint, bot):
+    from model.decoding import DecodeOptions
+
+    result = chat(str(checkpoint), "--text", "hello there", "--beam-size", "3", "--num-replies", "2")
+    assert result.returncode == 0, result.stderr
+    expected = bot.reply("hello there", DecodeOptions(beam_size=3, num_replies=2, max_length=bot.max_length))
+    assert result.stdout.splitlines() == [f"{text}  ({score:.3f})" for text, score in expected.replies]
+    seeded = [chat(str(checkpoint), "--text", "hello there", "--temperature", "2", "--seed", "5").stdout
+              for _ in range(2)]
+    assert seeded[0] == seeded[1] == bot.reply("hello there", DecodeOptions(temperature=2.0, seed=5)).text + "\n"
+
+
+def test_an_invalid_decoding_flag_is_an_error_naming_it(checkpoint):
+    result = chat(str(checkpoint), "--text", "hello", "--beam-size", "2", "--num-replies", "3")
+    assert result.returncode == 2 and result.stderr.startswith("error: num_replies: 3 is more than beam_size")

@@ -330,6 +330,18 @@ def test_client_one_shot_prints_the_reply_and_reports_unknown_words_like_the_cli
                                             "error: none of the words is in the bot's vocabulary (422 NoKnownWords)"]
 
 
+def test_client_decoding_flags_are_the_json_fields(torchserve, serving_chatbot):
+    from model.decoding import DecodeOptions
+
+    result = run(sys.executable, *CLIENT, "--url", torchserve.url("inference"), "--beam-size", "4", "--num-replies",
+                 "2", "how are you ?")
+    assert result.returncode == 0, result.stderr
+    expected = serving_chatbot.reply("how are you ?", DecodeOptions(beam_size=4, num_replies=2))
+    assert result.stdout.splitlines() == [f"{t}  ({round(s, 4):.3f})" for t, s in expected.replies]
+    rejected = run(sys.executable, *CLIENT, "--url", torchserve.url("inference"), "--top-p", "2", "hi there")
+    assert rejected.returncode == 1 and "top_p: 2.0 is out of range" in rejected.stderr
+
+
 def test_client_chat_loop_answers_each_line_until_q(torchserve, serving_chatbot):
     result = run(sys.executable, *CLIENT, "--url", torchserve.url("inference"),
                  input="how are you ?\nzorblax\ni am fine .\nq\nnever sent\n")
