@@ -13,7 +13,7 @@ help: ## List the targets
 	@grep -E '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-14s %s\n", $$1, $$2}'
 
 # ---------------------------------------------------------------- setup
-$(VENV)/.installed: requirements.txt requirements-dev.txt
+$(VENV)/.installed: requirements.txt requirements-dev.txt requirements-ui.txt
 	$(PYTHON) -m venv $(VENV)
 	$(VENV)/bin/pip install -q --upgrade pip
 	$(VENV)/bin/pip install -q -r requirements-dev.txt
@@ -162,7 +162,18 @@ docker-build: ## Build the deployable image $(IMAGE) from docker/Dockerfile (con
 	@$(check_mar)
 	DOCKER_BUILDKIT=1 $(DOCKER) build -f docker/Dockerfile -t $(IMAGE) .
 
-.PHONY: mar serve serve-local stop ping predict models metrics docker-build
+UI_PORT ?= 7860
+
+$(VENV)/.ui-installed: requirements-ui.txt
+	@[ -d $(VENV) ] || $(PYTHON) -m venv $(VENV)
+	$(VENV)/bin/pip install -q -r requirements-ui.txt
+	touch $@
+
+ui: $(VENV)/.ui-installed ## Chat in the browser with the served bot: http://127.0.0.1:$(UI_PORT) (UI_PORT=...)
+	$(PY) -m ui.chat_page --url $(INFERENCE_URL) --model $(MODEL_NAME) --port $(UI_PORT) \
+	  $$([ -f $(KEY_FILE) ] && echo --token-auth --key-file $(KEY_FILE))
+
+.PHONY: mar serve serve-local stop ping predict models metrics docker-build ui
 
 # ---------------------------------------------------------------- performance
 # make bench-serve [CORNELL_DIR=dir] [BENCH_ARGS="--concurrency 1 16"]: its own native TorchServe per scenario

@@ -17,6 +17,7 @@ import argparse
 import json
 import os
 import sys
+from dataclasses import dataclass
 from pathlib import Path
 
 import requests
@@ -47,9 +48,35 @@ def inference_key(key_file: Path) -> str:
         raise ServerError(f"{key_file} is not a TorchServe key file (no inference key)") from None
 
 
-def ask(session: requests.Session, url: str, text: str, timeout: float,
-        fields: dict | None = None) -> tuple[bool, str, list[str]]:
-    """Send one text (and decoding fields): (True, reply lines, unknown words), or (False, error message, ...)."""
+@dataclass
+class Answer:
+    """What the server said to one text: its HTTP status and JSON body (a reply, or the handler's error)."""
+
+    status: int
+    body: dict
+
+    @property
+    def ok(self) -> bool:
+        return self.status == 200
+
+    @property
+    def replies(self) -> list[tuple[str, float]]:
+        """(reply, score) pairs, best first."""
+        found = [(r["reply"], r["score"]) for r in self.body.get("replies", [])]
+        return found or [(self.body.get("reply", ""), self.body.get("score", 0.0))]
+
+    @property
+    def unknown_words(self) -> list[str]:
+        return list(self.body.get("unknown_words", []))
+
+    @property
+    def error(self) -> str:
+        """'message (422 NoKnownWords)', for a rejected text."""
+        return f"{self.body.get('message', '')} ({self.status} {self.body.get('type', 'Error')})"
+
+
+def request_reply(session: requests.Session, url: str, text: str, timeout: float, fields: dict | None = None) -> Answer:
+    """POST {"text": ..., **fields}; ServerError when nothing answers or the answer is not JSON."""
     try:
         response = session.post(url, json={"text": text, **(fields or {})}, timeout=timeout)
     except requests.RequestException as e:
@@ -58,11 +85,16 @@ def ask(session: requests.Session, url: str, text: str, timeout: float,
         body = response.json()
     except ValueError:
         raise ServerError(f"{url} answered {response.status_code} without JSON: {response.text[:200]}") from None
-    if response.ok:
-        replies = [(r["reply"], r["score"]) for r in body.get("replies", [])] or [(body.get("reply", ""), 0.0)]
-        return True, "\n".join(reply_lines(replies, "replies" in body)), body.get("unknown_words", [])
-    message = f"{body.get('message', response.text[:200])} ({response.status_code} {body.get('type', 'Error')})"
-    return False, message, body.get("unknown_words", [])
+    return Answer(response.status_code, body if isinstance(body, dict) else {"message": str(body)[:200]})
+
+
+def ask(session: requests.Session, url: str, text: str, timeout: float,
+        fields: dict | None = None) -> tuple[bool, str, list[str]]:
+    """Send one text (and decoding fields): (True, reply lines, unknown words), or (False, error message, ...)."""
+    answer = request_reply(session, url, text, timeout, fields)
+    if answer.ok:
+        return True, "\n".join(reply_lines(answer.replies, "replies" in answer.body)), answer.unknown_words
+    return False, answer.error, answer.unknown_words
 
 
 def chat(session: requests.Session, url: str, timeout: float, fields: dict) -> int:
@@ -80,9 +112,8 @@ def chat(session: requests.Session, url: str, timeout: float, fields: dict) -> i
             print(f"Error: {message}", file=sys.stderr)
 
 
-def parse_args(argv=None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(prog="python -m client.chat_client", description=__doc__.split("\n")[0])
-    parser.add_argument("text", nargs="?", help="one question to ask; without it, chat interactively")
+def add_server_flags(parser: argparse.ArgumentParser) -> None:
+    """--url, --model, --token-auth, --key-file, --timeout: where the server is and how to reach it."""
     parser.add_argument("--url", default=os.environ.get("TS_INFERENCE_URL", "http://127.0.0.1:8080"),
                         help="TorchServe inference address (env TS_INFERENCE_URL)")
     parser.add_argument("--model", default="my_s2s", help="registered model name")
@@ -91,17 +122,28 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--key-file", type=Path, default=Path(os.environ.get("TS_KEY_FILE", "key_file.json")),
                         help="TorchServe key file for token mode (env TS_KEY_FILE)")
     parser.add_argument("--timeout", type=float, default=30.0, help="seconds to wait for each reply")
+
+
+def server_session(args: argparse.Namespace) -> tuple[requests.Session, str]:
+    """(session with the inference key in token mode, predictions URL); ServerError without a key file."""
+    session = requests.Session()
+    if args.token_auth:
+        session.headers["Authorization"] = f"Bearer {inference_key(args.key_file)}"
+    return session, f"{args.url.rstrip('/')}/predictions/{args.model}"
+
+
+def parse_args(argv=None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(prog="python -m client.chat_client", description=__doc__.split("\n")[0])
+    parser.add_argument("text", nargs="?", help="one question to ask; without it, chat interactively")
+    add_server_flags(parser)
     add_decoding_flags(parser)
     return parser.parse_args(argv)
 
 
 def main(argv=None) -> int:
     args = parse_args(argv)
-    url = f"{args.url.rstrip('/')}/predictions/{args.model}"
-    session = requests.Session()
     try:
-        if args.token_auth:
-            session.headers["Authorization"] = f"Bearer {inference_key(args.key_file)}"
+        session, url = server_session(args)
         if args.text is None:
             return chat(session, url, args.timeout, decoding_fields(args))
         ok, message, unknown_words = ask(session, url, args.text, args.timeout, decoding_fields(args))

@@ -1,0 +1,142 @@
+"""A chat page in the browser (Gradio ChatInterface) that talks to the TorchServe inference API over HTTP.
+
+    make ui                                            # after make serve: http://127.0.0.1:7860
+    python -m ui.chat_page --url http://127.0.0.1:8080 --port 7860 [--token-auth]
+
+Each message is one POST {"text": ..., <decoding options>} to /predictions/<model>, as
+`python -m client.chat_client` sends it: the page holds no model. Under a reply it names the
+dropped unknown words; a rejected message shows the server's error (status, type, message) as a
+line of the conversation; an unreachable server or an unloaded model is said so plainly. The
+decoding controls (beam size, temperature, ...) appear when the server accepts the options, their
+limits read from handler/model-config.yaml. Bound to 127.0.0.1 unless --host says otherwise.
+Needs the optional extra: pip install -r requirements-ui.txt (make ui installs it).
+"""
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+import requests
+import yaml
+
+from client.chat_client import Answer, ServerError, add_server_flags, request_reply, server_session
+from client.flags import reply_lines
+from model.decoding import OPTIONS
+
+os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")  # no calls home: the page is local
+import gradio as gr  # noqa: E402
+
+logger = logging.getLogger(__name__)
+REPO = Path(__file__).resolve().parent.parent
+MODEL_CONFIG = REPO / "handler" / "model-config.yaml"
+# Each control's value that sends nothing (the server's default applies)
+UNSET = {"temperature": 0.0, "top_k": 0, "top_p": 1.0, "seed": -1, "no_repeat_ngram_size": 0, "num_replies": 1,
+         "beam_size": 1, "max_length": 0}
+
+
+def limits() -> dict:
+    """The most a request may ask for, from the archive's model-config (the server's own limits)."""
+    section = (yaml.safe_load(MODEL_CONFIG.read_text()) or {}).get("handler") or {}
+    return {"max_length": 20, "beam_size": 10, "num_replies": 10, **(section.get("limits") or {})}
+
+
+def controls(most: dict) -> list:
+    """One input per decoding option, in OPTIONS order; each starts at its UNSET value (the server's default)."""
+    ranges = {"max_length": (0, most["max_length"], 1), "beam_size": (1, most["beam_size"], 1),
+              "num_replies": (1, most["num_replies"], 1), "temperature": (0, 2, 0.05), "top_k": (0, 100, 1),
+              "top_p": (0.05, 1, 0.05), "no_repeat_ngram_size": (0, 5, 1)}
+    inputs = []
+    for name, option in OPTIONS.items():
+        label = f"{name} ({UNSET[name]}: {'random' if name == 'seed' else 'unset'})"
+        if name in ranges:
+            low, high, step = ranges[name]
+            inputs.append(gr.Slider(low, high, value=UNSET[name], step=step, label=label, info=option.help))
+        else:
+            inputs.append(gr.Number(value=UNSET[name], precision=0, label=label, info=option.help))
+    return inputs
+
+
+def fields(values: Sequence) -> dict:
+    """The JSON fields of the controls that are set (a control at its UNSET value sends nothing)."""
+    chosen = {}
+    for name, value in zip(OPTIONS, values):
+        if value is None or value == UNSET[name]:
+            continue
+        chosen[name] = OPTIONS[name].kind(value)
+    return chosen
+
+
+def render(answer: Answer, model: str) -> str:
+    """A reply (several with their scores), with the dropped words under it; or the error as one line."""
+    if answer.ok:
+        text = "\n\n".join(reply_lines(answer.replies, "replies" in answer.body)) or "(an empty reply)"
+        if answer.unknown_words:
+            text += f"\n\n*dropped unknown words: {', '.join(answer.unknown_words)}*"
+        return text
+    if answer.body.get("type") == "ModelNotFoundException":
+        return f"**The model {model} is not loaded on the server** ({answer.body.get('message', '')}): " \
+               "register it, or start the server with `make serve`."
+    if answer.status == 503:
+        return f"**The server has no worker ready for {model}** ({answer.error}): try again in a moment."
+    text = f"**Error {answer.status} {answer.body.get('type', '')}**: {answer.body.get('message', '')}"
+    if answer.unknown_words:
+        text += f"\n\n*unknown words: {', '.join(answer.unknown_words)}*"
+    return text
+
+
+def supports_options(session: requests.Session, url: str, timeout: float) -> bool:
+    """Whether the server checks decoding options: an unknown one must get 400 InvalidOption.
+    An unreachable server is given the benefit of the doubt (the controls are shown)."""
+    try:
+        answer = request_reply(session, url, "hello", timeout, {"no_such_option": 1})
+    except ServerError:
+        return True
+    return answer.body.get("type") == "InvalidOption"
+
+
+def build(session: requests.Session, url: str, model: str, timeout: float, with_controls: bool) -> gr.Blocks:
+    """The page: a ChatInterface whose every message is one request to `url`."""
+
+    def respond(message: str, history: list, *values) -> str:
+        try:
+            return render(request_reply(session, url, message, timeout, fields(values)), model)
+        except ServerError as e:
+            logger.warning("the server did not answer: %s", e)
+            return f"**The server is not reachable** at {url} ({e}): is it running? Start it with `make serve`."
+
+    return gr.ChatInterface(
+        respond, title="seq2seq chatbot", analytics_enabled=False, save_history=False, flagging_mode="never",
+        description=f"Talking to TorchServe at `{url}`. Unknown words are dropped and named under the reply.",
+        additional_inputs=controls(limits()) if with_controls else None,
+        additional_inputs_accordion=gr.Accordion("Decoding options", open=False) if with_controls else None,
+    )
+
+
+def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(prog="python -m ui.chat_page", description=__doc__.splitlines()[0])
+    add_server_flags(parser)
+    parser.add_argument("--host", default="127.0.0.1", help="address the page listens on (default: loopback only)")
+    parser.add_argument("--port", type=int, default=7860, help="port of the page (default: 7860)")
+    return parser.parse_args(argv)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    try:
+        session, url = server_session(args)
+    except ServerError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    page = build(session, url, args.model, args.timeout, supports_options(session, url, args.timeout))
+    print(f"chat page on http://{args.host}:{args.port} (talking to {url}); Ctrl-C ends it", flush=True)
+    page.launch(server_name=args.host, server_port=args.port, share=False, show_error=True, quiet=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
