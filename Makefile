@@ -24,7 +24,25 @@ install: $(VENV)/.installed ## Create .venv and install pinned dependencies
 test: install ## Run the test suite (starts and stops its own TorchServe)
 	$(PY) -m pytest -q tests
 
-.PHONY: help install test
+# The serving image's runtime (pytorch/torchserve:0.12.0-gpu: Python 3.9, torch 2.4.0, TorchServe 0.12.0),
+# natively: torch 2.4 from PyPI is ~2.8 GB of CUDA wheels, kept in IMAGE_WHEELS after the first download.
+IMAGE_PYTHON ?= $(or $(shell ls -d $(HOME)/.pyenv/versions/3.9*/bin/python 2>/dev/null | tail -1),\
+	$(shell python3.9 -c 'import sys; print(sys.executable)' 2>/dev/null))
+IMAGE_VENV := .venv-image
+IMAGE_WHEELS ?= $(HOME)/.cache/seq2seq-py39-wheels
+
+$(IMAGE_VENV)/.installed: requirements-image.txt
+	@[ -n "$(IMAGE_PYTHON)" ] || { echo "error: no Python 3.9 found: install one (pyenv install 3.9) or pass IMAGE_PYTHON=" >&2; exit 1; }
+	$(IMAGE_PYTHON) -m venv $(IMAGE_VENV)
+	$(IMAGE_VENV)/bin/pip install -q --no-index --find-links $(IMAGE_WHEELS) -r requirements-image.txt 2>/dev/null || \
+	  { $(IMAGE_VENV)/bin/pip download -q -d $(IMAGE_WHEELS) -r requirements-image.txt && \
+	    $(IMAGE_VENV)/bin/pip install -q --no-index --find-links $(IMAGE_WHEELS) -r requirements-image.txt; }
+	touch $@
+
+test-image-runtime: install $(IMAGE_VENV)/.installed ## Serve the archive on Python 3.9 / torch 2.4 / TorchServe 0.12 and compare replies
+	$(PY) -m serving.image_runtime --python $(IMAGE_VENV)/bin/python
+
+.PHONY: help install test test-image-runtime
 
 # ---------------------------------------------------------------- data and training
 # make data [CORNELL_DIR=dir]; make train [CORPUS=cornell DATA_PATH=... ITERS=4000 TRAIN_DEVICE=auto TRAIN_ARGS=...];
@@ -50,8 +68,8 @@ train-demo: ## Train a small bot (~3 CPU minutes) on the bundled chatterbot corp
 	$(PY) -m train.main $(DEMO_DATA) --hidden-size 256 --iterations 1000 \
 	  --save-every 250 --save-dir runs/demo --device $(TRAIN_DEVICE)
 
-chat: ## Chat with a checkpoint in the terminal (CKPT=path, default: newest runs/*/*_checkpoint.tar)
-	@ckpt="$(CKPT)"; ckpt="$${ckpt:-$$(ls -t runs/*/*_checkpoint.tar 2>/dev/null | head -1)}"; \
+chat: ## Chat with a checkpoint in the terminal (CKPT=path, default: newest runs/**/best_checkpoint.tar)
+	@ckpt="$(CKPT)"; ckpt="$${ckpt:-$$($(PY) -c 'from train.runs import default_checkpoint; print(default_checkpoint("runs") or "")')}"; \
 	[ -n "$$ckpt" ] || { echo "error: no checkpoint in runs/: run 'make train-demo' or pass CKPT=path" >&2; exit 1; }; \
 	echo "Chatting with $$ckpt (q or quit ends)"; $(PY) -m train.chat "$$ckpt"
 
@@ -115,7 +133,7 @@ copy_key_file = for i in $$(seq 60); do \
 	  $(DOCKER) cp $(TS_CONTAINER):/home/model-server/$(KEY_FILE) $(KEY_FILE) 2>/dev/null && break; sleep 1; done; \
 	[ -f $(KEY_FILE) ] && echo "Token mode: keys copied to $(KEY_FILE)"
 
-mar: ## Validate the checkpoint and build archive/seq2seq.mar (CKPT=path, default: newest runs/**/*_checkpoint.tar)
+mar: ## Validate the checkpoint (ours or the tutorial's) and build archive/seq2seq.mar (CKPT=path, default: newest runs/**/best_checkpoint.tar)
 	$(PY) archive/build_mar.py $(if $(CKPT),--checkpoint "$(CKPT)")
 
 serve: $(if $(filter 1,$(TOKEN_AUTH)),$(TS_CONFIG) $(DOCKER_CONFIG)) ## Serve the archive: Docker (GPU image) if an engine answers, else native; TOKEN_AUTH=1 for token mode
@@ -201,10 +219,10 @@ soak: ## Long reliability run: one hostile request in four (32 clients x 30 s), 
 .PHONY: soak
 
 # ---------------------------------------------------------------- demo
-demo: install ## Install, train a small bot, build the archive, serve it natively, ask it hello.txt (server stays up)
+demo: install ## Install, train a small bot, archive its best held-out checkpoint, serve it natively, ask it hello.txt
 	rm -rf runs/demo
 	$(MAKE) --no-print-directory train-demo
-	$(MAKE) --no-print-directory mar CKPT="$$(ls -t runs/demo/*_checkpoint.tar | head -1)"
+	$(MAKE) --no-print-directory mar CKPT=runs/demo/best_checkpoint.tar
 	$(MAKE) --no-print-directory stop
 	$(MAKE) --no-print-directory serve-local
 	@echo '$$ curl http://localhost:8080/predictions/my_s2s -T hello.txt'

@@ -1,6 +1,6 @@
 """Validate a chatbot checkpoint, then pack it with the handler into a TorchServe archive (.mar).
 
-    python archive/build_mar.py                       # newest runs/**/*_checkpoint.tar
+    python archive/build_mar.py                       # newest runs/**/best_checkpoint.tar (else newest periodic)
     python archive/build_mar.py --checkpoint runs/x/4000_checkpoint.tar --dry-run
 
 Validation reads the checkpoint exactly as the handler will (read_checkpoint, weights_only=True),
@@ -27,8 +27,8 @@ sys.path.insert(0, str(REPO))  # run as a script from anywhere
 import torch  # noqa: E402
 
 from model import CheckpointError, from_checkpoint, read_checkpoint  # noqa: E402
-
-SERVING_KEYS = ("format", "config", "voc", "encoder", "decoder", "iteration", "loss", "heldout_loss")
+from model.checkpoint import serving_subset  # noqa: E402
+from train.runs import default_checkpoint  # noqa: E402
 
 
 class BuildError(Exception):
@@ -36,11 +36,11 @@ class BuildError(Exception):
 
 
 def newest_checkpoint(runs: Path) -> Path:
-    """The most recently modified *_checkpoint.tar under `runs`."""
-    found = sorted(runs.glob("**/*_checkpoint.tar"), key=lambda p: p.stat().st_mtime)
-    if not found:
+    """train.runs.default_checkpoint, or a BuildError that says what to do."""
+    found = default_checkpoint(runs)
+    if found is None:
         raise BuildError(f"no *_checkpoint.tar under {runs}/: train one first (make train-demo) or pass CKPT=...")
-    return found[-1]
+    return found
 
 
 def validate_checkpoint_file(path: Path) -> tuple[dict, str]:
@@ -59,14 +59,18 @@ def validate_checkpoint_file(path: Path) -> tuple[dict, str]:
         raise BuildError(f"{path}: the model fails on a test reply: {type(e).__name__}: {e}") from e
     if reply.error:
         raise BuildError(f"{path}: the model fails on a test reply: {reply.error}")
-    return ckpt, f"{path}: ok ({chatbot.voc.num_words} words, iteration {ckpt.get('iteration', '?')})"
+    heldout = ckpt.get("heldout_loss")
+    origin = ", converted from the PyTorch Chatbot Tutorial's format" if ckpt.get("converted_from") else ""
+    return ckpt, (f"{path}: ok ({chatbot.voc.num_words} words, iteration {ckpt.get('iteration', '?')}, held-out loss "
+                  f"{'unknown' if heldout is None else f'{heldout:.4f}'}, {ckpt['config']['attn_model']} attention"
+                  f"{origin})")
 
 
 def serving_checkpoint(ckpt: dict, name: str, staging: Path) -> Path:
     """staging/name: the checkpoint without optimiser states, which serving never reads."""
     staging.mkdir(parents=True, exist_ok=True)
     path = staging / name
-    torch.save({key: ckpt[key] for key in SERVING_KEYS if key in ckpt}, path)
+    torch.save(serving_subset(ckpt), path)
     return path
 
 
@@ -121,7 +125,8 @@ def build(args: argparse.Namespace) -> Path:
 def parse_args(argv=None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--checkpoint", type=Path, default=None,
-                        help="checkpoint .tar (default: the newest *_checkpoint.tar under --runs)")
+                        help="checkpoint .tar, the project's or the PyTorch Chatbot Tutorial's (default: the newest "
+                             "best_checkpoint.tar under --runs, else the newest {iteration}_checkpoint.tar)")
     parser.add_argument("--runs", type=Path, default=REPO / "runs", help="where to look for checkpoints")
     parser.add_argument("--model-name", default="seq2seq", help="archive name (archive/<name>.mar)")
     parser.add_argument("--version", default="1.0", help="model version recorded in the archive")

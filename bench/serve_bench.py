@@ -54,10 +54,12 @@ import torch
 import yaml
 
 from model import FORMAT, Chatbot, Voc, build_model, default_config, from_checkpoint, normalize, read_checkpoint
+from model.checkpoint import serving_subset
 from model.decoding import parse_options
 from model.int8 import GateTable
 from model.voc import MAX_LENGTH, MIN_COUNT, EOS_token
 from serving.launcher import REPO, TorchServe, build_mar, start_torchserve
+from train.runs import default_checkpoint
 
 logger = logging.getLogger("serve_bench")
 
@@ -69,7 +71,6 @@ CORNELL_WORDS = 7826  # the tutorial's Cornell vocabulary: 7,823 words kept + PA
 HANDLER_CONFIG = REPO / "handler" / "model-config.yaml"
 ECHO_CONFIG = REPO / "bench" / "echo-config.yaml"
 ECHO_HANDLER = REPO / "bench" / "echo_handler.py"
-SERVING_KEYS = ("format", "config", "voc", "encoder", "decoder", "embedding", "iteration", "loss", "args")
 TEXT_HEADERS = {"Content-Type": "text/plain; charset=utf-8"}
 REQUEST_TIMEOUT_S = 60
 # Cornell-like lines for a machine without the corpus (normalised as the tutorial does).
@@ -98,13 +99,13 @@ class Workload:
 
 
 def newest_tutorial_checkpoint(runs: Path) -> Path | None:
-    """The newest runs/**/*_checkpoint.tar if its hidden size is the tutorial's, else None."""
-    found = sorted(runs.glob("**/*_checkpoint.tar"), key=lambda p: p.stat().st_mtime)
-    if not found:
+    """train.runs.default_checkpoint if its hidden size is the tutorial's, else None."""
+    found = default_checkpoint(runs)
+    if found is None:
         return None
-    with open(found[-1], "rb") as f:
+    with open(found, "rb") as f:
         ckpt = read_checkpoint(f)
-    return found[-1] if ckpt["config"]["hidden_size"] == TUTORIAL_HIDDEN else None
+    return found if ckpt["config"]["hidden_size"] == TUTORIAL_HIDDEN else None
 
 
 def random_checkpoint(voc: Voc, seed: int, **config_overrides) -> dict:
@@ -116,8 +117,7 @@ def random_checkpoint(voc: Voc, seed: int, **config_overrides) -> dict:
     with torch.no_grad():  # untrained logits would stop replies at arbitrary lengths
         decoder.out.bias[EOS_token] = -1e4
     return {"format": FORMAT, "config": config, "voc": voc.to_dict(), "encoder": encoder.state_dict(),
-            "decoder": decoder.state_dict(), "embedding": encoder.embedding.state_dict(),
-            "iteration": 0, "loss": 0.0}
+            "decoder": decoder.state_dict(), "iteration": 0, "loss": 0.0}
 
 
 def synthetic_voc(prompts: Sequence[str]) -> Voc:
@@ -160,7 +160,7 @@ def prepare_workload(args: argparse.Namespace, workdir: Path) -> Workload:
                  f"{len(ckpt['voc']['words']) + 3} words)"
     source += f"; prompts: {'Cornell held-out queries' if use_cornell else 'fixed Cornell-like list'}"
     served = workdir / "served_checkpoint.tar"  # weights only: smaller, faster-to-build archives
-    torch.save({k: ckpt[k] for k in SERVING_KEYS if k in ckpt}, served)
+    torch.save({**serving_subset(ckpt), "args": ckpt.get("args")}, served)  # args: the data split of its prompts
     return Workload(served, source, prompts)
 
 

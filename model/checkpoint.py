@@ -1,4 +1,15 @@
-"""The self-describing checkpoint: build, validate and rebuild a chatbot from plain dicts."""
+"""The one owner of the checkpoint format: reading, validating, converting, the serving subset, rebuilding.
+
+Two formats are read, both with torch.load(weights_only=True):
+- the project's self-describing one (FORMAT, written by train.main): config, voc, encoder, decoder,
+  plus training state;
+- the PyTorch Chatbot Tutorial's {iteration}_checkpoint.tar ({'iteration', 'en', 'de', 'en_opt',
+  'de_opt', 'loss', 'voc_dict', 'embedding'}), converted on reading: the sizes and the attention
+  model are read off the tensors' shapes and names, the vocabulary keeps the tutorial's word order,
+  and max_length (not recorded) is the tutorial's MAX_LENGTH unless given.
+Everything downstream (chat CLI, make mar, the handler, training's --resume, the benchmarks) sees
+the project's format only.
+"""
 from __future__ import annotations
 
 import pickle
@@ -12,11 +23,15 @@ from torch import nn
 from .chatbot import Chatbot
 from .int8 import quantize_int8, tabulate_input_gates
 from .seq2seq import Attn, EncoderRNN, LuongAttnDecoderRNN, trace_step
-from .voc import SPECIAL_WORDS, Voc
+from .voc import MAX_LENGTH, SPECIAL_WORDS, Voc
 
 FORMAT = "seq2seq-chatbot/1"
+TUTORIAL_FORMAT = "pytorch-chatbot-tutorial"  # `converted_from` of a converted tutorial checkpoint
 CONFIG_KEYS = ("hidden_size", "encoder_n_layers", "decoder_n_layers", "dropout", "attn_model", "max_length")
 REQUIRED_KEYS = ("config", "voc", "encoder", "decoder")
+TUTORIAL_KEYS = ("en", "de", "voc_dict")
+# What serving reads (make mar keeps only these: optimiser states are two thirds of a training checkpoint)
+SERVING_KEYS = ("format", "config", "voc", "encoder", "decoder", "iteration", "loss", "heldout_loss", "converted_from")
 QUANTIZE_MODES = ("int8", "fp16")  # the `quantize` option's names; True means "int8"
 
 
@@ -42,8 +57,12 @@ def build_model(config: dict, num_words: int) -> tuple[EncoderRNN, LuongAttnDeco
     return encoder, decoder
 
 
-def read_checkpoint(f: IO[bytes]) -> dict:
-    """torch.load a checkpoint from an open binary file, refusing anything but tensors and plain data."""
+def read_checkpoint(f: IO[bytes], max_length: int | None = None) -> dict:
+    """torch.load a checkpoint from an open binary file (tensors and plain data only), in the project's format.
+
+    A tutorial checkpoint is converted (max_length: its reply and input limit, default MAX_LENGTH);
+    anything else, or a format this version does not know, raises CheckpointError naming what is wrong.
+    """
     try:
         ckpt = torch.load(f, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as e:
@@ -53,8 +72,104 @@ def read_checkpoint(f: IO[bytes]) -> dict:
         ) from e
     except Exception as e:  # garbage bytes raise anything from EOFError to KeyError
         raise CheckpointError(f"not a readable checkpoint (truncated or not a torch file): {one_line(e, 200)}") from e
+    ckpt = to_project_format(ckpt, max_length)
     validate_checkpoint(ckpt)
     return ckpt
+
+
+def to_project_format(ckpt: object, max_length: int | None = None) -> dict:
+    """`ckpt` if it is in the project's format, a converted copy if it is the tutorial's; else CheckpointError."""
+    if not isinstance(ckpt, dict):
+        raise CheckpointError(f"a checkpoint must be a dict, got {type(ckpt).__name__}")
+    if "format" in ckpt:
+        if ckpt["format"] != FORMAT:
+            raise CheckpointError(f"unknown checkpoint format {str(ckpt['format'])[:60]!r}: this version reads "
+                                  f"{FORMAT!r} and the PyTorch Chatbot Tutorial's checkpoints")
+        return ckpt
+    if all(k in ckpt for k in TUTORIAL_KEYS):
+        return from_tutorial(ckpt, MAX_LENGTH if max_length is None else max_length)
+    missing = [k for k in REQUIRED_KEYS if k not in ckpt]
+    if missing:  # no format field: an old project checkpoint, or neither format
+        held = ", ".join(map(str, list(ckpt)[:8])) or "nothing"
+        raise CheckpointError(f"neither a {FORMAT} checkpoint nor the PyTorch Chatbot Tutorial's: it has no "
+                              f"'format' field, is missing keys: {', '.join(missing)} (a tutorial checkpoint has "
+                              f"{', '.join(TUTORIAL_KEYS)}), and holds {held}")
+    return {**ckpt, "format": FORMAT}
+
+
+def tutorial_voc(voc_dict: dict) -> Voc:
+    """The tutorial's Voc (its __dict__) as ours, in its own word order (index2word), counts kept."""
+    index2word = {int(i): w for i, w in voc_dict["index2word"].items()}
+    num_words = int(voc_dict.get("num_words", len(index2word)))
+    missing = [i for i in range(num_words) if i not in index2word]
+    if missing or [index2word[i] for i in range(len(SPECIAL_WORDS))] != list(SPECIAL_WORDS):
+        raise CheckpointError(f"the tutorial vocabulary is inconsistent: num_words {num_words}, "
+                              f"indices missing {missing[:5]}, first words {[index2word.get(i) for i in range(3)]}")
+    words = [index2word[i] for i in range(len(SPECIAL_WORDS), num_words)]
+    counts = voc_dict.get("word2count") or {}
+    return Voc.from_dict({"name": str(voc_dict.get("name", "tutorial")), "trimmed": bool(voc_dict.get("trimmed")),
+                          "words": words, "counts": [int(counts.get(w, 1)) for w in words]})
+
+
+def gru_layers(state: dict) -> int:
+    """Number of GRU layers in a state_dict (keys gru.weight_ih_l0, gru.weight_ih_l1, ...)."""
+    return sum(1 for k in state if re.fullmatch(r"gru\.weight_ih_l\d+", k))
+
+
+def tutorial_attention(decoder: dict, hidden: int) -> str:
+    """The attention model of a tutorial decoder, from its parameter names and shapes."""
+    if "attn.v" in decoder:
+        return "concat"
+    weight = decoder.get("attn.attn.weight")
+    if weight is None:
+        return "dot"
+    if tuple(weight.shape) == (hidden, hidden):
+        return "general"
+    raise CheckpointError(f"decoder attn.attn.weight has shape {tuple(weight.shape)} without attn.v: neither "
+                          f"'general' ({hidden}, {hidden}) nor 'concat' attention")
+
+
+def from_tutorial(ckpt: dict, max_length: int = MAX_LENGTH) -> dict:
+    """The project's format for a tutorial checkpoint; shapes that disagree raise CheckpointError naming them."""
+    encoder, decoder = ckpt["en"], ckpt["de"]
+    for part, state, key in (("encoder", encoder, "embedding.weight"), ("decoder", decoder, "out.weight")):
+        if not isinstance(state, dict) or key not in state:
+            raise CheckpointError(f"tutorial checkpoint: the {part} state ('{'en' if part == 'encoder' else 'de'}') "
+                                  f"has no {key}")
+    voc = tutorial_voc(ckpt["voc_dict"])
+    hidden = int(encoder["embedding.weight"].shape[1])
+    decoder_hidden = int(decoder["out.weight"].shape[1])
+    if decoder_hidden != hidden:
+        raise CheckpointError(f"tutorial checkpoint: the decoder's hidden size {decoder_hidden} (out.weight) is not "
+                              f"the encoder's {hidden} (embedding.weight)")
+    config = default_config(hidden_size=hidden, encoder_n_layers=gru_layers(encoder),
+                            decoder_n_layers=gru_layers(decoder), attn_model=tutorial_attention(decoder, hidden),
+                            max_length=max_length)
+    converted = {"format": FORMAT, "converted_from": TUTORIAL_FORMAT, "config": config, "voc": voc.to_dict(),
+                 "encoder": encoder, "decoder": decoder, "iteration": int(ckpt.get("iteration", 0)),
+                 "loss": float(ckpt.get("loss", float("nan")))}
+    for ours, theirs in (("encoder_optimizer", "en_opt"), ("decoder_optimizer", "de_opt")):
+        if theirs in ckpt:
+            converted[ours] = ckpt[theirs]
+    return converted
+
+
+def serving_subset(ckpt: dict) -> dict:
+    """The keys serving reads: what make mar archives."""
+    return {key: ckpt[key] for key in SERVING_KEYS if key in ckpt}
+
+
+def load_model(ckpt: dict) -> tuple[Voc, nn.Module, nn.Module]:
+    """(vocabulary, encoder, decoder) with the checkpoint's weights, on the CPU in training mode (for --resume)."""
+    validate_checkpoint(ckpt)
+    voc = Voc.from_dict(ckpt["voc"])
+    encoder, decoder = build_model(ckpt["config"], voc.num_words)
+    try:
+        encoder.load_state_dict(ckpt["encoder"])
+        decoder.load_state_dict(ckpt["decoder"])
+    except RuntimeError as e:
+        raise CheckpointError(f"weights do not fit the model config: {one_line(e, 300)}") from e
+    return voc, encoder, decoder
 
 
 def one_line(error: Exception, limit: int) -> str:
@@ -94,15 +209,8 @@ def from_checkpoint(ckpt: dict, device: torch.device | str = "cpu", quantize: bo
     False keeps float32. int8 and fp16 decode a text bit for bit the same alone or in any batch
     (float32's MKL kernels may round a row differently beside other rows).
     """
-    validate_checkpoint(ckpt)
     mode = quantize_mode(quantize)
-    voc = Voc.from_dict(ckpt["voc"])
-    encoder, decoder = build_model(ckpt["config"], voc.num_words)
-    try:
-        encoder.load_state_dict(ckpt["encoder"])
-        decoder.load_state_dict(ckpt["decoder"])
-    except RuntimeError as e:
-        raise CheckpointError(f"weights do not fit the model config: {one_line(e, 300)}") from e
+    voc, encoder, decoder = load_model(to_project_format(ckpt))
     device = torch.device(device)
     encoder.to(device).eval()
     decoder.to(device).eval()

@@ -286,12 +286,24 @@ def filter_logits(logits: torch.Tensor, options: DecodeOptions) -> torch.Tensor:
 
 @dataclass
 class SampleRow:
-    """One reply being sampled: its request, generator and tokens so far."""
+    """One reply being sampled: its request, uniform-number generator and tokens so far."""
 
     request: int
-    generator: torch.Generator
+    generator: random.Random
     tokens: list
     total: float = 0.0
+
+
+def draw(weights: torch.Tensor, generator: random.Random) -> int:
+    """A token drawn from unnormalised weights (V,) by inverse CDF with one uniform number of `generator`.
+
+    Python's Mersenne Twister and a float64 cumulative sum, not torch.multinomial: its draws for a
+    seed differ between torch versions (2.4 in the serving image, 2.13 here); these do not.
+    """
+    cdf = weights.double().cumsum(0)
+    index = int(torch.searchsorted(cdf, torch.tensor([generator.random() * float(cdf[-1])], dtype=cdf.dtype),
+                                   right=True))
+    return min(index, weights.numel() - 1)  # right=True picks a token of non-zero weight
 
 
 @torch.no_grad()
@@ -309,7 +321,7 @@ def sample(encoder, decoder, input_seq: torch.Tensor, input_lengths: torch.Tenso
     rows = []
     for r, o in enumerate(options):
         seed = o.seed if o.seed is not None else random.SystemRandom().randrange(2**63)
-        rows += [SampleRow(r, torch.Generator().manual_seed(row_seed(seed, j)), []) for j in range(o.num_replies)]
+        rows += [SampleRow(r, random.Random(row_seed(seed, j)), []) for j in range(o.num_replies)]
     results: list[list[Candidate]] = [[] for _ in options]
     hidden = encoder_hidden[: decoder.n_layers, [row.request for row in rows]]
     token = torch.full((1, len(rows)), SOS_token, dtype=torch.long, device=input_seq.device)
@@ -323,7 +335,7 @@ def sample(encoder, decoder, input_seq: torch.Tensor, input_lengths: torch.Tenso
         for i, row in enumerate(rows):
             o = options[row.request]
             weights = filter_logits(logits[i].masked_fill(logprobs[i] == float("-inf"), float("-inf")), o).softmax(0)
-            choice = int(torch.multinomial(weights, 1, generator=row.generator))
+            choice = draw(weights, row.generator)
             row.tokens.append(choice)
             row.total += float(logprobs[i, choice])
             if choice == EOS_token or len(row.tokens) == o.max_length:

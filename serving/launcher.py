@@ -147,13 +147,18 @@ def write_config(server: TorchServe, model_store: Path, overrides: dict[str, str
     return path
 
 
-def launch(server: TorchServe, config: Path) -> None:
-    """Start TorchServe in the foreground (so we own the process) from the server's workdir."""
+def launch(server: TorchServe, config: Path, python: Path | None = None) -> None:
+    """Start TorchServe in the foreground (so we own the process) from the server's workdir.
+
+    python: the interpreter of the environment whose torchserve runs the server and its workers
+    (default: this one); the Python 3.9 / torch 2.4 serving-image runtime test passes its own.
+    """
     tmp = server.workdir / "tmp"  # pid file, unix sockets and unpacked models: private per server
     tmp.mkdir()
+    bin_dir = Path(python or sys.executable).parent
     env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}  # workers must import the .mar's model
-    env.update(TMPDIR=str(tmp), TEMP=str(tmp), PATH=f"{Path(sys.executable).parent}{os.pathsep}{env['PATH']}")
-    torchserve = Path(sys.executable).with_name("torchserve")
+    env.update(TMPDIR=str(tmp), TEMP=str(tmp), PATH=f"{bin_dir}{os.pathsep}{env['PATH']}")
+    torchserve = bin_dir / "torchserve"
     server.process = subprocess.Popen(
         [str(torchserve), "--start", "--foreground", "--ncs", "--ts-config", str(config)],
         cwd=server.workdir, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
@@ -181,18 +186,19 @@ def wait_until_ready(server: TorchServe, workers: int = 1) -> None:
 
 @contextmanager
 def start_torchserve(workdir: Path, model_store: Path, token_auth: bool = False,
-                     config_overrides: dict[str, str] | None = None, ready_workers: int = 1):
+                     config_overrides: dict[str, str] | None = None, ready_workers: int = 1,
+                     python: Path | None = None):
     """A native TorchServe serving model_store/seq2seq.mar as my_s2s on free ports; always stopped.
 
     ready_workers: READY workers to wait for; 0 returns once the model is registered (a model whose
-    workers fail to load never gets one).
+    workers fail to load never gets one). python: see launch().
     """
     workdir.mkdir(parents=True, exist_ok=True)
     apis = ("inference", "management", "metrics", "grpc_inference", "grpc_management")
     server = TorchServe(workdir, dict(zip(apis, free_ports(len(apis)))), token_auth)
     atexit.register(server.stop)  # last resort if pytest itself is interrupted; stop() is idempotent
     try:
-        launch(server, write_config(server, model_store, config_overrides or {}))
+        launch(server, write_config(server, model_store, config_overrides or {}), python)
         wait_until_ready(server, ready_workers)
         yield server
     finally:

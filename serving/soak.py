@@ -38,6 +38,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # run as a scri
 from model import Chatbot, from_checkpoint, read_checkpoint  # noqa: E402
 from model.voc import SPECIAL_WORDS  # noqa: E402
 from serving.launcher import REPO, TorchServe, build_mar, read_properties, start_torchserve  # noqa: E402
+from train.runs import default_checkpoint  # noqa: E402
 
 RESPONSE_TIMEOUT_S = 30  # handler/model-config.yaml responseTimeout: TorchServe restarts a worker stuck longer
 CLIENT_TIMEOUT_S = RESPONSE_TIMEOUT_S + 5  # a request that waits longer than this counts as hung
@@ -378,15 +379,11 @@ def served_quantize(model_config: Path = REPO / "handler" / "model-config.yaml")
     return options.get("quantize", False)
 
 
-def newest_checkpoint() -> Path | None:
-    found = sorted((REPO / "runs").glob("**/*_checkpoint.tar"), key=lambda p: p.stat().st_mtime)
-    return found[-1] if found else None
-
-
 def parse_args(argv=None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--checkpoint", type=Path, default=newest_checkpoint(),
-                        help="checkpoint to serve (default: the newest runs/**/*_checkpoint.tar)")
+    parser.add_argument("--checkpoint", type=Path, default=default_checkpoint(REPO / "runs"),
+                        help="checkpoint to serve (default: the newest runs/**/best_checkpoint.tar, else the newest "
+                             "periodic one)")
     parser.add_argument("--clients", type=int, default=64, help="concurrent clients in the load phase")
     parser.add_argument("--seconds", type=float, default=60.0, help="length of the load phase")
     parser.add_argument("--kill-clients", type=int, default=16, help="concurrent clients in the worker-kill phase")

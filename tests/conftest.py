@@ -42,8 +42,7 @@ def make_tiny_checkpoint(path: Path, seed: int = 1) -> Path:
         for p in [*encoder.parameters(), *decoder.parameters()]:
             p.mul_(3.0)
     torch.save({"format": FORMAT, "config": config, "voc": voc.to_dict(), "encoder": encoder.state_dict(),
-                "decoder": decoder.state_dict(), "embedding": encoder.embedding.state_dict(),
-                "iteration": 1, "loss": 0.0}, path)
+                "decoder": decoder.state_dict(), "iteration": 1, "loss": 0.0}, path)
     return path
 
 

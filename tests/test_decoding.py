@@ -239,3 +239,16 @@ def test_sample_and_greedy_share_one_score_definition():
                             (beam_search, DecodeOptions(beam_size=3))):
         [[best, *_]] = run(search, bot, ["what is your name"], [options])
         assert best.score == pytest.approx(sequence_score(bot, "what is your name", best.ids), abs=1e-5)
+
+
+def test_draw_follows_the_weights_and_never_picks_a_zero_weight_token():
+    import random
+
+    from model.decoding import draw
+    weights = torch.tensor([0.0, 0.2, 0.0, 0.8, 0.0])
+    rng = random.Random(0)
+    counts = [0] * 5
+    for _ in range(4000):
+        counts[draw(weights, rng)] += 1
+    assert counts[0] == counts[2] == counts[4] == 0
+    assert counts[3] / 4000 == pytest.approx(0.8, abs=0.03)

@@ -85,6 +85,24 @@ def write_broken(kind: str, path: Path, good: Path) -> Path:
     return path
 
 
+def test_the_archived_checkpoint_holds_only_plain_data(seq2seq_mar, tmp_path):
+    """What a torch 2.4 worker unpickles was written by make mar from tensors and plain values alone."""
+    with zipfile.ZipFile(seq2seq_mar) as archive:
+        name = next(n for n in archive.namelist() if n.endswith("_checkpoint.tar"))
+        archive.extract(name, tmp_path)
+    packed = torch.load(tmp_path / name, weights_only=True)
+
+    def plain(value) -> bool:
+        if isinstance(value, dict):
+            return all(isinstance(k, (str, int)) and plain(v) for k, v in value.items())
+        if isinstance(value, (list, tuple)):
+            return all(plain(v) for v in value)
+        return value is None or isinstance(value, (str, int, float, bool, torch.Tensor))
+
+    from model.checkpoint import SERVING_KEYS
+    assert set(packed) <= set(SERVING_KEYS) and plain(packed)
+
+
 @pytest.mark.parametrize("kind", ["missing file", "garbage", "truncated", "missing keys"])
 def test_build_mar_rejects_a_bad_checkpoint_in_one_line(tmp_path, serving_checkpoint, kind):
     checkpoint = write_broken(kind, tmp_path / "9_checkpoint.tar", serving_checkpoint)

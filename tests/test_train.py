@@ -140,13 +140,27 @@ def test_tiny_training_run_lowers_heldout_loss_and_writes_outputs(corpus, tmp_pa
             "--heldout-fraction", "0.1", "--save-dir", str(save_dir), *TINY]
     assert run_main(args) == 0
     assert sorted(p.name for p in save_dir.glob("*_checkpoint.tar")) == [
-        "20_checkpoint.tar", "40_checkpoint.tar", "60_checkpoint.tar"]
+        "20_checkpoint.tar", "40_checkpoint.tar", "60_checkpoint.tar", "best_checkpoint.tar"]
     assert (save_dir / "loss.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     history = load(save_dir / "60_checkpoint.tar")["history"]
     assert [h[0] for h in history] == [20, 40, 60]
     heldout = [h[2] for h in history]
     assert heldout[-1] < heldout[0] - 0.3, heldout
     assert heldout[0] < math.log(len(WORDS) + 3)  # already better than guessing uniformly
+    best = load(save_dir / "best_checkpoint.tar")
+    assert best["heldout_loss"] == min(heldout) and best["iteration"] == [20, 40, 60][heldout.index(min(heldout))]
+
+
+def test_best_checkpoint_is_the_lowest_heldout_loss_not_the_last(corpus, tmp_path, monkeypatch):
+    """A run whose held-out loss rises again (as the demo's does) keeps its best checkpoint."""
+    losses = iter([2.0, 1.5, 1.8])
+    monkeypatch.setattr(train_main, "evaluate", lambda *args, **kwargs: next(losses))
+    save_dir = tmp_path / "run"
+    assert run_main(["--corpus", "tsv", "--data-path", str(corpus), "--iterations", "30", "--save-every", "10",
+                     "--save-dir", str(save_dir), *TINY]) == 0
+    best = load(save_dir / "best_checkpoint.tar")
+    assert (best["iteration"], best["heldout_loss"]) == (20, 1.5)
+    assert load(save_dir / "30_checkpoint.tar")["heldout_loss"] == 1.8
 
 
 def test_checkpoint_round_trip_weights_only(corpus, tmp_path):
@@ -163,7 +177,7 @@ def test_checkpoint_round_trip_weights_only(corpus, tmp_path):
         assert read_checkpoint(f)["iteration"] == 5
     assert ckpt["config"] == train_main.model_config(args)
     assert ckpt["voc"] == voc.to_dict()
-    for key in ("encoder_optimizer", "decoder_optimizer", "embedding", "history", "rng", "args"):
+    for key in ("encoder_optimizer", "decoder_optimizer", "history", "rng", "args"):
         assert key in ckpt
     assert math.isfinite(ckpt["loss"]) and math.isfinite(ckpt["heldout_loss"])
     for name, value in run.encoder.state_dict().items():

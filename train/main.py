@@ -23,7 +23,7 @@ import torch
 from tqdm import tqdm
 from tqdm.contrib.logging import logging_redirect_tqdm
 
-from model.checkpoint import FORMAT, CheckpointError, build_model, default_config, from_checkpoint, read_checkpoint
+from model.checkpoint import FORMAT, CheckpointError, build_model, default_config, load_model, read_checkpoint
 from model.voc import MAX_LENGTH, MIN_COUNT, Voc
 from train.data import CORPORA, Pair, default_cornell_dir, load_corpus, prepare, random_batches, split_heldout
 from train.engine import (
@@ -36,6 +36,7 @@ from train.engine import (
     teacher_forced_loss,
     train_step,
 )
+from train.runs import BEST, periodic_name
 
 logger = logging.getLogger(__name__)
 
@@ -46,6 +47,9 @@ RESUMED = ("corpus", "max_length", "min_count", "heldout_fraction", "hidden_size
            "teacher_forcing_ratio", "seed")
 DEFAULT_ITERATIONS = 4000
 RESUME_KEYS = ("args", "encoder_optimizer", "decoder_optimizer", "iteration", "history", "rng")
+# A tutorial checkpoint resumes from its weights, optimiser states and iteration; the data flags come from
+# the command line, the batches and coins start from --seed (the tutorial saves no sampler state).
+TUTORIAL_RESUME_KEYS = ("encoder_optimizer", "decoder_optimizer", "iteration")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -133,23 +137,24 @@ def new_run(args: argparse.Namespace, voc: Voc, device: torch.device) -> Run:
 
 
 def resume_run(ckpt: dict, args: argparse.Namespace, device: torch.device) -> Run:
-    """The run saved in `ckpt`, rebuilt through from_checkpoint (the path the chat CLI and handler use)."""
-    bot = from_checkpoint(ckpt, device)
-    bot.encoder.train()
-    bot.decoder.train()
-    optimizers = make_optimizers(bot.encoder, bot.decoder, args.learning_rate, args.decoder_learning_ratio,
-                                 fused=True)
+    """The run saved in `ckpt`: its weights (model.checkpoint.load_model, not the serving constructor),
+    optimiser states and, for the project's own checkpoints, its samplers and RNG states."""
+    voc, encoder, decoder = load_model(ckpt)
+    encoder.to(device).train()
+    decoder.to(device).train()
+    optimizers = make_optimizers(encoder, decoder, args.learning_rate, args.decoder_learning_ratio, fused=True)
     optimizers[0].load_state_dict(ckpt["encoder_optimizer"])
     optimizers[1].load_state_dict(ckpt["decoder_optimizer"])
-    rng = ckpt["rng"]
-    run = Run(bot.voc, bot.encoder, bot.decoder, optimizers, random.Random(), random.Random(),
-              iteration=ckpt["iteration"], history=[list(h) for h in ckpt["history"]])
-    run.sampler_rng.setstate(as_random_state(rng["sampler"]))
-    run.coin_rng.setstate(as_random_state(rng["coin"]))
+    run = Run(voc, encoder, decoder, optimizers, random.Random(args.seed), random.Random(f"coin-{args.seed}"),
+              iteration=ckpt["iteration"], history=[list(h) for h in ckpt.get("history", [])])
+    rng = ckpt.get("rng")
+    if rng is not None:
+        run.sampler_rng.setstate(as_random_state(rng["sampler"]))
+        run.coin_rng.setstate(as_random_state(rng["coin"]))
+        torch.set_rng_state(rng["torch"])
+        if device.type == "cuda" and rng.get("cuda") is not None:
+            torch.cuda.set_rng_state(rng["cuda"], device)
     run.sampler_state = run.sampler_rng.getstate()
-    torch.set_rng_state(rng["torch"])
-    if device.type == "cuda" and rng.get("cuda") is not None:
-        torch.cuda.set_rng_state(rng["cuda"], device)
     return run
 
 
@@ -178,7 +183,6 @@ def checkpoint_dict(run: Run, args: argparse.Namespace, loss: float, heldout_los
     return to_cpu({
         "format": FORMAT, "config": model_config(args), "voc": run.voc.to_dict(),
         "encoder": run.encoder.state_dict(), "decoder": run.decoder.state_dict(),
-        "embedding": run.encoder.embedding.state_dict(),
         "encoder_optimizer": run.optimizers[0].state_dict(), "decoder_optimizer": run.optimizers[1].state_dict(),
         "iteration": run.iteration, "loss": loss, "heldout_loss": heldout_loss,
         "args": stored_args(args), "history": [list(h) for h in run.history], "rng": rng,
@@ -190,10 +194,10 @@ def stored_args(args: argparse.Namespace) -> dict:
     return {k: v for k, v in vars(args).items() if v is None or isinstance(v, (bool, int, float, str))}
 
 
-def save_checkpoint(ckpt: dict, save_dir: Path) -> Path:
-    """Write {iteration}_checkpoint.tar atomically (a crash never leaves a half-written checkpoint)."""
+def save_checkpoint(ckpt: dict, save_dir: Path, name: str | None = None) -> Path:
+    """Write {iteration}_checkpoint.tar (or `name`) atomically (a crash never leaves a half-written checkpoint)."""
     save_dir.mkdir(parents=True, exist_ok=True)
-    path = save_dir / f"{ckpt['iteration']}_checkpoint.tar"
+    path = save_dir / (name or periodic_name(ckpt["iteration"]))
     tmp = path.with_name(path.name + ".tmp")
     torch.save(ckpt, tmp)
     os.replace(tmp, path)
@@ -313,11 +317,16 @@ def checkpoint(run: Run, args: argparse.Namespace, train_loss: float, heldout: l
                save_dir: Path) -> None:
     """Evaluate on the held-out pairs, save the checkpoint, redraw the loss curve."""
     heldout_loss = evaluate(run.encoder, run.decoder, run.voc, heldout, args.batch_size, device)
+    best = all(heldout_loss < h[2] for h in run.history)
     run.history.append([run.iteration, train_loss, heldout_loss])
-    path = save_checkpoint(checkpoint_dict(run, args, train_loss, heldout_loss, device), save_dir)
+    ckpt = checkpoint_dict(run, args, train_loss, heldout_loss, device)
+    path = save_checkpoint(ckpt, save_dir)
+    if best:  # what make mar packs by default: later iterations may overfit
+        save_checkpoint(ckpt, save_dir, BEST)
     plot_history(run.history, save_dir / "loss.png")
-    logger.info("iteration %d: train loss %.4f (perplexity %.1f), held-out loss %.4f (perplexity %.1f); saved %s",
-                run.iteration, train_loss, safe_exp(train_loss), heldout_loss, safe_exp(heldout_loss), path)
+    logger.info("iteration %d: train loss %.4f (perplexity %.1f), held-out loss %.4f (perplexity %.1f); saved %s%s",
+                run.iteration, train_loss, safe_exp(train_loss), heldout_loss, safe_exp(heldout_loss), path,
+                f" and {BEST} (the best held-out loss so far)" if best else "")
 
 
 def safe_exp(x: float) -> float:
@@ -334,18 +343,43 @@ def setup(args: argparse.Namespace, parser: argparse.ArgumentParser, device: tor
         voc, pairs, heldout = load_data(args)
         return new_run(args, voc, device), pairs, heldout, Path(args.save_dir or Path("runs") / args.corpus)
     with open(args.resume, "rb") as f:
-        ckpt = read_checkpoint(f)
-    missing = [k for k in RESUME_KEYS if k not in ckpt]
+        ckpt = read_checkpoint(f, args.max_length if args.max_length != parser.get_default("max_length") else None)
+    tutorial = bool(ckpt.get("converted_from"))
+    missing = [k for k in (TUTORIAL_RESUME_KEYS if tutorial else RESUME_KEYS) if k not in ckpt]
     if missing:
         raise CheckpointError(f"{args.resume} holds a model but no training state to resume ({', '.join(missing)})")
-    apply_resumed_args(args, ckpt["args"], parser)
-    args.iterations = args.iterations or ckpt["args"]["iterations"]
-    args.data_path = args.data_path or ckpt["args"]["data_path"]
+    if tutorial:
+        resolve_data_path(args)
+        set_model_args(args, ckpt["config"])
+        args.iterations = args.iterations or DEFAULT_ITERATIONS
+    else:
+        apply_resumed_args(args, ckpt["args"], parser)
+        args.iterations = args.iterations or ckpt["args"]["iterations"]
+        args.data_path = args.data_path or ckpt["args"]["data_path"]
     voc, pairs, heldout = load_data(args)
     if voc.to_dict()["words"] != ckpt["voc"]["words"]:
-        raise ValueError(f"the {args.corpus} corpus at {args.data_path} no longer gives the checkpoint's vocabulary")
-    logger.info("resuming from %s at iteration %d", args.resume, ckpt["iteration"])
+        if not tutorial:
+            raise ValueError(f"the {args.corpus} corpus at {args.data_path} no longer gives the checkpoint's "
+                             "vocabulary")
+        pairs, heldout = (known_pairs(ps, ckpt["voc"]["words"]) for ps in (pairs, heldout))
+        logger.warning("the tutorial checkpoint's vocabulary is not the one %s gives: training on the %d pairs "
+                       "(%d held out) whose words it knows", args.data_path, len(pairs), len(heldout))
+    logger.info("resuming from %s at iteration %d%s", args.resume, ckpt["iteration"],
+                " (a PyTorch Chatbot Tutorial checkpoint)" if tutorial else "")
     return resume_run(ckpt, args, device), pairs, heldout, Path(args.save_dir or Path(args.resume).parent)
+
+
+def set_model_args(args: argparse.Namespace, config: dict) -> None:
+    """The model flags from a converted checkpoint's config (the tutorial's sizes are read off its tensors)."""
+    args.hidden_size, args.encoder_layers, args.decoder_layers = (
+        config["hidden_size"], config["encoder_n_layers"], config["decoder_n_layers"])
+    args.attn, args.max_length, args.dropout = config["attn_model"], config["max_length"], config["dropout"]
+
+
+def known_pairs(pairs: list[Pair], words: list[str]) -> list[Pair]:
+    """The pairs all of whose words are in `words`."""
+    known = set(words)
+    return [p for p in pairs if all(w in known for side in p for w in side.split())]
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -1,0 +1,124 @@
+"""Serve the built archive on the serving image's runtime (Python 3.9, torch 2.4.0, TorchServe 0.12.0).
+
+    make test-image-runtime          # builds .venv-image from requirements-image.txt, then runs this
+    PYTHONPATH=. python -m serving.image_runtime --python .venv-image/bin/python
+
+The pytorch/torchserve:0.12.0-gpu image that `make serve` runs has that runtime, not this repo's
+Python 3.11 / torch 2.13. For each handler weight mode (int8, fp16, float32) the archive is built
+here, with this runtime's build_mar, and served by native TorchServe 0.12.0 from the Python 3.9
+environment; every reply to a fixed prompt set (raw text, JSON, and the decoding options) is
+compared with what this runtime's Chatbot gives for it. Exit status 0 when every reply agrees.
+Last lines: `agreement_<mode>: N/M` per weight mode.
+"""
+from __future__ import annotations
+
+import argparse
+import subprocess
+import sys
+import tempfile
+from dataclasses import replace
+from pathlib import Path
+
+import requests
+import yaml
+
+from model import Chatbot, from_checkpoint, read_checkpoint
+from model.decoding import parse_options
+from serving.launcher import REPO, build_mar, start_torchserve
+
+WEIGHT_MODES = {"int8": "int8", "fp16": "fp16", "float32": False}  # name -> the handler's `quantize`
+PROMPTS = ["hello there !", "how are you ?", "what is your name ?", "where do you live ?", "do you like music ?",
+           "i am fine .", "good bye !", "my name is bot .", "hello zorblax how are you ?", "yes i like it very much ."]
+FIELDS = [{}, {"beam_size": 4, "num_replies": 2}, {"temperature": 0.9, "top_k": 10, "seed": 11},
+          {"no_repeat_ngram_size": 2, "max_length": 6}]
+
+
+def runtime_versions(python: Path) -> str:
+    """'Python 3.9.18, torch 2.4.0, TorchServe 0.12.0' of the other environment."""
+    code = ("import sys, torch, importlib.metadata as m; print(f'Python {sys.version.split()[0]}, "
+            "torch {torch.__version__}, TorchServe {m.version(\"torchserve\")}')")
+    return subprocess.run([str(python), "-c", code], capture_output=True, text=True, check=True).stdout.strip()
+
+
+def model_config(quantize, path: Path) -> Path:
+    """handler/model-config.yaml with the weight mode set."""
+    config = yaml.safe_load((REPO / "handler" / "model-config.yaml").read_text())
+    config["handler"]["quantize"] = quantize
+    path.write_text(yaml.safe_dump(config))
+    return path
+
+
+def expected_replies(bot: Chatbot) -> list[tuple[str, dict, str, list]]:
+    """(prompt, JSON fields, reply, replies) for every prompt and decoding case, from this runtime."""
+    cases = []
+    for prompt in PROMPTS:
+        for fields in FIELDS:
+            reply = bot.reply(prompt, parse_options(fields, replace(bot.default_options), {}))
+            cases.append((prompt, fields, reply.text, [t for t, _ in reply.replies]))
+    return cases
+
+
+def served_replies(url: str, cases: list) -> list[tuple[str, list]]:
+    """(reply, replies) the server gives for each case: raw text for the default options, else JSON."""
+    got = []
+    session = requests.Session()
+    for prompt, fields, _, _ in cases:
+        if not fields:
+            text = session.post(url, data=prompt.encode(), headers={"Content-Type": "text/plain"}, timeout=60).text
+            got.append((text.rstrip("\n"), [text.rstrip("\n")]))
+            continue
+        body = session.post(url, json={"text": prompt, **fields}, timeout=60).json()
+        got.append((body.get("reply"), [r["reply"] for r in body.get("replies", [])] or [body.get("reply")]))
+    return got
+
+
+def check_mode(name: str, quantize, checkpoint: Path, python: Path, workdir: Path) -> tuple[int, int, list]:
+    """(agreeing, total, the first disagreements) for one weight mode."""
+    with open(checkpoint, "rb") as f:
+        bot = from_checkpoint(read_checkpoint(f), quantize=quantize)
+    cases = expected_replies(bot)
+    mar = build_mar(checkpoint, workdir / name / "store", model_config(quantize, workdir / f"{name}.yaml"))
+    with start_torchserve(workdir / name / "server", mar.parent, python=python) as server:
+        got = served_replies(server.predictions_url, cases)
+    wrong = [(c[0], c[1], c[2], g[0]) for c, g in zip(cases, got) if (c[2], c[3]) != g]
+    return len(cases) - len(wrong), len(cases), wrong[:3]
+
+
+def parse_args(argv=None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(prog="python -m serving.image_runtime", description=__doc__.splitlines()[0])
+    p.add_argument("--python", type=Path, default=REPO / ".venv-image" / "bin" / "python",
+                   help="the Python 3.9 environment with torch 2.4.0 and TorchServe 0.12.0 (default: .venv-image)")
+    p.add_argument("--checkpoint", type=Path, default=None,
+                   help="checkpoint to archive (default: the tests' tiny random-weight one, written here)")
+    p.add_argument("--modes", nargs="+", choices=list(WEIGHT_MODES), default=list(WEIGHT_MODES),
+                   help="handler weight modes to serve (default: all three)")
+    return p.parse_args(argv)
+
+
+def main(argv=None) -> int:
+    args = parse_args(argv)
+    if not args.python.exists():
+        print(f"error: {args.python} not found: run `make test-image-runtime` (it builds .venv-image)", file=sys.stderr)
+        return 2
+    print(f"serving runtime: {runtime_versions(args.python)}; reference runtime: Python "
+          f"{sys.version.split()[0]}, torch {__import__('torch').__version__}")
+    ok = True
+    with tempfile.TemporaryDirectory(prefix="image_runtime_") as tmp:
+        checkpoint = args.checkpoint
+        if checkpoint is None:
+            sys.path.insert(0, str(REPO / "tests"))
+            from conftest import make_tiny_checkpoint
+            checkpoint = make_tiny_checkpoint(Path(tmp) / "1_checkpoint.tar")
+        results = {name: check_mode(name, WEIGHT_MODES[name], checkpoint, args.python, Path(tmp))
+                   for name in args.modes}
+    for name, (agree, total, wrong) in results.items():
+        for prompt, fields, expected, got in wrong:
+            print(f"{name}: {prompt!r} {fields}: expected {expected!r}, served {got!r}")
+        ok &= agree == total
+    for name, (agree, total, _) in results.items():
+        print(f"agreement_{name}: {agree}/{total}")
+    return 0 if ok else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
