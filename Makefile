@@ -107,7 +107,8 @@ IMAGE ?= seq2seq-torchserve:1.0
 ts_auth = $$([ -f $(KEY_FILE) ] && echo --oauth2-bearer \
 	$$($(PY) -c 'import json; print(json.load(open("$(KEY_FILE)"))["$(1)"]["key"])'))
 token_hint = $(if $(filter 1,$(TOKEN_AUTH)), --oauth2-bearer INFERENCE_KEY (token mode: keys in $(KEY_FILE)))
-check_mar = [ -f archive/seq2seq.mar ] || { echo "error: archive/seq2seq.mar not found: run 'make mar' first" >&2; exit 1; }
+MAR ?= archive/seq2seq.mar
+check_mar = [ -f $(MAR) ] || { echo "error: $(MAR) not found: run 'make mar' first" >&2; exit 1; }
 check_java = java_major=$$(java -version 2>&1 | sed -n 's/.* version "\([0-9]*\).*/\1/p' | head -1); \
 	[ "$${java_major:-0}" -ge 17 ] || { echo "error: native TorchServe needs Java 17+ (found: $${java_major:-none});" \
 	"install it with: sudo apt-get install -y openjdk-17-jre-headless" >&2; exit 1; }
@@ -149,13 +150,14 @@ serve-local: $(if $(filter 1,$(TOKEN_AUTH)),$(TS_CONFIG)) ## Serve the archive w
 	@$(check_mar)
 	@$(native_serve)
 
+# Token mode = the same file with authorization on: the one rule every token-mode config is made by.
+token_on = mkdir -p $(dir $(2)) && sed 's/^disable_token_authorization=true/disable_token_authorization=false/' $(1) > $(2)
+
 logs/token-config.properties: config.properties
-	@mkdir -p logs
-	sed 's/^disable_token_authorization=true/disable_token_authorization=false/' $< > $@
+	@$(call token_on,$<,$@)
 
 logs/token-docker-config.properties: docker/config.properties
-	@mkdir -p logs
-	sed 's/^disable_token_authorization=true/disable_token_authorization=false/' $< > $@
+	@$(call token_on,$<,$@)
 
 stop: ## Stop TorchServe (container and native) and remove stale pid and key files
 	@$(DOCKER) rm -f $(TS_CONTAINER) >/dev/null 2>&1 && echo "Stopped container $(TS_CONTAINER)." || true
@@ -192,6 +194,45 @@ ui: $(VENV)/.ui-installed ## Chat in the browser with the served bot: http://127
 	  $$([ -f $(KEY_FILE) ] && echo --token-auth --key-file $(KEY_FILE))
 
 .PHONY: mar serve serve-local stop ping predict models metrics docker-build ui
+
+# ---------------------------------------------------------------- Kubernetes and KServe
+# make k8s: deploy/rendered/{dev,prod}.yaml from the kustomize overlays (kubectl kustomize). Their ConfigMap is
+# docker/config.properties with the management API on the pod's loopback (and, in prod, token mode on).
+# make kserve-store: the storage layout for KServe's TorchServe runtime from archive/seq2seq.mar.
+K8S_ENVS := dev prod
+KSERVE_STORE ?= deploy/kserve/store
+# KServe's runtime talks to TorchServe inside the container: both APIs on its loopback; only the
+# runtime's port 8080 leaves the pod. batchSize 1: TorchServe's KServe envelope reads a batch's first request only.
+KSERVE_SNAPSHOT := {"name":"startup.cfg","modelCount":1,"models":{"$(MODEL_NAME)":{"1.0":{"defaultVersion":true,\
+"marName":"seq2seq.mar","minWorkers":1,"maxWorkers":2,"batchSize":1,"maxBatchDelay":1,"responseTimeout":30}}}}
+
+deploy/generated/config.properties: docker/config.properties
+	@mkdir -p $(dir $@)
+	sed 's|^management_address=.*|management_address=http://127.0.0.1:8081|' $< > $@
+
+deploy/generated/token-config.properties: deploy/generated/config.properties
+	@$(call token_on,$<,$@)
+
+k8s: deploy/generated/config.properties deploy/generated/token-config.properties ## Render the Kubernetes manifests: deploy/rendered/{dev,prod}.yaml
+	@mkdir -p deploy/rendered
+	@for env in $(K8S_ENVS); do \
+	  kubectl kustomize --load-restrictor=LoadRestrictionsNone deploy/overlays/$$env > deploy/rendered/$$env.yaml && \
+	  echo "wrote deploy/rendered/$$env.yaml"; done
+
+kserve-store: ## Lay out deploy/kserve/store (config/config.properties, model-store/seq2seq.mar) for KServe
+	@$(check_mar)
+	@mkdir -p $(KSERVE_STORE)/config $(KSERVE_STORE)/model-store
+	cp $(MAR) $(KSERVE_STORE)/model-store/seq2seq.mar
+	sed -e 's|^inference_address=.*|inference_address=http://127.0.0.1:8085|' \
+	    -e 's|^management_address=.*|management_address=http://127.0.0.1:8085|' \
+	    -e 's|^model_store=.*|model_store=/mnt/models/model-store|' \
+	    -e 's|^allowed_urls=.*|allowed_urls=file:///mnt/models/model-store/[A-Za-z0-9_-]+[.]mar|' \
+	    -e 's|^metrics_config=.*|metrics_config=/home/model-server/metrics.yaml|' \
+	    -e '/^load_models=/d' docker/config.properties > $(KSERVE_STORE)/config/config.properties
+	printf '%s\n' 'service_envelope=kserve' 'model_snapshot=$(KSERVE_SNAPSHOT)' >> $(KSERVE_STORE)/config/config.properties
+	@echo "wrote $(KSERVE_STORE): copy it to the storage deploy/kserve/inferenceservice.yaml's storageUri names"
+
+.PHONY: k8s kserve-store
 
 # ---------------------------------------------------------------- performance
 # make bench-serve [CORNELL_DIR=dir] [BENCH_ARGS="--concurrency 1 16"]: its own native TorchServe per scenario

@@ -94,8 +94,16 @@ def one_line(text: str) -> str:
     return "".join(c for c in " ".join(text.split()) if c.isprintable())
 
 
+def is_request(context, idx: int) -> bool:
+    """Whether batch entry idx is an HTTP request of its own: under TorchServe's KServe envelope the entries
+    are the instances of one request, and only the first has headers."""
+    return idx < len(context.request_processor or [])
+
+
 def request_header(context, idx: int, name: str) -> str:
     """An HTTP header of request `idx`, whatever its case ('' when absent)."""
+    if not is_request(context, idx):
+        return ""
     for key, value in (context.get_all_request_header(idx) or {}).items():
         if isinstance(key, str) and key.lower() == name and isinstance(value, str):
             return value
@@ -112,7 +120,7 @@ def find_body(context, idx: int, row: dict) -> tuple[Any, str]:
     """
     for name in BODY_FIELDS:
         if name in row:
-            header = context.get_request_header(idx, name)  # per field: {"content-type": ...}
+            header = context.get_request_header(idx, name) if is_request(context, idx) else None  # per field
             part_type = header.get("content-type") if isinstance(header, dict) else None
             return row[name], (request_header(context, idx, "content-type") if name == "body" else "") or part_type
     return None, request_header(context, idx, "content-type")
@@ -181,7 +189,7 @@ class Seq2seqHandler(BaseHandler):
                     os.path.basename(self.model_pt_path), self.device, quantize,
                     self.chatbot.voc.num_words, self.max_chars, os.path.dirname(model.__file__))
 
-    def handle(self, data: list[dict], context) -> list[bytes]:
+    def handle(self, data: list[dict], context) -> list[str]:
         """One response per request, always: TorchServe answers a whole batch 503 if this raises.
 
         BaseHandler.handle is not used: it would answer a batch whose first request carries a
@@ -248,45 +256,56 @@ class Seq2seqHandler(BaseHandler):
         return [guarded("decoding the reply", idx, lambda request=request: self.decode([request])[0])
                 for idx, request in zip(indices, batch)]
 
-    def postprocess(self, outcomes: list[Outcome]) -> list[bytes]:
+    def postprocess(self, outcomes: list[Outcome]) -> list[str]:
         """One response body (a line of text or JSON) per request; status and headers set per request index."""
         return [self.respond(idx, outcome) for idx, outcome in enumerate(outcomes)]
 
-    def respond(self, idx: int, outcome: Outcome) -> bytes:
-        """Set request idx's status and headers and return its body, as UTF-8 bytes."""
+    def respond(self, idx: int, outcome: Outcome) -> str:
+        """Set request idx's status and headers and return its body, always encodable as UTF-8 (the worker
+        encodes it; a lone surrogate there would kill the worker)."""
         try:
             if isinstance(outcome, Answer):
-                return self.reply_body(idx, outcome).encode("utf-8", "replace")
+                return self.reply_body(idx, outcome).encode("utf-8", "replace").decode("utf-8")
         except Exception as e:
             log_failure(f"request {idx} failed while writing its reply", e)
             outcome = internal_error("writing the reply")
         if not isinstance(outcome, BadRequest):  # a stage returned nothing usable: our bug
             logger.error("request %d reached the response without a reply or an error", idx)
             outcome = internal_error("answering")
-        return self.error_body(idx, outcome).encode("utf-8")
+        return self.error_body(idx, outcome)
 
     def reply_body(self, idx: int, answer: Answer) -> str:
         """Status 200 and the reply: a line of text (unknown words in a header) or JSON."""
         request, text = answer.request, answer.replies[0][0]
         self.observe("seq2seq_reply_words", len(text.split()))
         self.observe("seq2seq_unknown_words_total", len(request.unknown_words))
-        self.context.set_response_status(200, "OK", idx)
+        headers = {"X-Unknown-Words": ",".join(request.unknown_words)} if request.unknown_words and \
+            not request.as_json else {}
+        self.set_response(idx, 200, JSON_TYPE if request.as_json else TEXT_TYPE, headers)
         if request.as_json:
-            self.context.set_response_content_type(idx, JSON_TYPE)
             return json.dumps(answer.body()) + "\n"
-        self.context.set_response_content_type(idx, TEXT_TYPE)
-        if request.unknown_words:
-            self.context.set_response_header(idx, "X-Unknown-Words", ",".join(request.unknown_words))
         return text + "\n"  # a line, so `curl -T hello.txt` leaves the prompt on the next line
 
     def error_body(self, idx: int, error: BadRequest) -> str:
         """The error's status and JSON body for request idx (headers a stage may have set are dropped)."""
-        self.context.set_response_status(error.kind.status, HTTPStatus(error.kind.status).phrase, idx)
-        self.context.set_response_content_type(idx, JSON_TYPE)
-        self.context.get_response_headers(idx).pop("X-Unknown-Words", None)
+        self.set_response(idx, error.kind.status, JSON_TYPE, {}, drop=("X-Unknown-Words",))
         self.observe("seq2seq_bad_requests_total", 1, error.kind.type_name)
         self.observe("seq2seq_unknown_words_total", len(error.unknown_words))
         return json.dumps(error.body()) + "\n"
+
+    def set_response(self, idx: int, status: int, content_type: str, headers: dict, drop: tuple = ()) -> None:
+        """Status, Content-Type and headers of HTTP request idx. Under TorchServe's KServe envelope a batch entry
+        is an instance of one request, not a request: the request's status stays 200 and each instance's error
+        is its JSON body among the predictions."""
+        if not is_request(self.context, idx):
+            return
+        self.context.set_response_status(status, HTTPStatus(status).phrase, idx)
+        self.context.set_response_content_type(idx, content_type)
+        response_headers = self.context.get_response_headers(idx)
+        for name in drop:
+            response_headers.pop(name, None)
+        for name, value in headers.items():
+            self.context.set_response_header(idx, name, value)
 
     def observe(self, name: str, value: float, *dimensions: str) -> None:
         """Add `value` to the custom metric `name` (declared in metrics.yaml), for this model; never raises."""

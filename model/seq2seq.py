@@ -157,8 +157,8 @@ def greedy_decode(encoder: EncoderRNN, decoder: LuongAttnDecoderRNN, input_seq: 
         best = logits.max(dim=2)  # argmax of logits == of softmax; max() is 3x faster than argmax()
         token = best.indices  # (1, n)
         replies[rows, t] = token[0]
-        if logprobs is not None:  # log softmax of the chosen token: its logit minus the log-sum-exp
-            logprobs[rows, t] = (best.values[0].double() - torch.logsumexp(logits[0].double(), dim=1))
+        if logprobs is not None:  # the chosen token's log-probability, as beam search computes it
+            logprobs[rows, t] = torch.log_softmax(logits[0].float(), dim=1).gather(1, token.t())[:, 0].double()
         going = token[0] != EOS_token
         if not bool(going.all()):
             if not bool(going.any()):

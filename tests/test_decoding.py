@@ -138,12 +138,14 @@ def test_a_beam_request_decodes_the_same_alone_and_beside_others():
 # ---------------------------------------------------------------- sampling
 
 
-def test_a_seeded_sample_is_the_same_alone_and_in_a_mixed_batch():
+@pytest.mark.parametrize("seeded", [DecodeOptions(temperature=1.5, top_k=8, seed=1234, num_replies=3),
+                                    DecodeOptions(temperature=1.5, seed=99, num_replies=2)])
+def test_a_seeded_sample_is_the_same_alone_and_in_a_mixed_batch(seeded):
     bot = tiny_bot(seed=5, quantize="int8")
-    seeded = DecodeOptions(temperature=1.5, top_k=8, seed=1234, num_replies=3)
     alone = bot.reply("hello there", seeded)
-    mixed = bot.reply_batch(["i am fine", "hello there", "what is your name", "hello there"],
-                            [DecodeOptions(beam_size=4), seeded, DecodeOptions(top_p=0.9, seed=7), DecodeOptions()])
+    mixed = bot.reply_batch(["i am fine", "hello there", "what is your name", "hello there", "i am fine"],
+                            [DecodeOptions(beam_size=4), seeded, DecodeOptions(top_p=0.9, seed=7), DecodeOptions(),
+                             DecodeOptions(temperature=0.7, seed=3)])
     assert mixed[1] == alone
     assert bot.reply("hello there", seeded) == alone
     other_seed = [bot.reply("hello there", DecodeOptions(temperature=1.5, top_k=8, seed=s)).text for s in range(8)]
@@ -157,12 +159,12 @@ def test_top_k_1_samples_the_greedy_reply():
         [r.text for r in bot.reply_batch(texts)]
 
 
-def test_top_p_keeps_only_the_nucleus():
-    from model.decoding import filter_logits
-    logits = torch.log(torch.tensor([0.5, 0.3, 0.15, 0.05], dtype=torch.double))
-    kept = filter_logits(logits, DecodeOptions(top_p=0.7)) > float("-inf")
-    assert kept.tolist() == [True, True, False, False]  # 0.5 < 0.7, 0.5 + 0.3 >= 0.7
-    assert (filter_logits(logits, DecodeOptions(top_p=0.5)) > float("-inf")).tolist() == [True, False, False, False]
+def test_top_k_and_top_p_keep_only_their_tokens():
+    from model.decoding import nucleus
+    logits = torch.log(torch.tensor([[0.15, 0.5, 0.05, 0.3]] * 3))
+    probs = nucleus(logits, [DecodeOptions(top_p=0.7), DecodeOptions(top_p=0.45), DecodeOptions(top_k=3)])
+    kept = [(probs[r] > 0).nonzero()[:, 0].tolist() for r in range(3)]
+    assert kept == [[1, 3], [1], [0, 1, 3]]  # 0.5 < 0.7 <= 0.5 + 0.3; 0.5 reaches 0.45; the three likeliest
 
 
 # ---------------------------------------------------------------- no_repeat_ngram_size
@@ -241,14 +243,14 @@ def test_sample_and_greedy_share_one_score_definition():
         assert best.score == pytest.approx(sequence_score(bot, "what is your name", best.ids), abs=1e-5)
 
 
-def test_draw_follows_the_weights_and_never_picks_a_zero_weight_token():
+def test_draw_follows_the_probabilities_and_never_picks_a_zero_one():
     import random
 
     from model.decoding import draw
-    weights = torch.tensor([0.0, 0.2, 0.0, 0.8, 0.0])
+    probs = torch.tensor([[0.0, 0.2, 0.0, 0.8, 0.0]])
     rng = random.Random(0)
     counts = [0] * 5
     for _ in range(4000):
-        counts[draw(weights, rng)] += 1
+        counts[draw(probs, [rng])[0]] += 1
     assert counts[0] == counts[2] == counts[4] == 0
     assert counts[3] / 4000 == pytest.approx(0.8, abs=0.03)

@@ -370,3 +370,21 @@ def test_raw_text_requests_decode_with_the_model_config_defaults(model_dir):
 def test_an_invalid_option_in_the_model_config_fails_the_load_naming_it(model_dir):
     with pytest.raises(ValueError, match="beam_size"):
         start_handler(model_dir, beam_size=0)
+
+
+def test_under_torchserves_kserve_envelope_each_instance_gets_its_reply_or_error(handler):
+    """KServe's v1 protocol ({"instances": [...]}, service_envelope=kserve): the instances of one request are
+    the handler's batch; each gets its reply, or its JSON error, among the predictions."""
+    from ts.torch_handler.request_envelope.kserve import KServeEnvelope
+
+    instances = [{"data": GOOD[0]}, {"data": " "}, {"data": GOOD[1]}]
+    entry = json_request({"instances": instances})
+    entry["requestId"] = b"req-0"
+    headers, inputs, request_ids = Service.retrieve_data_for_inference([entry])
+    handler.context.request_processor, handler.context.request_ids = headers, request_ids
+    [response] = KServeEnvelope(handler.handle).handle(inputs, handler.context)
+    create_predict_response([response], request_ids, "Prediction success", 200, handler.context)  # as the worker
+    alone = [run_batch(handler, [request(text)])[0].body for text in (GOOD[0], GOOD[1])]
+    predictions = response["predictions"]
+    assert [predictions[0], predictions[2]] == alone
+    assert json.loads(predictions[1])["type"] == "EmptyInput"
