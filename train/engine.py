@@ -145,19 +145,33 @@ def make_optimizers(encoder: nn.Module, decoder: nn.Module, learning_rate: float
             torch.optim.Adam(decoder.parameters(), lr=learning_rate * decoder_learning_ratio, **options)]
 
 
+class Objective(nn.Module):
+    """The training objective as one module, so DistributedDataParallel can wrap encoder and decoder together."""
+
+    def __init__(self, encoder: EncoderRNN, decoder: LuongAttnDecoderRNN):
+        super().__init__()
+        self.encoder = encoder
+        self.decoder = decoder
+
+    def forward(self, batch: Batch, teacher_forcing: bool, loss_fn=teacher_forced_loss) -> LossParts:
+        """Teacher forcing takes `loss_fn` (the vectorised loss unless told otherwise); without it the decoder
+        feeds itself in the step loop."""
+        if teacher_forcing:
+            return loss_fn(self.encoder, self.decoder, batch)
+        return step_loop_loss(self.encoder, self.decoder, batch, teacher_forcing=False)
+
+
 def train_step(encoder: EncoderRNN, decoder: LuongAttnDecoderRNN, optimizers: Sequence[torch.optim.Optimizer],
-               batch: Batch, clip: float, teacher_forcing: bool, loss_fn=teacher_forced_loss) -> torch.Tensor:
+               batch: Batch, clip: float, teacher_forcing: bool, loss_fn=teacher_forced_loss,
+               objective_module: nn.Module | None = None) -> torch.Tensor:
     """One update; returns the batch's summed token NLL as a detached device tensor (read it later).
 
-    Teacher forcing takes `loss_fn` (the vectorised loss unless told otherwise); without it the
-    decoder feeds itself in the step loop.
+    objective_module: Objective(encoder, decoder), or its DistributedDataParallel wrapper under torchrun.
     """
     for optimizer in optimizers:
         optimizer.zero_grad(set_to_none=True)
-    if teacher_forcing:
-        objective, nll_sum, _ = loss_fn(encoder, decoder, batch)
-    else:
-        objective, nll_sum, _ = step_loop_loss(encoder, decoder, batch, teacher_forcing=False)
+    objective_module = objective_module or Objective(encoder, decoder)
+    objective, nll_sum, _ = objective_module(batch, teacher_forcing, loss_fn)
     objective.backward()
     nn.utils.clip_grad_norm_(encoder.parameters(), clip, foreach=True)
     nn.utils.clip_grad_norm_(decoder.parameters(), clip, foreach=True)

@@ -61,3 +61,17 @@ print(f"gpu_check: training wall time {sys.argv[2]} s for {ckpt['iteration']} it
 print(f"gpu_check: heldout_perplexity {math.exp(ckpt['heldout_loss']):.2f}")
 print(f"gpu_check: train_speedup {speedup[-1] if speedup else 'missing'}")
 EOF
+
+# Multi-GPU variant (DistributedDataParallel over NCCL, train/distributed.py) on machines with more than one GPU:
+# the same recipe and global batch, each GPU training on its share.
+GPUS=$("$PYTHON" -c 'import torch; print(torch.cuda.device_count())')
+if [ "$GPUS" -gt 1 ]; then
+  echo "== data-parallel: $ITERS iterations on $GPUS GPUs (torchrun)"
+  start=$(date +%s)
+  "$PYTHON" -m torch.distributed.run --nproc-per-node "$GPUS" -m train.main --corpus cornell --data-path "$CORNELL_DIR" \
+    --device cuda --iterations "$ITERS" --save-every "$SAVE_EVERY" --save-dir "$SAVE_DIR-ddp" "${TRAIN_EXTRA[@]}" \
+    2>&1 | tee "$REPORT_DIR/train-ddp.log"
+  echo "gpu_check: ddp_wall_time_s $(( $(date +%s) - start )) on $GPUS GPUs" | tee -a "$REPORT_DIR/summary.txt"
+else
+  echo "== data-parallel: skipped (one GPU; it runs with two or more)"
+fi

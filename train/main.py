@@ -25,9 +25,11 @@ from tqdm.contrib.logging import logging_redirect_tqdm
 
 from model.checkpoint import FORMAT, CheckpointError, build_model, default_config, load_model, read_checkpoint
 from model.voc import MAX_LENGTH, MIN_COUNT, Voc
+from train import distributed
 from train.data import CORPORA, Pair, default_cornell_dir, load_corpus, prepare, random_batches, split_heldout
 from train.engine import (
     Batch,
+    Objective,
     evaluate,
     make_batch,
     make_optimizers,
@@ -115,6 +117,18 @@ class Run:
     iteration: int = 0
     history: list[list[float]] = field(default_factory=list)  # [iteration, train loss, held-out loss]
     sampler_state: Any = None  # sampler_rng's state right after the last batch trained on
+    objective: torch.nn.Module | None = None  # DistributedDataParallel(Objective(...)) under torchrun, else None
+
+
+def data_parallel(run: Run, device: torch.device) -> Run:
+    """Under torchrun, wrap encoder and decoder in one DistributedDataParallel module (it also makes every rank
+    start from rank 0's weights); a single process is left as it is."""
+    if distributed.world()[1] > 1:
+        from torch.nn.parallel import DistributedDataParallel
+
+        run.objective = DistributedDataParallel(Objective(run.encoder, run.decoder),
+                                                device_ids=[device.index] if device.type == "cuda" else None)
+    return run
 
 
 def model_config(args: argparse.Namespace) -> dict:
@@ -133,7 +147,7 @@ def new_run(args: argparse.Namespace, voc: Voc, device: torch.device) -> Run:
     optimizers = make_optimizers(encoder, decoder, args.learning_rate, args.decoder_learning_ratio, fused=True)
     run = Run(voc, encoder, decoder, optimizers, random.Random(args.seed), random.Random(f"coin-{args.seed}"))
     run.sampler_state = run.sampler_rng.getstate()
-    return run
+    return data_parallel(run, device)
 
 
 def resume_run(ckpt: dict, args: argparse.Namespace, device: torch.device) -> Run:
@@ -155,7 +169,7 @@ def resume_run(ckpt: dict, args: argparse.Namespace, device: torch.device) -> Ru
         if device.type == "cuda" and rng.get("cuda") is not None:
             torch.cuda.set_rng_state(rng["cuda"], device)
     run.sampler_state = run.sampler_rng.getstate()
-    return run
+    return data_parallel(run, device)
 
 
 def as_random_state(state: Sequence) -> tuple:
@@ -256,11 +270,17 @@ def apply_resumed_args(args: argparse.Namespace, stored: dict, parser: argparse.
 
 def numbered_batches(run: Run, pairs: list[Pair], args: argparse.Namespace,
                      device: torch.device) -> Iterator[tuple[Batch, tuple]]:
-    """(batch on device, sampler state after drawing it) for each remaining iteration."""
+    """(batch on device, sampler state after drawing it) for each remaining iteration; under torchrun each rank
+    gets its share of the same global batch, normalised by the global token counts."""
     remaining = max(args.iterations - run.iteration, 0)
+    rank, size = distributed.world()
     for batch_pairs in random_batches(pairs, args.batch_size, remaining, run.sampler_rng):
         state = run.sampler_rng.getstate()
-        yield make_batch(run.voc, batch_pairs, device), state
+        if size == 1:
+            yield make_batch(run.voc, batch_pairs, device), state
+        else:
+            yield distributed.normalise_globally(make_batch(run.voc, distributed.shard(batch_pairs, rank, size),
+                                                            device)), state
 
 
 class LossWindow:
@@ -279,8 +299,11 @@ class LossWindow:
         self.tokens += tokens
 
     def read(self) -> float:
-        """Token-mean NLL since the last read (waits for the device), then start again."""
-        loss = self.total.item() / self.tokens if self.tokens else float("nan")
+        """Token-mean NLL since the last read (waits for the device), then start again; under torchrun, over
+        every rank's tokens (a collective: every rank reads at the same iterations)."""
+        total = distributed.all_reduce_sum(self.total)
+        tokens = int(distributed.all_reduce_sum(torch.tensor(float(self.tokens), device=self.device)))
+        loss = total.item() / tokens if tokens else float("nan")
         self.reset()
         return loss
 
@@ -293,10 +316,11 @@ def train(run: Run, args: argparse.Namespace, pairs: list[Pair], heldout: list[P
         return
     printed, saved = LossWindow(device), LossWindow(device)
     with logging_redirect_tqdm(), tqdm(total=args.iterations, initial=run.iteration, desc="training",
-                                       unit="it", dynamic_ncols=True, disable=None) as bar:
+                                       unit="it", dynamic_ncols=True, disable=None if distributed.is_main() else True) as bar:
         for batch, sampler_state in prefetch(numbered_batches(run, pairs, args, device)):
             teacher_forcing = run.coin_rng.random() < args.teacher_forcing_ratio
-            nll_sum = train_step(run.encoder, run.decoder, run.optimizers, batch, args.clip, teacher_forcing, loss_fn)
+            nll_sum = train_step(run.encoder, run.decoder, run.optimizers, batch, args.clip, teacher_forcing, loss_fn,
+                                 run.objective)
             printed.add(nll_sum, batch.n_tokens)
             saved.add(nll_sum, batch.n_tokens)
             run.iteration += 1
@@ -315,7 +339,9 @@ def train(run: Run, args: argparse.Namespace, pairs: list[Pair], heldout: list[P
 
 def checkpoint(run: Run, args: argparse.Namespace, train_loss: float, heldout: list[Pair], device: torch.device,
                save_dir: Path) -> None:
-    """Evaluate on the held-out pairs, save the checkpoint, redraw the loss curve."""
+    """Evaluate on the held-out pairs, save the checkpoint, redraw the loss curve (rank 0 alone under torchrun)."""
+    if not distributed.is_main():
+        return
     heldout_loss = evaluate(run.encoder, run.decoder, run.voc, heldout, args.batch_size, device)
     best = all(heldout_loss < h[2] for h in run.history)
     run.history.append([run.iteration, train_loss, heldout_loss])
@@ -386,8 +412,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    if not distributed.is_main():  # rank 0 alone logs under torchrun
+        logging.getLogger().setLevel(logging.WARNING)
     try:
-        device = pick_device(args.device)
+        device = distributed.setup(pick_device(args.device))
         run, pairs, heldout, save_dir = setup(args, parser, device)
     except (OSError, ValueError, RuntimeError) as e:  # CheckpointError is a ValueError
         hint = " (run `make data` to fetch the Cornell corpus, or pass --data-path)" \
@@ -395,8 +423,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         logger.error("%s%s", e, hint)
         return 2
     loss_fn = torch.compile(teacher_forced_loss, dynamic=True) if args.compile else teacher_forced_loss
-    logger.info("training on %s: %d pairs (%d held out), vocabulary %d, iterations %d -> %d, saving to %s",
-                device, len(pairs), len(heldout), run.voc.num_words, run.iteration, args.iterations, save_dir)
+    logger.info("training on %s%s: %d pairs (%d held out), vocabulary %d, iterations %d -> %d, saving to %s",
+                device, f" x {distributed.world()[1]} processes" if distributed.world()[1] > 1 else "", len(pairs),
+                len(heldout), run.voc.num_words, run.iteration, args.iterations, save_dir)
     train(run, args, pairs, heldout, device, save_dir, loss_fn)
     return 0
 
