@@ -17,6 +17,8 @@ $(VENV)/.installed: requirements.txt requirements-dev.txt requirements-ui.txt
 	$(PYTHON) -m venv $(VENV)
 	$(VENV)/bin/pip install -q --upgrade pip
 	$(VENV)/bin/pip install -q -r requirements-dev.txt
+	# KServe's API field tables for tests/test_deploy.py: read from source, so none of its dependencies
+	$(VENV)/bin/pip install -q --no-deps kserve==0.21.0
 	touch $@
 
 install: $(VENV)/.installed ## Create .venv and install pinned dependencies
@@ -251,11 +253,14 @@ bench-quant: ## Quantised vs float32 held-out loss and greedy replies (CKPT=path
 # ---------------------------------------------------------------- reliability
 # make soak [SOAK_ARGS="--clients 64 --seconds 60 --checkpoint runs/x/4000_checkpoint.tar"]: not part of
 # `make test`. Its own native TorchServe on free ports; every reply checked; exit 1 on any failure.
-# `python serving/soak.py --help` lists the knobs; docs/SECURITY.md says what the tests prove.
+# `python -m serving.soak --help` lists the knobs; docs/SECURITY.md says what the tests prove.
 SOAK_ARGS ?=
+FAILOVER_ARGS ?=
 
-soak: ## Long reliability run: one hostile request in four (32 clients x 30 s), 64 clients x 60 s, then a worker SIGKILL under load (SOAK_ARGS=...)
-	$(PY) serving/soak.py $(SOAK_ARGS)
+soak: ## Long reliability runs: hostile mix, 64 clients x 60 s, worker SIGKILL; replica failover; 2-process training (SOAK_ARGS=...)
+	$(PY) -m serving.soak $(SOAK_ARGS)
+	$(PY) -m serving.failover $(FAILOVER_ARGS)
+	$(PY) -m pytest -q tests/test_ddp.py
 
 .PHONY: soak
 

@@ -1,9 +1,9 @@
 """Reliability soak against a real native TorchServe: load, hostile requests mixed into good ones, a worker killed.
 
-    python serving/soak.py                                  # make soak: 64 clients x 60 s, kill under 16 x 30 s
-    python serving/soak.py --clients 16 --seconds 10 --kill-seconds 10
-    python serving/soak.py --mixed-only --mixed-seconds 30  # one hostile request in four, 32 clients
-    python serving/soak.py --bad-input-table                # docs/SECURITY.md's bad-input table, as served
+    python -m serving.soak                                  # make soak: 64 clients x 60 s, kill under 16 x 30 s
+    python -m serving.soak --clients 16 --seconds 10 --kill-seconds 10
+    python -m serving.soak --mixed-only --mixed-seconds 30  # one hostile request in four, 32 clients
+    python -m serving.soak --bad-input-table                # docs/SECURITY.md's bad-input table, as served
 
 The server serves the archive that archive/build_mar.py builds from --checkpoint, on free loopback
 ports (serving/launcher.py), so it never clashes with a server of yours on 8080. Every answer is checked
