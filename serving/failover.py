@@ -25,7 +25,6 @@ from contextlib import ExitStack, contextmanager
 from pathlib import Path
 
 import psutil
-import requests
 
 from model import from_checkpoint, read_checkpoint
 from serving.launcher import REPO, TorchServe, build_mar, free_ports, start_torchserve
