@@ -315,8 +315,9 @@ def train(run: Run, args: argparse.Namespace, pairs: list[Pair], heldout: list[P
         logger.info("already at iteration %d of %d: nothing to train", run.iteration, args.iterations)
         return
     printed, saved = LossWindow(device), LossWindow(device)
+    quiet = None if distributed.is_main() else True  # None: tqdm's own choice (off without a terminal)
     with logging_redirect_tqdm(), tqdm(total=args.iterations, initial=run.iteration, desc="training",
-                                       unit="it", dynamic_ncols=True, disable=None if distributed.is_main() else True) as bar:
+                                       unit="it", dynamic_ncols=True, disable=quiet) as bar:
         for batch, sampler_state in prefetch(numbered_batches(run, pairs, args, device)):
             teacher_forcing = run.coin_rng.random() < args.teacher_forcing_ratio
             nll_sum = train_step(run.encoder, run.decoder, run.optimizers, batch, args.clip, teacher_forcing, loss_fn,
