@@ -155,7 +155,7 @@ def launch(server: TorchServe, config: Path, python: Path | None = None) -> None
     """
     tmp = server.workdir / "tmp"  # pid file, unix sockets and unpacked models: private per server
     tmp.mkdir()
-    bin_dir = Path(python or sys.executable).parent
+    bin_dir = Path(python or sys.executable).absolute().parent  # absolute, not resolved: a venv python is a link
     env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}  # workers must import the .mar's model
     env.update(TMPDIR=str(tmp), TEMP=str(tmp), PATH=f"{bin_dir}{os.pathsep}{env['PATH']}")
     torchserve = bin_dir / "torchserve"
