@@ -278,9 +278,9 @@ def nucleus(logits: torch.Tensor, options: list[DecodeOptions]) -> torch.Tensor:
     """Probabilities (R, V), in vocabulary order, after each row's temperature, top_k and top_p; tokens outside
     get probability 0. A row's result depends on its own row alone, whatever else is in the batch.
 
-    Ranking is a top-k of W = 256 tokens, not a sort of the vocabulary (8x cheaper at 7,826 words); when a
-    row's kept tokens could lie beyond them (no top_k, and the W likeliest hold less than top_p), W grows
-    to 1024, then to all V. Rows with neither option are not ranked at all.
+    Ranking is a top-k of W = 256 tokens, not a sort of the vocabulary (a sort of 7,826 words cost 3.6 ms a
+    step); when a row's kept tokens could lie beyond them (no top_k, and the W likeliest hold less than
+    top_p), W grows to 1024, then to all V. Rows with neither option are not ranked at all.
     """
     vocabulary = logits.size(1)
     scaled = logits / torch.tensor([[o.temperature or 1.0] for o in options], dtype=logits.dtype)
