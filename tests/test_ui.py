@@ -106,6 +106,21 @@ def test_controls_send_only_the_options_that_are_set():
 
 
 @needs_gradio
+def test_the_page_says_plainly_when_the_model_is_not_loaded_or_no_worker_is_ready():
+    from client.chat_client import Answer
+    from ui.chat_page import render
+
+    missing = render(Answer(404, {"code": 404, "type": "ModelNotFoundException", "message": "Model not found: my_s2s"}),
+                     "my_s2s")
+    assert missing.startswith("**The model my_s2s is not loaded on the server**") and "make serve" in missing
+    busy = render(Answer(503, {"code": 503, "type": "ServiceUnavailableException", "message": "no worker"}), "my_s2s")
+    assert busy.startswith("**The server has no worker ready for my_s2s**")
+    replies = render(Answer(200, {"reply": "hi", "score": -1.0, "unknown_words": ["zorblax"],
+                                  "replies": [{"reply": "hi", "score": -1.0}, {"reply": "hello", "score": -1.5}]}), "m")
+    assert replies == "hi  (-1.000)\n\nhello  (-1.500)\n\n*dropped unknown words: zorblax*"
+
+
+@needs_gradio
 @needs_browser
 def test_the_page_shows_the_reply_curl_gets_and_the_servers_4xx_message(browser, page, torchserve):
     curl = requests.post(torchserve.predictions_url, data=b"hello there !", headers={"Content-Type": "text/plain"},
