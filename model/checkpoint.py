@@ -245,5 +245,6 @@ def quantize_model(module: nn.Module, mode: str) -> nn.Module:
     spec = {name for name, m in module.named_modules()
             if isinstance(m, (nn.GRU, nn.Linear)) and ".attn" not in f".{name}"}
     with warnings.catch_warnings():
-        warnings.simplefilter("ignore", DeprecationWarning)  # torch.ao.quantization: deprecated since torch 2.10
+        # torch.ao.quantization: deprecated since torch 2.10, and what the serving image's torch 2.4 has
+        warnings.filterwarnings("ignore", message=r"torch\.ao\.quantization is deprecated", category=DeprecationWarning)
         return torch.ao.quantization.quantize_dynamic(module, spec, dtype=torch.float16)

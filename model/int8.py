@@ -91,7 +91,8 @@ def _script(fn):
     """fn compiled by TorchScript, or fn itself where TorchScript is missing or refuses it."""
     try:
         with warnings.catch_warnings():
-            warnings.simplefilter("ignore")  # recent torch warns that TorchScript is deprecated
+            warnings.filterwarnings("ignore", message=r"`torch\.jit\.script` is deprecated",
+                                    category=DeprecationWarning)
             return torch.jit.script(fn)
     except Exception as e:  # TorchScript may be gone from a future torch: eager gives the same numbers
         logger.warning("TorchScript unavailable (%s); int8 layers run eagerly", type(e).__name__)
@@ -122,7 +123,9 @@ class Int8Weight(nn.Module):
         scale = (padded.abs().amax(dim=1) / 127.0).clamp_min(1e-12).double()
         zero = torch.zeros(out_features, dtype=torch.long)
         with warnings.catch_warnings():
-            warnings.simplefilter("ignore")  # recent torch warns that quantised tensors are deprecated
+            # recent torch warns that quantised tensors are deprecated; torch 2.4 (the serving image) has no other way
+            warnings.filterwarnings("ignore", message=r"torch\.quantize_per_tensor, torch\.quantize_per_channel",
+                                    category=UserWarning)
             qweight = torch.quantize_per_channel(padded, scale, zero, 0, torch.qint8)
         self.register_buffer("bias", bias.detach().float() if bias is not None else torch.zeros(out_features))
         self.packed = torch.ops.quantized.linear_prepack(qweight, self.bias if bounded else None)

@@ -10,6 +10,10 @@ Fixtures (any test file can use them):
 
 `serving.launcher.start_torchserve(...)` is the context manager behind them: it always stops the Java process and
 its Python workers, even when startup or the test fails.
+
+Marker `server`: a test that starts TorchServe (Java), a browser or a load balancer, set here for every test that
+uses a server fixture and in the test files for those that start one themselves. `make test-unit` runs the rest
+(`pytest -m "not server"`) in about a minute and a half; `make test` runs everything.
 """
 from __future__ import annotations
 
@@ -88,3 +92,13 @@ def torchserve_factory(seq2seq_mar, serving_checkpoint, tmp_path_factory):
 def torchserve(torchserve_factory) -> TorchServe:
     """The session's TorchServe: repo config (token auth off), free ports, the tiny model."""
     return torchserve_factory()
+
+
+SERVER_FIXTURES = {"torchserve", "torchserve_factory", "queue_server", "page"}
+
+
+def pytest_collection_modifyitems(items):
+    """Mark every test that uses a running server as `server`."""
+    for item in items:
+        if SERVER_FIXTURES & set(getattr(item, "fixturenames", ())):
+            item.add_marker(pytest.mark.server)

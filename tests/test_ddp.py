@@ -67,6 +67,7 @@ def test_a_ddp_step_of_two_processes_equals_one_step_on_the_whole_batch(corpus, 
                 torch.testing.assert_close(rank[part][name], weight, **WEIGHT_TOLERANCE, msg=f"{part}.{name}")
 
 
+@pytest.mark.server
 def test_a_two_process_run_trains_checkpoints_resumes_and_serves(corpus, tmp_path):
     save = tmp_path / "run"
     flags = ["--corpus", "tsv", "--data-path", str(corpus), "--batch-size", "16", "--save-every", "60",

@@ -276,6 +276,7 @@ def test_a_full_job_queue_answers_503_at_once_instead_of_hanging(queue_server, s
 # ---------------------------------------------------------------- faults
 
 
+@pytest.mark.server
 def test_a_killed_worker_is_restarted_and_the_requests_it_had_fail_visibly(tmp_path, seq2seq_mar, served_chatbot):
     with start_torchserve(tmp_path / "kill-server", seq2seq_mar.parent) as server:
         report = kill_worker_during_load(server, load_cases(served_chatbot), clients=16, seconds=8, kill_after=2)
@@ -314,6 +315,7 @@ def kill_tree(pid: int) -> None:
     psutil.wait_procs(with_children, timeout=10)
 
 
+@pytest.mark.server
 def test_make_serve_local_starts_again_after_java_was_killed(tmp_path, seq2seq_mar, served_chatbot):
     checkout = tmp_path / "checkout"  # archive/ and .venv/ where the Makefile expects them; logs/ inside
     checkout.mkdir()
@@ -434,6 +436,7 @@ def wait_for(condition, timeout: float, interval: float = 0.5) -> bool:
     return condition()
 
 
+@pytest.mark.server
 def test_a_bad_archive_fails_its_worker_with_a_clear_error_and_retries_stop(tmp_path, serving_checkpoint):
     marker = tmp_path / "payload-ran"
     checkpoint = write_broken_checkpoint("arbitrary objects (torch.save)", tmp_path / "1_checkpoint.tar",

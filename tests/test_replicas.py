@@ -13,6 +13,7 @@ from serving import failover
 
 @pytest.mark.skipif(shutil.which("haproxy") is None and os.environ.get("CI") != "true",
                     reason="needs Debian's haproxy (apt-get install haproxy)")
+@pytest.mark.server
 def test_killing_a_replica_fails_only_requests_in_flight_on_it(serving_checkpoint, tmp_path):
     report = failover.run(serving_checkpoint, clients=8, seconds=8, kill_after=3, workdir=tmp_path)
     assert report["marked_down_after_s"] is not None and report["marked_down_after_s"] < 2, report

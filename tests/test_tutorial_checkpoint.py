@@ -293,6 +293,7 @@ def test_the_chat_cli_talks_to_a_tutorial_checkpoint(tutorial):
     assert result.stdout == tutorial_reply(searcher, voc, "how are you ?") + "\n"
 
 
+@pytest.mark.server
 def test_make_mar_converts_a_tutorial_checkpoint_and_the_server_answers_curl_T(tutorial, tmp_path):
     attn_model, path, searcher, voc = tutorial
     if attn_model != "general":

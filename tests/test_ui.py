@@ -154,6 +154,7 @@ def test_the_decoding_controls_are_on_the_page(browser, page):
 
 @needs_gradio
 @needs_browser
+@pytest.mark.server
 def test_a_page_whose_server_is_down_says_so(browser, tmp_path):
     dead = f"http://127.0.0.1:{free_ports(1)[0]}"
     process, url = start_page(dead, tmp_path)

@@ -40,8 +40,8 @@ CLIP = 50.0
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(prog="python -m train.bench_train", description=__doc__.splitlines()[0])
     p.add_argument("--cornell-dir", type=Path, default=None,
-                   help="Cornell corpus folder (default: $CORNELL_DIR, else data/cornell, else "
-                        "/work/shared/data/cornell); the chatterbot corpus is used if none exists")
+                   help="Cornell corpus folder (default: $CORNELL_DIR, else data/cornell); the chatterbot corpus "
+                        "is used if none exists")
     p.add_argument("--iterations", type=int, default=40,
                    help="timed iterations per path, the two paths taking turns batch by batch (default: 40)")
     p.add_argument("--warmup", type=int, default=3, help="untimed iterations per path first (default: 3)")
@@ -53,8 +53,8 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
 
 
 def find_cornell(explicit: Path | None) -> Path | None:
-    """The first folder holding the Cornell files: --cornell-dir, $CORNELL_DIR/data/cornell, the shared copy."""
-    candidates = [explicit] if explicit else [default_cornell_dir(), Path("/work/shared/data/cornell")]
+    """The folder holding the Cornell files: --cornell-dir, else $CORNELL_DIR or data/cornell (no machine paths)."""
+    candidates = [explicit] if explicit else [default_cornell_dir()]
     for folder in candidates:
         if all((folder / name).is_file() for name in CORNELL_FILES):
             return folder
