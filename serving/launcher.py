@@ -8,6 +8,7 @@ from __future__ import annotations
 import atexit
 import json
 import os
+import re
 import socket
 import subprocess
 import sys
@@ -83,6 +84,18 @@ class TorchServe:
     def headers(self, api: str) -> dict:
         """The Authorization header the 'inference' or 'management' API needs ({} without token auth)."""
         return {"Authorization": f"Bearer {self.keys()[api]['key']}"} if self.token_auth else {}
+
+    def metric_values(self, name: str) -> dict[str, float]:
+        """{label string: value} of one metric from the Prometheus endpoint."""
+        text = requests.get(self.url("metrics", "/metrics"), timeout=10).text
+        return {m.group(1): float(m.group(2))
+                for m in re.finditer(rf"^{re.escape(name)}\{{(.*?)\}} (\S+)$", text, re.MULTILINE)}
+
+    def batches_of_more_than_one(self) -> float:
+        """How many batches the handler decoded with more than one request (its seq2seq_batch_size histogram)."""
+        buckets = self.metric_values("seq2seq_batch_size_bucket")
+        total = sum(v for k, v in buckets.items() if 'le="+Inf"' in k)
+        return total - sum(v for k, v in buckets.items() if 'le="1.0"' in k)
 
     def log_tail(self, lines: int = 40) -> str:
         log = self.workdir / "logs" / "ts_log.log"

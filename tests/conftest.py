@@ -34,6 +34,22 @@ TINY_SENTENCES = [
 ]
 
 
+MODEL_SENTENCES = ["hello there .", "how are you ?", "i am fine .", "what is your name ?", "my name is bob .",
+             "where are you going ?", "i am going home .", "good night !"]
+
+
+def tiny_checkpoint(attn_model: str = "dot", hidden: int = 24, seed: int = 0) -> dict:
+    """An untrained checkpoint dict (default init, tutorial layer counts) over MODEL_SENTENCES' words."""
+    torch.manual_seed(seed)
+    voc = Voc("tiny")
+    for sentence in MODEL_SENTENCES:
+        voc.add_sentence(sentence)
+    config = default_config(hidden_size=hidden, attn_model=attn_model)
+    encoder, decoder = build_model(config, voc.num_words)
+    return {"config": config, "voc": voc.to_dict(), "encoder": encoder.state_dict(),
+            "decoder": decoder.state_dict()}
+
+
 def make_tiny_checkpoint(path: Path, seed: int = 1) -> Path:
     """Save a small random-weight checkpoint whose replies differ from input to input."""
     voc = Voc("tiny")

@@ -31,6 +31,7 @@ def main() -> None:
              for name, p in module.named_parameters()}
     torch.save({"grads": grads, "encoder": run.encoder.state_dict(), "decoder": run.decoder.state_dict(),
                 "nll": float(distributed.all_reduce_sum(nll))}, out / f"rank{distributed.world()[0]}.pt")
+    distributed.teardown()
 
 
 if __name__ == "__main__":

@@ -5,7 +5,7 @@ import copy
 
 import pytest
 import torch
-from test_model import tiny_checkpoint
+from conftest import tiny_checkpoint
 from torch import nn
 from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
 

@@ -8,6 +8,8 @@ from pathlib import Path
 
 import pytest
 import torch
+from conftest import MODEL_SENTENCES as SENTENCES
+from conftest import tiny_checkpoint
 
 from model import (
     Attn,
@@ -15,8 +17,6 @@ from model import (
     EOS_token,
     NoKnownWordsError,
     Voc,
-    build_model,
-    default_config,
     encode,
     from_checkpoint,
     greedy_decode,
@@ -25,19 +25,6 @@ from model import (
 )
 
 ROOT = Path(__file__).resolve().parents[1]
-SENTENCES = ["hello there .", "how are you ?", "i am fine .", "what is your name ?", "my name is bob .",
-             "where are you going ?", "i am going home .", "good night !"]
-
-
-def tiny_checkpoint(attn_model="dot", hidden=24, seed=0):
-    torch.manual_seed(seed)
-    voc = Voc("tiny")
-    for s in SENTENCES:
-        voc.add_sentence(s)
-    config = default_config(hidden_size=hidden, attn_model=attn_model)
-    encoder, decoder = build_model(config, voc.num_words)
-    return {"config": config, "voc": voc.to_dict(), "encoder": encoder.state_dict(),
-            "decoder": decoder.state_dict()}
 
 
 @pytest.mark.parametrize("raw, expected", [

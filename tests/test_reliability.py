@@ -27,8 +27,7 @@ import torch
 import yaml
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from test_handler import request, run_batch, start_handler
-from test_serving import batches_of_more_than_one
+from worker import request, run_batch, start_handler
 
 from archive.build_mar import archiver_command, stage_model_package
 from archive.build_mar import main as build_mar_main
@@ -86,12 +85,12 @@ def send_all_at_once(url: str, cases: list[Case]) -> list:
 def test_each_bad_input_gets_its_documented_answer_and_good_ones_in_the_batch_their_reply(torchserve,
                                                                                            served_chatbot):
     worker = [p.pid for p in worker_processes(torchserve)]
-    batched_before = batches_of_more_than_one(torchserve)
+    batched_before = torchserve.batches_of_more_than_one()
     cases = bad_input_cases(served_chatbot) + hostile_cases(served_chatbot)
     cases = [c for pair in zip(cases, good_cases(served_chatbot, len(cases))) for c in pair]  # bad, good, ...
     results = send_all_at_once(torchserve.predictions_url, cases)
     assert failures(results) == []
-    assert batches_of_more_than_one(torchserve) > batched_before, "the requests were never batched"
+    assert torchserve.batches_of_more_than_one() > batched_before, "the requests were never batched"
     assert [p.pid for p in worker_processes(torchserve)] == worker, "a bad input killed the worker"
 
 

@@ -35,19 +35,6 @@ def run(*command: str, **kwargs) -> subprocess.CompletedProcess:
     return subprocess.run([str(c) for c in command], capture_output=True, text=True, timeout=120, **kwargs)
 
 
-def metric_values(server, name: str) -> dict[str, float]:
-    """{label string: value} of one metric from the Prometheus endpoint."""
-    text = requests.get(server.url("metrics", "/metrics"), timeout=10).text
-    return {m.group(1): float(m.group(2))
-            for m in re.finditer(rf"^{re.escape(name)}\{{(.*?)\}} (\S+)$", text, re.MULTILINE)}
-
-
-def batches_of_more_than_one(server) -> float:
-    buckets = metric_values(server, "seq2seq_batch_size_bucket")
-    total = sum(v for k, v in buckets.items() if 'le="+Inf"' in k)
-    return total - sum(v for k, v in buckets.items() if 'le="1.0"' in k)
-
-
 # ---------------------------------------------------------------- the archive
 
 
@@ -254,13 +241,13 @@ def test_16_concurrent_requests_each_get_what_chatbot_reply_gives(torchserve, se
     texts = [f"{a} {b}" for a in TINY_SENTENCES[:4] for b in TINY_SENTENCES[4:8]]  # 16 different texts
     expected = [serving_chatbot.reply(t).text + "\n" for t in texts]
     assert len(set(expected)) > 8, "the tiny model should answer different texts differently"
-    batched_before = batches_of_more_than_one(torchserve)
+    batched_before = torchserve.batches_of_more_than_one()
     with ThreadPoolExecutor(len(texts)) as pool:
         replies = list(pool.map(lambda t: requests.post(torchserve.predictions_url, data=t.encode(),
                                                         headers={"Content-Type": "text/plain"}, timeout=60), texts))
     assert [r.status_code for r in replies] == [200] * len(texts)
     assert [r.text for r in replies] == expected
-    assert batches_of_more_than_one(torchserve) > batched_before, "dynamic batching never batched"
+    assert torchserve.batches_of_more_than_one() > batched_before, "dynamic batching never batched"
 
 
 def test_bad_requests_in_a_concurrent_batch_get_their_own_errors(torchserve, serving_chatbot):
@@ -327,13 +314,13 @@ def test_metrics_port_serves_torchserve_and_custom_metrics(torchserve):
     requests.post(torchserve.predictions_url, json={"text": " "}, timeout=30)
     reply = requests.get(torchserve.url("metrics", "/metrics"), timeout=10)
     assert reply.status_code == 200 and reply.headers["Content-Type"].startswith("text/plain; version=0.0.4")
-    assert metric_values(torchserve, "ts_inference_requests_total")
-    assert sum(metric_values(torchserve, "seq2seq_requests_decoded_total").values()) >= 1
-    assert sum(metric_values(torchserve, "seq2seq_unknown_words_total").values()) >= 1
-    bad = metric_values(torchserve, "seq2seq_bad_requests_total")
+    assert torchserve.metric_values("ts_inference_requests_total")
+    assert sum(torchserve.metric_values("seq2seq_requests_decoded_total").values()) >= 1
+    assert sum(torchserve.metric_values("seq2seq_unknown_words_total").values()) >= 1
+    bad = torchserve.metric_values("seq2seq_bad_requests_total")
     assert any('Reason="EmptyInput"' in labels for labels in bad)
     for histogram in ("seq2seq_reply_words", "seq2seq_batch_size", "seq2seq_decode_seconds"):
-        assert sum(metric_values(torchserve, f"{histogram}_count").values()) >= 1
+        assert sum(torchserve.metric_values(f"{histogram}_count").values()) >= 1
 
 
 def test_client_one_shot_prints_the_reply_and_reports_unknown_words_like_the_cli(torchserve, serving_chatbot):

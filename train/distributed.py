@@ -40,6 +40,14 @@ def setup(device: torch.device) -> torch.device:
     return device
 
 
+def teardown() -> None:
+    """Wait for every rank (rank 0 may still be writing a checkpoint), then leave the process group: a rank that
+    exits with gloo's threads still running aborts ("terminate called without an active exception")."""
+    if dist.is_initialized():
+        dist.barrier()
+        dist.destroy_process_group()
+
+
 def shard(pairs: Sequence, rank: int, size: int) -> list:
     """Rank's contiguous share of a global batch (its size must divide by the world size)."""
     if len(pairs) % size:

@@ -427,7 +427,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     logger.info("training on %s%s: %d pairs (%d held out), vocabulary %d, iterations %d -> %d, saving to %s",
                 device, f" x {distributed.world()[1]} processes" if distributed.world()[1] > 1 else "", len(pairs),
                 len(heldout), run.voc.num_words, run.iteration, args.iterations, save_dir)
-    train(run, args, pairs, heldout, device, save_dir, loss_fn)
+    try:
+        train(run, args, pairs, heldout, device, save_dir, loss_fn)
+    finally:
+        distributed.teardown()
     return 0
 
 
