@@ -90,7 +90,9 @@ bench-train: ## Time the tutorial's step loop against the fast training path (la
 CKPT ?=
 TEXT ?= Hello there! How are you?
 TOKEN_AUTH ?= 0
-MODEL_NAME := my_s2s
+# The served model and its archive: config.properties' load_models=<model>=<archive>.mar, their one definition
+MODEL_NAME := $(shell sed -n 's/^load_models=\([^=]*\)=.*/\1/p' config.properties)
+ARCHIVE_NAME := $(shell sed -n 's/^load_models=[^=]*=\(.*\)[.]mar$$/\1/p' config.properties)
 INFERENCE_URL := http://127.0.0.1:8080
 MANAGEMENT_URL := http://127.0.0.1:8081
 METRICS_URL := http://127.0.0.1:8082
@@ -112,7 +114,7 @@ IMAGE ?= seq2seq-torchserve:1.0
 ts_auth = $$([ -f $(KEY_FILE) ] && echo --oauth2-bearer \
 	$$($(PY) -c 'import json; print(json.load(open("$(KEY_FILE)"))["$(1)"]["key"])'))
 token_hint = $(if $(filter 1,$(TOKEN_AUTH)), --oauth2-bearer INFERENCE_KEY (token mode: keys in $(KEY_FILE)))
-MAR ?= archive/seq2seq.mar
+MAR ?= archive/$(ARCHIVE_NAME).mar
 check_mar = [ -f $(MAR) ] || { echo "error: $(MAR) not found: run 'make mar' first" >&2; exit 1; }
 check_java = java_major=$$(java -version 2>&1 | sed -n 's/.* version "\([0-9]*\).*/\1/p' | head -1); \
 	[ "$${java_major:-0}" -ge 17 ] || { echo "error: native TorchServe needs Java 17+ (found: $${java_major:-none});" \
@@ -176,7 +178,7 @@ predict: ## Ask the served bot: make predict TEXT="how are you?"
 	@$(PY) -m client.chat_client --url $(INFERENCE_URL) --model $(MODEL_NAME) \
 	  $$([ -f $(KEY_FILE) ] && echo --token-auth --key-file $(KEY_FILE)) '$(subst ','"'"',$(TEXT))'
 
-models: ## List the models and describe my_s2s (management API, :8081)
+models: ## List the models and describe the served one (management API, :8081)
 	@curl -sS $(call ts_auth,management) $(MANAGEMENT_URL)/models
 	@curl -sS $(call ts_auth,management) $(MANAGEMENT_URL)/models/$(MODEL_NAME)
 
@@ -209,7 +211,7 @@ KSERVE_STORE ?= deploy/kserve/store
 # KServe's runtime talks to TorchServe inside the container: both APIs on its loopback; only the
 # runtime's port 8080 leaves the pod. batchSize 1: TorchServe's KServe envelope reads a batch's first request only.
 KSERVE_SNAPSHOT := {"name":"startup.cfg","modelCount":1,"models":{"$(MODEL_NAME)":{"1.0":{"defaultVersion":true,\
-"marName":"seq2seq.mar","minWorkers":1,"maxWorkers":2,"batchSize":1,"maxBatchDelay":1,"responseTimeout":30}}}}
+"marName":"$(ARCHIVE_NAME).mar","minWorkers":1,"maxWorkers":2,"batchSize":1,"maxBatchDelay":1,"responseTimeout":30}}}}
 
 deploy/generated/config.properties: docker/config.properties
 	@mkdir -p $(dir $@)
@@ -227,7 +229,7 @@ k8s: deploy/generated/config.properties deploy/generated/token-config.properties
 kserve-store: ## Lay out deploy/kserve/store (config/config.properties, model-store/seq2seq.mar) for KServe
 	@$(check_mar)
 	@mkdir -p $(KSERVE_STORE)/config $(KSERVE_STORE)/model-store
-	cp $(MAR) $(KSERVE_STORE)/model-store/seq2seq.mar
+	cp $(MAR) $(KSERVE_STORE)/model-store/$(ARCHIVE_NAME).mar
 	sed -e 's|^inference_address=.*|inference_address=http://127.0.0.1:8085|' \
 	    -e 's|^management_address=.*|management_address=http://127.0.0.1:8085|' \
 	    -e 's|^model_store=.*|model_store=/mnt/models/model-store|' \
@@ -274,8 +276,8 @@ demo: install ## Install, train a small bot, archive its best held-out checkpoin
 	$(MAKE) --no-print-directory mar CKPT=runs/demo/best_checkpoint.tar
 	$(MAKE) --no-print-directory stop
 	$(MAKE) --no-print-directory serve-local
-	@echo '$$ curl http://localhost:8080/predictions/my_s2s -T hello.txt'
-	@curl -sS http://localhost:8080/predictions/my_s2s -T hello.txt
+	@echo '$$ curl $(INFERENCE_URL)/predictions/$(MODEL_NAME) -T hello.txt'
+	@curl -sS $(INFERENCE_URL)/predictions/$(MODEL_NAME) -T hello.txt
 	@echo "The server is still up: make predict TEXT='how are you?', make models, make metrics; make stop ends it."
 
 .PHONY: demo

@@ -28,6 +28,7 @@ import torch  # noqa: E402
 
 from model import CheckpointError, from_checkpoint, read_checkpoint  # noqa: E402
 from model.checkpoint import serving_subset  # noqa: E402
+from serving.launcher import ARCHIVE_NAME  # noqa: E402
 from train.runs import default_checkpoint  # noqa: E402
 
 
@@ -128,7 +129,9 @@ def parse_args(argv=None) -> argparse.Namespace:
                         help="checkpoint .tar, the project's or the PyTorch Chatbot Tutorial's (default: the newest "
                              "best_checkpoint.tar under --runs, else the newest {iteration}_checkpoint.tar)")
     parser.add_argument("--runs", type=Path, default=REPO / "runs", help="where to look for checkpoints")
-    parser.add_argument("--model-name", default="seq2seq", help="archive name (archive/<name>.mar)")
+    parser.add_argument("--model-name", default=ARCHIVE_NAME,
+                        help=f"archive name, archive/<name>.mar (default: from config.properties' load_models, "
+                             f"{ARCHIVE_NAME})")
     parser.add_argument("--version", default="1.0", help="model version recorded in the archive")
     parser.add_argument("--handler", type=Path, default=REPO / "handler" / "seq2seq_handler.py",
                         help="TorchServe handler module")

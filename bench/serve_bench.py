@@ -58,7 +58,7 @@ from model.checkpoint import serving_subset
 from model.decoding import parse_options
 from model.int8 import GateTable
 from model.voc import MAX_LENGTH, MIN_COUNT, EOS_token
-from serving.launcher import REPO, TorchServe, build_mar, start_torchserve
+from serving.launcher import MODEL_NAME, REPO, TorchServe, build_mar, start_torchserve
 from train.runs import default_checkpoint
 
 logger = logging.getLogger("serve_bench")
@@ -220,7 +220,7 @@ def build_echo_mar(config_file: Path, store: Path) -> Path:
 def wait_for_workers(server: TorchServe, workers: int, timeout_s: float = 120) -> None:
     """Wait until `workers` workers of the model are READY (the launcher waits for one)."""
     deadline = time.monotonic() + timeout_s
-    url = server.url("management", "/models/my_s2s")
+    url = server.url("management", f"/models/{MODEL_NAME}")
     while time.monotonic() < deadline:
         if sum(w["status"] == "READY" for w in requests.get(url, timeout=5).json()[0]["workers"]) >= workers:
             server.remember_pids()
@@ -327,7 +327,7 @@ def run_scenario(scenario: str, workload: Workload, args: argparse.Namespace, wo
     config = scenario_config(scenario, args, workdir)
     if scenario == "echo":
         build_echo_mar(config, store)
-        overrides, expected = {"load_models": "my_s2s=echo.mar"}, {p: p for p in workload.prompts}
+        overrides, expected = {"load_models": f"{MODEL_NAME}=echo.mar"}, {p: p for p in workload.prompts}
     else:
         build_mar(workload.checkpoint, store, config)
         overrides, expected = {}, workload.expected

@@ -23,6 +23,7 @@ from pathlib import Path
 import requests
 
 from client.flags import add_decoding_flags, decoding_fields, reply_lines
+from serving.launcher import MODEL_NAME
 
 QUIT_WORDS = ("q", "quit")  # as in train/chat.py
 
@@ -116,7 +117,7 @@ def add_server_flags(parser: argparse.ArgumentParser) -> None:
     """--url, --model, --token-auth, --key-file, --timeout: where the server is and how to reach it."""
     parser.add_argument("--url", default=os.environ.get("TS_INFERENCE_URL", "http://127.0.0.1:8080"),
                         help="TorchServe inference address (env TS_INFERENCE_URL)")
-    parser.add_argument("--model", default="my_s2s", help="registered model name")
+    parser.add_argument("--model", default=MODEL_NAME, help=f"registered model name (default: {MODEL_NAME})")
     parser.add_argument("--token-auth", action="store_true", default=os.environ.get("TOKEN_AUTH") == "1",
                         help="send the inference key from --key-file (default on when TOKEN_AUTH=1)")
     parser.add_argument("--key-file", type=Path, default=Path(os.environ.get("TS_KEY_FILE", "key_file.json")),

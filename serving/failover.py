@@ -27,7 +27,7 @@ from pathlib import Path
 import psutil
 
 from model import from_checkpoint, read_checkpoint
-from serving.launcher import REPO, TorchServe, build_mar, free_ports, start_torchserve
+from serving.launcher import MODEL_NAME, REPO, TorchServe, build_mar, free_ports, start_torchserve
 from serving.soak import Case, load_cases, run_load, served_quantize
 from train.runs import default_checkpoint
 
@@ -99,7 +99,7 @@ def haproxy(workdir: Path, replicas: list[TorchServe]):
             time.sleep(0.1)
         else:
             raise RuntimeError("haproxy never saw both replicas UP")
-        yield f"http://127.0.0.1:{port}/predictions/my_s2s", workdir / "admin.sock"
+        yield f"http://127.0.0.1:{port}/predictions/{MODEL_NAME}", workdir / "admin.sock"
     finally:
         process.kill()
         process.wait()

@@ -21,7 +21,19 @@ import psutil
 import requests
 
 REPO = Path(__file__).resolve().parent.parent
-MODEL_NAME = "my_s2s"
+
+
+def served_model(config: Path) -> tuple[str, str]:
+    """(model name, archive name) from a config.properties' load_models=<model>=<archive>.mar: the one place
+    both are defined (the classic commands' names); the Makefile reads the same line."""
+    for line in config.read_text().splitlines():
+        if line.startswith("load_models="):
+            model, _, archive = line.removeprefix("load_models=").partition("=")
+            return model, archive.removesuffix(".mar")
+    raise ValueError(f"{config} has no load_models=<model>=<archive>.mar line")
+
+
+MODEL_NAME, ARCHIVE_NAME = served_model(REPO / "config.properties")
 STARTUP_TIMEOUT_S = 120
 STOP_TIMEOUT_S = 30
 
@@ -34,7 +46,7 @@ def build_mar(checkpoint: Path, export_path: Path, config_file: Path | None = No
         command += ["--config-file", str(config_file)]
     result = subprocess.run(command, capture_output=True, text=True, timeout=120)
     assert result.returncode == 0, result.stderr
-    return export_path / "seq2seq.mar"
+    return export_path / f"{ARCHIVE_NAME}.mar"
 
 
 def free_ports(count: int) -> list[int]:
@@ -201,7 +213,7 @@ def wait_until_ready(server: TorchServe, workers: int = 1) -> None:
 def start_torchserve(workdir: Path, model_store: Path, token_auth: bool = False,
                      config_overrides: dict[str, str] | None = None, ready_workers: int = 1,
                      python: Path | None = None):
-    """A native TorchServe serving model_store/seq2seq.mar as my_s2s on free ports; always stopped.
+    """A native TorchServe serving model_store/<ARCHIVE_NAME>.mar as MODEL_NAME on free ports; always stopped.
 
     ready_workers: READY workers to wait for; 0 returns once the model is registered (a model whose
     workers fail to load never gets one). python: see launch().

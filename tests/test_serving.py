@@ -119,6 +119,20 @@ def test_build_mar_without_any_checkpoint_says_what_to_do(tmp_path):
 # ---------------------------------------------------------------- configuration and deployment files
 
 
+def test_the_served_names_are_defined_once_in_config_properties():
+    """my_s2s and seq2seq come from load_models (the Makefile reads the same line); no code spells them out."""
+    from serving.launcher import ARCHIVE_NAME, MODEL_NAME, served_model
+
+    assert (MODEL_NAME, ARCHIVE_NAME) == served_model(REPO / "config.properties") == \
+        served_model(REPO / "docker" / "config.properties")
+    code = [p for p in REPO.rglob("*.py") if not {".venv", ".venv-image", "tests"} & set(p.relative_to(REPO).parts)]
+    code.append(REPO / "Makefile")
+    spelled = [str(p.relative_to(REPO)) for p in code
+               if re.search(rf"{MODEL_NAME}|[\"'/]{ARCHIVE_NAME}(\.mar)?[\"']", p.read_text())]
+    assert spelled == []
+    assert run("make", "-n", "demo", cwd=REPO).stdout.count(f"/predictions/{MODEL_NAME} -T hello.txt") >= 2
+
+
 def test_native_config_is_local_and_locked_down():
     props = read_properties(REPO / "config.properties")
     for api in ("inference", "management", "metrics"):
