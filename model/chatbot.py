@@ -8,7 +8,6 @@ import torch
 from torch import nn
 
 from .decoding import SEARCHES, Candidate, DecodeOptions
-from .seq2seq import greedy_decode
 from .voc import NoKnownWordsError, PAD_token, Voc, decode, encode
 
 
@@ -104,12 +103,3 @@ class Chatbot:
         for b, ids in enumerate(batch):
             input_seq[: len(ids), b] = torch.tensor(ids)
         return input_seq.to(self.device), lengths
-
-    def reply_texts(self, batch: list[list[int]]) -> list[str]:
-        """The greedy reply text for each encoded input, all decoded together."""
-        return [decode(self.voc, row) for row in self.decode_ids(batch)]
-
-    def decode_ids(self, batch: list[list[int]]) -> list[list[int]]:
-        """Greedy token ids for a batch of encoded inputs (each ending in EOS)."""
-        input_seq, lengths = self.pad(batch)
-        return greedy_decode(self.encoder, self.decoder, input_seq, lengths, self.max_length, self.step).tolist()

@@ -170,8 +170,8 @@ class Hyp:
     total: float
     parent: int = 0
 
-    def mean(self, length: int | None = None) -> float:
-        return self.total / (length or len(self.tokens))
+    def mean(self) -> float:
+        return self.total / len(self.tokens)
 
 
 class BeamState:
@@ -245,23 +245,22 @@ def beam_search(encoder, decoder, input_seq: torch.Tensor, input_lengths: torch.
     encoder_outputs, encoder_hidden = encoder(input_seq, input_lengths)  # (T, B, H), (2L, B, H)
     mask = source_mask(input_lengths, input_seq.size(0), input_seq.device)  # (T, B)
     states = [BeamState(o) for o in options]
-    owners = [r for r, s in enumerate(states) for _ in s.rows()]  # the request of each row
-    hidden = encoder_hidden[: decoder.n_layers, owners]  # (L, R, H): the tutorial's initial decoder state
-    token = torch.full((1, len(owners)), SOS_token, dtype=torch.long, device=input_seq.device)
-    while owners:
+    rows = [(r, h) for r, s in enumerate(states) for h in s.rows()]  # (request, hypothesis), grouped by request
+    hidden = encoder_hidden[: decoder.n_layers, [r for r, _ in rows]]  # (L, R, H): the tutorial's initial state
+    token = torch.full((1, len(rows)), SOS_token, dtype=torch.long, device=input_seq.device)
+    while rows:
+        owners = [r for r, _ in rows]
         logits, hidden = step(token, hidden, encoder_outputs[:, owners], mask[:, owners])  # (1, R, V)
         logprobs = torch.log_softmax(logits[0].float(), dim=1).cpu()  # (R, V); totals are Python floats
-        rows = [h for s in (states[r] for r in dict.fromkeys(owners)) for h in s.rows()]
-        ban_repeats(logprobs, [h.tokens for h in rows], [states[r].options.no_repeat_ngram_size for r in owners])
+        ban_repeats(logprobs, [h.tokens for _, h in rows], [states[r].options.no_repeat_ngram_size for r in owners])
         first = 0
         for r in dict.fromkeys(owners):
-            count = len(states[r].rows())
+            count = owners.count(r)
             states[r].advance(logprobs[first: first + count], first)
             first += count
-        new_rows = [(r, h) for r, s in enumerate(states) for h in s.rows()]
-        owners = [r for r, _ in new_rows]
-        parents = torch.tensor([h.parent for _, h in new_rows], dtype=torch.long)
-        token = torch.tensor([[h.tokens[-1] for _, h in new_rows]], dtype=torch.long, device=input_seq.device)
+        rows = [(r, h) for r, s in enumerate(states) for h in s.rows()]
+        parents = torch.tensor([h.parent for _, h in rows], dtype=torch.long)
+        token = torch.tensor([[h.tokens[-1] for _, h in rows]], dtype=torch.long, device=input_seq.device)
         hidden = hidden[:, parents.to(hidden.device)]
     return [s.result() for s in states]
 

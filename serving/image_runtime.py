@@ -16,7 +16,6 @@ import argparse
 import subprocess
 import sys
 import tempfile
-from dataclasses import replace
 from pathlib import Path
 
 import requests
@@ -53,7 +52,7 @@ def expected_replies(bot: Chatbot) -> list[tuple[str, dict, str, list]]:
     cases = []
     for prompt in PROMPTS:
         for fields in FIELDS:
-            reply = bot.reply(prompt, parse_options(fields, replace(bot.default_options), {}))
+            reply = bot.reply(prompt, parse_options(fields, bot.default_options, {}))
             cases.append((prompt, fields, reply.text, [t for t, _ in reply.replies]))
     return cases
 
