@@ -105,7 +105,8 @@ TS_ENV := env -u PYTHONPATH TMPDIR=$(TS_TMP) TEMP=$(TS_TMP) PATH=$(CURDIR)/$(VEN
 TS_CONFIG := $(if $(filter 1,$(TOKEN_AUTH)),logs/token-config.properties,config.properties)
 DOCKER ?= docker
 DOCKER_GPUS ?= --gpus all
-TS_IMAGE := pytorch/torchserve:0.12.0-gpu
+# docker/Dockerfile's `runtime` stage: pytorch/torchserve:0.12.0-gpu plus tokenizers (byte-level BPE models)
+RUNTIME_IMAGE ?= seq2seq-torchserve-runtime:0.12.0
 TS_CONTAINER := seq2seq-torchserve
 DOCKER_CONFIG := $(if $(filter 1,$(TOKEN_AUTH)),logs/token-docker-config.properties,docker/config.properties)
 IMAGE ?= seq2seq-torchserve:1.0
@@ -127,13 +128,14 @@ wait_ready = for i in $$(seq 120); do \
 native_serve = $(check_java) && mkdir -p $(TS_TMP) && \
 	$(TS_ENV) torchserve --start --ncs --ts-config $(TS_CONFIG) --model-store archive >logs/torchserve.out 2>&1 && \
 	$(call wait_ready,logs/torchserve.out$(comma) logs/ts_log.log and logs/model_log.log)
-docker_serve = $(DOCKER) rm -f $(TS_CONTAINER) >/dev/null 2>&1; \
+docker_serve = $(DOCKER) build -q --target runtime -f docker/Dockerfile -t $(RUNTIME_IMAGE) . >/dev/null || exit 1; \
+	$(DOCKER) rm -f $(TS_CONTAINER) >/dev/null 2>&1; \
 	$(DOCKER) run -d --rm --name $(TS_CONTAINER) $(DOCKER_GPUS) \
 	  -p 127.0.0.1:8080:8080 -p 127.0.0.1:8081:8081 -p 127.0.0.1:8082:8082 \
 	  -v "$(CURDIR)/archive:/home/model-server/model-store:ro" \
 	  -v "$(CURDIR)/$(DOCKER_CONFIG):/home/model-server/config.properties:ro" \
 	  -v "$(CURDIR)/handler/metrics.yaml:/home/model-server/metrics.yaml:ro" \
-	  --entrypoint torchserve $(TS_IMAGE) --start --foreground --ncs --ts-config /home/model-server/config.properties && \
+	  --entrypoint torchserve $(RUNTIME_IMAGE) --start --foreground --ncs --ts-config /home/model-server/config.properties && \
 	$(if $(filter 1,$(TOKEN_AUTH)),$(copy_key_file) &&) \
 	$(call wait_ready,$(DOCKER) logs $(TS_CONTAINER))
 
@@ -144,7 +146,7 @@ copy_key_file = for i in $$(seq 60); do \
 mar: ## Validate the checkpoint (ours or the tutorial's) and build archive/seq2seq.mar (CKPT=path, default: newest runs/**/best_checkpoint.tar)
 	$(PY) archive/build_mar.py $(if $(CKPT),--checkpoint "$(CKPT)")
 
-serve: $(if $(filter 1,$(TOKEN_AUTH)),$(TS_CONFIG) $(DOCKER_CONFIG)) ## Serve the archive: Docker (GPU image) if an engine answers, else native; TOKEN_AUTH=1 for token mode
+serve: $(if $(filter 1,$(TOKEN_AUTH)),$(TS_CONFIG) $(DOCKER_CONFIG)) ## Serve the archive: Docker (the GPU runtime image, built from docker/Dockerfile) if an engine answers, else native; TOKEN_AUTH=1 for token mode
 	@$(check_mar)
 	@if $(DOCKER) info >/dev/null 2>&1; then \
 	  $(docker_serve); \

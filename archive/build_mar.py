@@ -52,8 +52,7 @@ def validate_checkpoint_file(path: Path) -> tuple[dict, str]:
         with open(path, "rb") as f:
             ckpt = read_checkpoint(f)
         chatbot = from_checkpoint(ckpt)
-        probe = " ".join(ckpt["voc"]["words"][:3])  # words it must know
-        reply = chatbot.reply(probe)
+        reply = chatbot.reply(chatbot.voc.example_text())
     except CheckpointError as e:
         raise BuildError(f"{path}: {e}") from e
     except Exception as e:  # a checkpoint that loads but cannot decode is just as unusable
@@ -62,7 +61,8 @@ def validate_checkpoint_file(path: Path) -> tuple[dict, str]:
         raise BuildError(f"{path}: the model fails on a test reply: {reply.error}")
     heldout = ckpt.get("heldout_loss")
     origin = ", converted from the PyTorch Chatbot Tutorial's format" if ckpt.get("converted_from") else ""
-    return ckpt, (f"{path}: ok ({chatbot.voc.num_words} words, iteration {ckpt.get('iteration', '?')}, held-out loss "
+    return ckpt, (f"{path}: ok ({chatbot.voc.num_words} {chatbot.voc.kind} tokens, iteration "
+                  f"{ckpt.get('iteration', '?')}, held-out loss "
                   f"{'unknown' if heldout is None else f'{heldout:.4f}'}, {ckpt['config']['attn_model']} attention"
                   f"{origin})")
 

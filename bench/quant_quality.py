@@ -15,7 +15,6 @@ import argparse
 import io
 import sys
 import time
-from argparse import Namespace
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -97,16 +96,10 @@ def compare(ckpt: dict, mode: str, pairs: Sequence[Pair], batch_size: int = 8) -
 
 
 def heldout_pairs(ckpt: dict, data_path: str | None = None) -> list[Pair]:
-    """The pairs the checkpoint's training run held out; refuses data that gives another vocabulary."""
-    from train.main import load_data  # the run's exact preparation and split
+    """The pairs the checkpoint's training run held out (train.main.heldout_of: its exact preparation and split)."""
+    from train.main import heldout_of
 
-    args = Namespace(**ckpt["args"])
-    if data_path is not None:
-        args.data_path = data_path
-    voc, _, heldout = load_data(args)
-    if voc.to_dict()["words"] != ckpt["voc"]["words"]:
-        raise ValueError(f"the {args.corpus} corpus at {args.data_path} does not give the checkpoint's vocabulary")
-    return heldout
+    return heldout_of(ckpt, data_path)
 
 
 def newest_checkpoint(runs: Path) -> Path:

@@ -5,9 +5,12 @@ Wire format (one HTTP request = one entry of the batch):
   Raw text: any Content-Type but JSON or a form, e.g. `curl -T hello.txt` or
   `curl --data-binary @hello.txt -H 'Content-Type: text/plain'` (a form field text=... works too)
     -> 200 text/plain; charset=utf-8, body: the reply and a newline,
-       header X-Unknown-Words: the dropped words, comma-separated (absent when none)
+       header X-Unknown-Words: the dropped words, comma-separated (absent when none);
+       header X-Truncated: true when the text was cut to the model's max_length tokens
   JSON: Content-Type: application/json, body {"text": "hello there", <decoding options>}
-    -> 200 application/json {"reply": "hi .", "score": -1.2, "unknown_words": ["zorblax"]}
+    -> 200 application/json {"reply": "hi .", "score": -1.2, "unknown_words": ["zorblax"], "truncated": false}
+       (truncated: the text was cut to the model's max_length tokens; unknown_words is always
+       empty for a byte-level BPE model, which knows every text)
        (+ "replies": [{"reply", "score"}, ...] when num_replies > 1); the options are
        model/decoding.py's OPTIONS (max_length, beam_size, num_replies, temperature, top_k,
        top_p, seed, no_repeat_ngram_size); raw-text requests get the model-config's defaults
@@ -185,9 +188,9 @@ class Seq2seqHandler(BaseHandler):
         # Decoding defaults and limits; a wrong value here fails the load with InvalidOption naming it
         self.defaults, self.limits = options_from_config(options, self.chatbot.max_length)
         self.initialized = True
-        logger.info("seq2seq chatbot loaded from %s on %s (quantize=%s, %d words, max %d chars, model package %s)",
-                    os.path.basename(self.model_pt_path), self.device, quantize,
-                    self.chatbot.voc.num_words, self.max_chars, os.path.dirname(model.__file__))
+        logger.info("seq2seq chatbot loaded from %s on %s (quantize=%s, %d %s tokens, max %d chars, model package "
+                    "%s)", os.path.basename(self.model_pt_path), self.device, quantize,
+                    self.chatbot.voc.num_words, self.chatbot.voc.kind, self.max_chars, os.path.dirname(model.__file__))
 
     def handle(self, data: list[dict], context) -> list[str]:
         """One response per request, always: TorchServe answers a whole batch 503 if this raises.
@@ -216,7 +219,8 @@ class Seq2seqHandler(BaseHandler):
         request = parse_body(*find_body(self.context, idx, row), self.max_chars)
         request.options = parse_options(request.option_values, self.defaults, self.limits)
         logger.debug("request %d (%s): %r", idx, "json" if request.as_json else "raw", request.text)
-        request.ids, request.unknown_words = self.chatbot.encode(request.text)
+        encoded = self.chatbot.encode(request.text)
+        request.ids, request.unknown_words, request.truncated = encoded.ids, encoded.unknown_words, encoded.truncated
         return request
 
     def inference(self, requests: list[Outcome], *args, **kwargs) -> list[Outcome]:
@@ -279,8 +283,11 @@ class Seq2seqHandler(BaseHandler):
         request, text = answer.request, answer.replies[0][0]
         self.observe("seq2seq_reply_words", len(text.split()))
         self.observe("seq2seq_unknown_words_total", len(request.unknown_words))
-        headers = {"X-Unknown-Words": ",".join(request.unknown_words)} if request.unknown_words and \
-            not request.as_json else {}
+        headers = {}
+        if not request.as_json and request.unknown_words:
+            headers["X-Unknown-Words"] = ",".join(request.unknown_words)
+        if not request.as_json and request.truncated:
+            headers["X-Truncated"] = "true"
         self.set_response(idx, 200, JSON_TYPE if request.as_json else TEXT_TYPE, headers)
         if request.as_json:
             return json.dumps(answer.body()) + "\n"
@@ -288,7 +295,7 @@ class Seq2seqHandler(BaseHandler):
 
     def error_body(self, idx: int, error: BadRequest) -> str:
         """The error's status and JSON body for request idx (headers a stage may have set are dropped)."""
-        self.set_response(idx, error.kind.status, JSON_TYPE, {}, drop=("X-Unknown-Words",))
+        self.set_response(idx, error.kind.status, JSON_TYPE, {}, drop=("X-Unknown-Words", "X-Truncated"))
         self.observe("seq2seq_bad_requests_total", 1, error.kind.type_name)
         self.observe("seq2seq_unknown_words_total", len(error.unknown_words))
         return json.dumps(error.body()) + "\n"

@@ -69,6 +69,7 @@ class ChatRequest:
     as_json: bool = False
     option_values: dict = field(default_factory=dict)  # the JSON body's fields beside "text", unchecked
     unknown_words: list[str] = field(default_factory=list)
+    truncated: bool = False  # the text was cut to the model's max_length tokens, set by the handler
     ids: list[int] = field(default_factory=list)  # the encoded text, set by the handler
     options: Any = None  # model.decoding.DecodeOptions, set by the handler
 
@@ -81,9 +82,11 @@ class Answer:
     replies: list
 
     def body(self) -> dict:
-        """The JSON reply: {"reply", "score", "unknown_words"}, and "replies" when more than one was asked."""
+        """The JSON reply: {"reply", "score", "unknown_words", "truncated"}, and "replies" when more than one was
+        asked."""
         text, score = self.replies[0]
-        body = {"reply": text, "score": round(score, 4), "unknown_words": self.request.unknown_words}
+        body = {"reply": text, "score": round(score, 4), "unknown_words": self.request.unknown_words,
+                "truncated": self.request.truncated}
         if self.request.options is not None and self.request.options.num_replies > 1:
             body["replies"] = [{"reply": t, "score": round(s, 4)} for t, s in self.replies]
         return body

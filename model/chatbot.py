@@ -8,7 +8,7 @@ import torch
 from torch import nn
 
 from .decoding import SEARCHES, Candidate, DecodeOptions
-from .voc import NoKnownWordsError, PAD_token, Voc, decode, encode
+from .voc import Encoded, NoKnownWordsError, PAD_token
 
 
 @dataclass
@@ -16,24 +16,26 @@ class Reply:
     """The bot's answer to one input: `text`, or `error` when the input could not be used.
 
     score: the reply's mean token log-probability; replies: every (text, score) asked for
-    (num_replies), best first, the first being (text, score).
+    (num_replies), best first, the first being (text, score); truncated: the input was cut to the
+    model's max_length tokens.
     """
 
     text: str = ""
     unknown_words: list[str] = field(default_factory=list)
+    truncated: bool = False
     error: str | None = None
     score: float | None = None
     replies: list[tuple[str, float]] = field(default_factory=list)
 
 
 class Chatbot:
-    """Vocabulary + encoder + decoder in eval mode, decoding whole batches greedily.
+    """Vocabulary (word or BPE: model/tokenizer.py) + encoder + decoder in eval mode, decoding whole batches.
 
     step: what greedy search calls for one decoder step (default: the decoder itself; see
     seq2seq.trace_step for a faster copy on the CPU).
     """
 
-    def __init__(self, voc: Voc, encoder: nn.Module, decoder: nn.Module, max_length: int,
+    def __init__(self, voc, encoder: nn.Module, decoder: nn.Module, max_length: int,
                  device: torch.device, step: Callable | None = None):
         self.voc = voc
         self.encoder = encoder
@@ -58,8 +60,9 @@ class Chatbot:
         encoded = []  # (position in batch, token ids)
         for i, text in enumerate(texts):
             try:
-                ids, replies[i].unknown_words = self.encode(text)
-                encoded.append((i, ids))
+                found = self.encode(text)
+                replies[i].unknown_words, replies[i].truncated = found.unknown_words, found.truncated
+                encoded.append((i, found.ids))
             except NoKnownWordsError as e:
                 replies[i].error = str(e)
                 replies[i].unknown_words = e.unknown_words
@@ -70,13 +73,14 @@ class Chatbot:
                 replies[i].text, replies[i].score = replies[i].replies[0]
         return replies
 
-    def encode(self, text: str) -> tuple[list[int], list[str]]:
-        """(token ids ending in EOS, dropped unknown words) for one text; raises NoKnownWordsError."""
-        return encode(self.voc, text, self.max_length)
+    def encode(self, text: str) -> Encoded:
+        """One text's token ids ending in EOS (cut to max_length), with the dropped unknown words; raises
+        NoKnownWordsError when a word vocabulary knows none of its words."""
+        return self.voc.encode(text, self.max_length)
 
     def text(self, candidate: Candidate) -> str:
         """A candidate's reply text."""
-        return decode(self.voc, candidate.ids)
+        return self.voc.decode(candidate.ids)
 
     def generate(self, batch: list[list[int]], options: Sequence[DecodeOptions]) -> list[list[Candidate]]:
         """Each encoded input's candidates, best first: requests are grouped by decoding mode (greedy, beam,

@@ -1,8 +1,9 @@
 """The one owner of the checkpoint format: reading, validating, converting, the serving subset, rebuilding.
 
 Two formats are read, both with torch.load(weights_only=True):
-- the project's self-describing one (FORMAT, written by train.main): config, voc, encoder, decoder,
-  plus training state;
+- the project's self-describing one (FORMAT, written by train.main): config, voc (the tutorial's
+  word vocabulary, or {"kind": "bpe", "json": <the tokenizers JSON>}: model/tokenizer.py), encoder,
+  decoder, plus training state;
 - the PyTorch Chatbot Tutorial's {iteration}_checkpoint.tar ({'iteration', 'en', 'de', 'en_opt',
   'de_opt', 'loss', 'voc_dict', 'embedding'}), converted on reading: the sizes and the attention
   model are read off the tensors' shapes and names, the vocabulary keeps the tutorial's word order,
@@ -23,6 +24,7 @@ from torch import nn
 from .chatbot import Chatbot
 from .int8 import quantize_int8, tabulate_input_gates
 from .seq2seq import Attn, EncoderRNN, LuongAttnDecoderRNN, trace_step
+from .tokenizer import vocabulary_from_dict, vocabulary_size
 from .voc import MAX_LENGTH, SPECIAL_WORDS, Voc
 
 FORMAT = "seq2seq-chatbot/1"
@@ -107,8 +109,9 @@ def tutorial_voc(voc_dict: dict) -> Voc:
                               f"indices missing {missing[:5]}, first words {[index2word.get(i) for i in range(3)]}")
     words = [index2word[i] for i in range(len(SPECIAL_WORDS), num_words)]
     counts = voc_dict.get("word2count") or {}
-    return Voc.from_dict({"name": str(voc_dict.get("name", "tutorial")), "trimmed": bool(voc_dict.get("trimmed")),
-                          "words": words, "counts": [int(counts.get(w, 1)) for w in words]})
+    return Voc.from_dict({"name": str(voc_dict.get("name", "tutorial")),
+                                     "trimmed": bool(voc_dict.get("trimmed")),
+                                     "words": words, "counts": [int(counts.get(w, 1)) for w in words]})
 
 
 def gru_layers(state: dict) -> int:
@@ -159,10 +162,11 @@ def serving_subset(ckpt: dict) -> dict:
     return {key: ckpt[key] for key in SERVING_KEYS if key in ckpt}
 
 
-def load_model(ckpt: dict) -> tuple[Voc, nn.Module, nn.Module]:
-    """(vocabulary, encoder, decoder) with the checkpoint's weights, on the CPU in training mode (for --resume)."""
+def load_model(ckpt: dict) -> tuple:
+    """(vocabulary: Voc or BpeTokenizer, encoder, decoder) with the checkpoint's weights, on the CPU in
+    training mode (for --resume)."""
     validate_checkpoint(ckpt)
-    voc = Voc.from_dict(ckpt["voc"])
+    voc = vocabulary_from_dict(ckpt["voc"])
     encoder, decoder = build_model(ckpt["config"], voc.num_words)
     try:
         encoder.load_state_dict(ckpt["encoder"])
@@ -190,7 +194,10 @@ def validate_checkpoint(ckpt: object) -> None:
         raise CheckpointError(f"checkpoint config is missing: {', '.join(missing)}")
     if ckpt["config"]["attn_model"] not in Attn.METHODS:
         raise CheckpointError(f"unknown attention model {ckpt['config']['attn_model']!r}")
-    num_words = len(SPECIAL_WORDS) + len(ckpt["voc"].get("words", []))
+    try:
+        num_words = vocabulary_size(ckpt["voc"])
+    except Exception as e:  # no tokenizers package, a BPE JSON it cannot read, an unknown kind
+        raise CheckpointError(f"the checkpoint's vocabulary cannot be read: {one_line(e, 200)}") from e
     for part, key in (("encoder", "embedding.weight"), ("decoder", "out.weight")):
         weight = ckpt[part].get(key)
         if weight is None or weight.shape != (num_words, ckpt["config"]["hidden_size"]):
@@ -206,8 +213,8 @@ def from_checkpoint(ckpt: dict, device: torch.device | str = "cpu", quantize: bo
 
     quantize (CPU only) stores the GRU and Linear weights in fewer bytes: True or "int8" (int8
     weights and per-row int8 inputs, model/int8.py), "fp16" (float16 weights, float32 maths);
-    False keeps float32. int8 and fp16 decode a text bit for bit the same alone or in any batch
-    (float32's MKL kernels may round a row differently beside other rows).
+    False keeps float32. int8 decodes a text bit for bit the same alone or in any batch (fp16 does on some
+    CPUs only; float32's MKL kernels may round a row differently beside other rows).
     """
     mode = quantize_mode(quantize)
     voc, encoder, decoder = load_model(to_project_format(ckpt))

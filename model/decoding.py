@@ -330,7 +330,7 @@ def sample(encoder, decoder, input_seq: torch.Tensor, input_lengths: torch.Tenso
     """Batched sampling: num_replies rows per request, each drawing from its own seeded generator.
 
     A row's draws depend only on its own logits and generator, so a seeded request samples the
-    same replies alone or beside any others (with batch-invariant logits: int8, fp16, padded input).
+    same replies alone or beside any others (with batch-invariant logits: int8 weights, padded input).
     Scores are the mean log-probability under the model itself (no temperature or filtering).
     """
     step = step or decoder

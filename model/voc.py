@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import re
 import unicodedata
+from dataclasses import dataclass, field
 
 PAD_token = 0  # pads short sentences
 SOS_token = 1  # start of sentence
@@ -26,8 +27,21 @@ def normalize(text: str) -> str:
     return re.sub(r"\s+", r" ", s).strip()
 
 
+@dataclass
+class Encoded:
+    """One text as the model's input: ids ending in EOS, the words dropped as unknown (word vocabulary only),
+    and whether the text was cut to the model's max_length."""
+
+    ids: list[int]
+    unknown_words: list[str] = field(default_factory=list)
+    truncated: bool = False
+
+
 class Voc:
-    """Word <-> index mapping with counts, as in the PyTorch chatbot tutorial."""
+    """Word <-> index mapping with counts, as in the PyTorch chatbot tutorial; the word kind of model/tokenizer.py's
+    interface (encode, decode, token_ids, kind, to_dict, example_text)."""
+
+    kind = "word"
 
     def __init__(self, name: str = "voc"):
         self.name = name
@@ -62,10 +76,29 @@ class Voc:
             self.add_word(word)
         return len(keep_words), total
 
+    def token_ids(self, sentence: str) -> list[int]:
+        """Word ids of a normalised, trimmed training sentence (no EOS)."""
+        return [self.word2index[word] for word in sentence.split(" ")]
+
+    def encode(self, text: str, max_length: int) -> Encoded:
+        """encode(): known words' ids ending in EOS, unknown words dropped; NoKnownWordsError if none is known."""
+        ids, unknown = encode(self, text, max_length)
+        known = sum(1 for w in normalize(text).split() if w in self.word2index)
+        return Encoded(ids, unknown, known > max_length - 1)
+
+    def decode(self, ids: list[int]) -> str:
+        """decode(): the reply text up to the first EOS."""
+        return decode(self, ids)
+
+    def example_text(self) -> str:
+        """Up to three words it knows (make mar's test reply)."""
+        return " ".join(self.index2word[i] for i in range(len(SPECIAL_WORDS), min(self.num_words, 6)))
+
     def to_dict(self) -> dict:
         """Plain types only, so a checkpoint loads with torch.load(weights_only=True)."""
         words = [self.index2word[i] for i in range(len(SPECIAL_WORDS), self.num_words)]
         return {
+            "kind": self.kind,
             "name": self.name,
             "trimmed": self.trimmed,
             "words": words,

@@ -3,6 +3,7 @@
 Fixtures (any test file can use them):
   serving_checkpoint   Path of a tiny random-weight checkpoint (vocabulary: TINY_SENTENCES)
   serving_chatbot      the Chatbot that checkpoint rebuilds: the reference for every reply
+  bpe_checkpoint       Path of a tiny random-weight byte-level BPE checkpoint (tokens learnt from BPE_SENTENCES)
   seq2seq_mar          archive/build_mar.py's .mar for it, in a session model store
   torchserve           one native TorchServe for the session (token auth off), model "my_s2s"
   torchserve_factory   start(**options) -> another TorchServe (token_auth=..., model_config={...});
@@ -24,7 +25,7 @@ import pytest
 import torch
 import yaml
 
-from model import FORMAT, Voc, build_model, default_config, from_checkpoint, read_checkpoint
+from model import FORMAT, BpeTokenizer, Voc, build_model, default_config, from_checkpoint, read_checkpoint
 from serving.launcher import REPO, TorchServe, build_mar, start_torchserve
 
 TINY_SENTENCES = [
@@ -50,20 +51,39 @@ def tiny_checkpoint(attn_model: str = "dot", hidden: int = 24, seed: int = 0) ->
             "decoder": decoder.state_dict()}
 
 
-def make_tiny_checkpoint(path: Path, seed: int = 1) -> Path:
-    """Save a small random-weight checkpoint whose replies differ from input to input."""
-    voc = Voc("tiny")
-    for sentence in TINY_SENTENCES:
-        voc.add_sentence(sentence)
+# Several scripts and languages, digits and names: what the word vocabulary loses and BPE must keep
+BPE_SENTENCES = TINY_SENTENCES + [
+    "你好", "你好吗?", "我很好，谢谢.", "你叫什么名字?", "I was born in 1984.", "Hola, ¿cómo estás?",
+    "Привет, как дела?", "Ich heiße Anna.", "The café opens at 9:30!", "こんにちは",
+]
+
+
+def make_tiny_checkpoint(path: Path, seed: int = 1, vocabulary=None) -> Path:
+    """Save a small random-weight checkpoint whose replies differ from input to input; vocabulary: the
+    tokens (a BpeTokenizer, say), default the words of TINY_SENTENCES."""
+    if vocabulary is None:
+        vocabulary = Voc("tiny")
+        for sentence in TINY_SENTENCES:
+            vocabulary.add_sentence(sentence)
     config = default_config(hidden_size=32, encoder_n_layers=1, decoder_n_layers=1, dropout=0.0)
     torch.manual_seed(seed)
-    encoder, decoder = build_model(config, voc.num_words)
+    encoder, decoder = build_model(config, vocabulary.num_words)
     with torch.no_grad():  # larger weights than the default init make replies depend on the input
         for p in [*encoder.parameters(), *decoder.parameters()]:
             p.mul_(3.0)
-    torch.save({"format": FORMAT, "config": config, "voc": voc.to_dict(), "encoder": encoder.state_dict(),
+    torch.save({"format": FORMAT, "config": config, "voc": vocabulary.to_dict(), "encoder": encoder.state_dict(),
                 "decoder": decoder.state_dict(), "iteration": 1, "loss": 0.0}, path)
     return path
+
+
+def make_tiny_bpe_checkpoint(path: Path, seed: int = 1) -> Path:
+    """make_tiny_checkpoint with a 400-token byte-level BPE learnt from BPE_SENTENCES."""
+    return make_tiny_checkpoint(path, seed, BpeTokenizer.train(BPE_SENTENCES * 3, 400, "tiny-bpe"))
+
+
+@pytest.fixture(scope="session")
+def bpe_checkpoint(tmp_path_factory) -> Path:
+    return make_tiny_bpe_checkpoint(tmp_path_factory.mktemp("bpe") / "1_checkpoint.tar")
 
 
 @pytest.fixture(scope="session")

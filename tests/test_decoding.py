@@ -49,14 +49,14 @@ def tiny_bot(words=tuple(WORDS), hidden: int = 16, seed: int = 0, quantize=False
 
 
 def run(search, bot, texts, options):
-    input_seq, lengths = bot.pad([bot.encode(t)[0] for t in texts])
+    input_seq, lengths = bot.pad([bot.encode(t).ids for t in texts])
     return search(bot.encoder, bot.decoder, input_seq, lengths, options, bot.step)
 
 
 @torch.no_grad()
 def sequence_score(bot, text: str, tokens: list[int]) -> float:
     """Mean log-probability of `tokens` as the reply to `text`, one decoder step at a time."""
-    input_seq, lengths = bot.pad([bot.encode(text)[0]])
+    input_seq, lengths = bot.pad([bot.encode(text).ids])
     outputs, hidden = bot.encoder(input_seq, lengths)
     hidden = hidden[: bot.decoder.n_layers]
     mask = torch.arange(input_seq.size(0)).unsqueeze(1) < lengths.unsqueeze(0)
@@ -103,7 +103,7 @@ def test_beam_search_as_wide_as_the_sequences_finds_the_exhaustive_best(max_leng
 def test_beam_size_1_is_greedy():
     bot = tiny_bot(seed=1)
     texts = [" ".join(WORDS[i:i + 3]) for i in range(0, len(WORDS) - 2)]
-    input_seq, lengths = bot.pad([bot.encode(t)[0] for t in texts])
+    input_seq, lengths = bot.pad([bot.encode(t).ids for t in texts])
     expected = greedy_decode(bot.encoder, bot.decoder, input_seq, lengths, bot.max_length).tolist()
     found = run(beam_search, bot, texts, [DecodeOptions(beam_size=1)] * len(texts))
     assert [c[0].ids for c in found] == [row[: row.index(EOS_token) + 1] if EOS_token in row else row
@@ -183,14 +183,14 @@ def test_no_repeat_ngram_size_is_never_violated(text, n, mode, seed):
                "beam": DecodeOptions(beam_size=4, num_replies=4, no_repeat_ngram_size=n, max_length=12),
                "sample": DecodeOptions(temperature=1.0, seed=seed, num_replies=3, no_repeat_ngram_size=n,
                                        max_length=12)}[mode]
-    for candidate in bot.generate([bot.encode(text)[0]], [options])[0]:
+    for candidate in bot.generate([bot.encode(text).ids], [options])[0]:
         assert not repeats(candidate.ids, n), (mode, candidate.ids)
 
 
 def test_without_the_option_the_same_model_does_repeat():
     """The ngram test above can fail: unconstrained, these replies repeat themselves."""
     bot = tiny_bot(seed=0, scale=1.0)
-    replies = [bot.generate([bot.encode(" ".join(WORDS[i:i + 2]))[0]], [DecodeOptions(max_length=12)])[0][0].ids
+    replies = [bot.generate([bot.encode(" ".join(WORDS[i:i + 2])).ids], [DecodeOptions(max_length=12)])[0][0].ids
                for i in range(len(WORDS) - 1)]
     assert any(repeats(r, 2) for r in replies)
 

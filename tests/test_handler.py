@@ -80,7 +80,7 @@ def test_mixed_batch_answers_each_request_on_its_own(handler, serving_chatbot):
         assert (responses[idx].status, responses[idx].content_type) == (200, "application/json")
         reference = serving_chatbot.reply(text)
         assert responses[idx].json() == {"reply": reference.text, "score": round(reference.score, 4),
-                                         "unknown_words": []}
+                                         "unknown_words": [], "truncated": False}
 
 
 def test_the_good_requests_of_a_batch_are_decoded_in_one_call(handler, monkeypatch):
@@ -89,7 +89,7 @@ def test_the_good_requests_of_a_batch_are_decoded_in_one_call(handler, monkeypat
     monkeypatch.setattr(handler.chatbot, "generate", lambda batch, options: calls.append(batch) or
                         generate(batch, options))
     run_batch(handler, [request(GOOD[0]), request(""), json_request({"text": GOOD[1]}), request("zorblax")])
-    assert calls == [[handler.chatbot.encode(GOOD[0])[0], handler.chatbot.encode(GOOD[1])[0]]]
+    assert calls == [[handler.chatbot.encode(GOOD[0]).ids, handler.chatbot.encode(GOOD[1]).ids]]
 
 
 def test_a_reply_in_a_batch_equals_the_reply_alone(handler):
@@ -212,7 +212,7 @@ def fail(error: Exception):
 
 def poison(handler, monkeypatch, bad_text: str, where: str):
     """Make the chatbot's batched decode (where="decode") or encode (where="encode") raise on `bad_text`."""
-    bad_ids = handler.chatbot.encode(bad_text)[0]
+    bad_ids = handler.chatbot.encode(bad_text).ids
     if where == "decode":
         generate = handler.chatbot.generate
         monkeypatch.setattr(handler.chatbot, "generate", lambda batch, options: fail(RuntimeError("boom"))

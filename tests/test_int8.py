@@ -178,9 +178,10 @@ def first_step_logits(bot, texts: list[str]) -> torch.Tensor:
     return seen[0]
 
 
-@pytest.mark.parametrize("quantize", ["int8", "fp16"])
+@pytest.mark.parametrize("quantize", ["int8"])
 def test_logits_are_bit_identical_alone_and_in_a_batch(quantize):
-    """Not float32: MKL's float kernels may round a row differently with other rows beside it."""
+    """int8 only. Not float32: MKL's float kernels may round a row differently with other rows beside it; nor
+    fp16 on every CPU: on an AVX-512 AMD EPYC, torch's fp16 dynamic GRU rounds some rows differently in a batch."""
     bot = random_bot("dot", quantize)
     rng = torch.Generator().manual_seed(2)  # texts of 1 to 9 words: a batch is padded to its longest
     texts = [" ".join(WORDS[int(i)] for i in torch.randint(len(WORDS), (n,), generator=rng))

@@ -25,6 +25,7 @@ from pathlib import Path
 import torch
 import yaml
 
+from model.tokenizer import BpeTokenizer
 from model.voc import MAX_LENGTH, MIN_COUNT, EOS_token, PAD_token, Voc, normalize
 
 logger = logging.getLogger(__name__)
@@ -245,6 +246,30 @@ def prepare(
     return voc, kept
 
 
+def short_pairs(tokenizer: BpeTokenizer, pairs: Iterable[Pair], max_length: int) -> list[Pair]:
+    """Pairs whose both sides have fewer than `max_length` tokens (filter_pairs, counted in BPE tokens)."""
+    return [p for p in pairs if all(0 < len(tokenizer.token_ids(side)) < max_length for side in p)]
+
+
+def prepare_bpe(pairs: Sequence[Pair], max_length: int, vocab_size: int, heldout_fraction: float, seed: int,
+                name: str = "bpe", tokenizer: BpeTokenizer | None = None
+                ) -> tuple[BpeTokenizer, list[Pair], list[Pair]]:
+    """(byte-level BPE, training pairs, held-out pairs): hold out first, learn the BPE from the training side only
+    (unless `tokenizer` is given: a resumed run keeps its own), then keep pairs of fewer than max_length tokens.
+
+    No normalising or trimming: the tokenizer's own clean-up (NFC, whitespace) is all, and every text is known.
+    """
+    logger.info("Read %d sentence pairs", len(pairs))
+    train, heldout = split_heldout(pairs, heldout_fraction, seed)
+    if tokenizer is None:
+        tokenizer = BpeTokenizer.train((text for pair in train for text in pair), vocab_size, name)
+        logger.info("Learnt a byte-level BPE of %d tokens from %d training pairs", tokenizer.num_words, len(train))
+    kept, kept_heldout = short_pairs(tokenizer, train, max_length), short_pairs(tokenizer, heldout, max_length)
+    logger.info("Trimmed to %d training and %d held-out pairs of fewer than %d tokens a side, %.4f of total",
+                len(kept), len(kept_heldout), max_length, _ratio(len(kept) + len(kept_heldout), len(pairs)))
+    return tokenizer, kept, kept_heldout
+
+
 def split_heldout(pairs: Sequence[Pair], fraction: float = 0.05, seed: int = 0) -> tuple[list[Pair], list[Pair]]:
     """(train, heldout): round(len * fraction) pairs held out, chosen by `seed` alone.
 
@@ -262,9 +287,9 @@ def split_heldout(pairs: Sequence[Pair], fraction: float = 0.05, seed: int = 0) 
 
 # ---------------------------------------------------------------- batching
 
-def indexes_from_sentence(voc: Voc, sentence: str) -> list[int]:
-    """Word ids of a normalised, trimmed sentence, ending in EOS."""
-    return [voc.word2index[word] for word in sentence.split(" ")] + [EOS_token]
+def indexes_from_sentence(voc, sentence: str) -> list[int]:
+    """Token ids of a prepared sentence (model/tokenizer.py's token_ids, word or BPE), ending in EOS."""
+    return voc.token_ids(sentence) + [EOS_token]
 
 
 def _padded(indexes_batch: list[list[int]]) -> torch.Tensor:
@@ -272,14 +297,14 @@ def _padded(indexes_batch: list[list[int]]) -> torch.Tensor:
     return torch.tensor(list(itertools.zip_longest(*indexes_batch, fillvalue=PAD_token)), dtype=torch.long)
 
 
-def input_var(sentences: Sequence[str], voc: Voc) -> tuple[torch.Tensor, torch.Tensor]:
+def input_var(sentences: Sequence[str], voc) -> tuple[torch.Tensor, torch.Tensor]:
     """(padded input (T, B), lengths (B,)); lengths is CPU int64, as pack_padded_sequence needs."""
     indexes_batch = [indexes_from_sentence(voc, s) for s in sentences]
     lengths = torch.tensor([len(ix) for ix in indexes_batch], dtype=torch.int64)
     return _padded(indexes_batch), lengths
 
 
-def output_var(sentences: Sequence[str], voc: Voc) -> tuple[torch.Tensor, torch.Tensor, int]:
+def output_var(sentences: Sequence[str], voc) -> tuple[torch.Tensor, torch.Tensor, int]:
     """(padded target (T, B), bool mask (T, B) true on real tokens, max target length)."""
     indexes_batch = [indexes_from_sentence(voc, s) for s in sentences]
     target = _padded(indexes_batch)
@@ -288,13 +313,13 @@ def output_var(sentences: Sequence[str], voc: Voc) -> tuple[torch.Tensor, torch.
 
 
 def batch_to_tensors(
-    voc: Voc, pairs: Sequence[Pair]
+    voc, pairs: Sequence[Pair]
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, int]:
-    """batch2TrainData: (input, lengths, target, mask, max_target_len), longest input first.
+    """batch2TrainData: (input, lengths, target, mask, max_target_len), longest input (in tokens) first.
 
     The sort is stable and does not change `pairs` (the tutorial sorts in place).
     """
-    ordered = sorted(pairs, key=lambda p: len(p[0].split(" ")), reverse=True)
+    ordered = sorted(pairs, key=lambda p: len(voc.token_ids(p[0])), reverse=True)
     inp, lengths = input_var([p[0] for p in ordered], voc)
     target, mask, max_target_len = output_var([p[1] for p in ordered], voc)
     return inp, lengths, target, mask, max_target_len

@@ -24,9 +24,19 @@ from tqdm import tqdm
 from tqdm.contrib.logging import logging_redirect_tqdm
 
 from model.checkpoint import FORMAT, CheckpointError, build_model, default_config, load_model, read_checkpoint
-from model.voc import MAX_LENGTH, MIN_COUNT, Voc
+from model.tokenizer import BPE_MAX_LENGTH, DEFAULT_VOCAB_SIZE, KINDS, vocabulary_from_dict
+from model.voc import MAX_LENGTH, MIN_COUNT
 from train import distributed
-from train.data import CORPORA, Pair, default_cornell_dir, load_corpus, prepare, random_batches, split_heldout
+from train.data import (
+    CORPORA,
+    Pair,
+    default_cornell_dir,
+    load_corpus,
+    prepare,
+    prepare_bpe,
+    random_batches,
+    split_heldout,
+)
 from train.engine import (
     Batch,
     Objective,
@@ -44,7 +54,8 @@ logger = logging.getLogger(__name__)
 
 # Flags that define the run; on --resume they come from the checkpoint, not the command line.
 # (--data-path and --iterations may be given again: the corpus can move, a run can be extended.)
-RESUMED = ("corpus", "max_length", "min_count", "heldout_fraction", "hidden_size", "encoder_layers",
+RESUMED = ("corpus", "language", "tokenizer", "vocab_size",
+           "max_length", "min_count", "heldout_fraction", "hidden_size", "encoder_layers",
            "decoder_layers", "dropout", "attn", "batch_size", "learning_rate", "decoder_learning_ratio", "clip",
            "teacher_forcing_ratio", "seed")
 DEFAULT_ITERATIONS = 4000
@@ -64,9 +75,18 @@ def build_parser() -> argparse.ArgumentParser:
     data.add_argument("--data-path", default=None,
                       help="Cornell folder (default $CORNELL_DIR, else data/cornell), convokit utterances.jsonl, "
                            "or tsv file of query<TAB>response lines")
-    data.add_argument("--max-length", type=int, default=MAX_LENGTH,
-                      help="keep pairs whose sides have fewer words than this; also the reply length limit")
-    data.add_argument("--min-count", type=int, default=MIN_COUNT, help="trim words seen fewer times than this")
+    data.add_argument("--language", default="english",
+                      help="chatterbot-corpus language folder (chinese, spanish, ...; --corpus chatterbot only)")
+    data.add_argument("--tokenizer", choices=KINDS, default="word",
+                      help="word: the tutorial's normalised word vocabulary; bpe: GPT-2-style byte-level BPE learnt "
+                           "from the training pairs (any language, no unknown words)")
+    data.add_argument("--vocab-size", type=int, default=DEFAULT_VOCAB_SIZE,
+                      help="BPE tokens to learn, the 256 bytes and PAD/SOS/EOS included (--tokenizer bpe only)")
+    data.add_argument("--max-length", type=int, default=None,
+                      help=f"keep pairs whose sides have fewer tokens than this; also the reply length limit "
+                           f"(default: {MAX_LENGTH} words, or {BPE_MAX_LENGTH} BPE tokens)")
+    data.add_argument("--min-count", type=int, default=MIN_COUNT,
+                      help="trim words seen fewer times than this (--tokenizer word only)")
     data.add_argument("--heldout-fraction", type=float, default=0.05,
                       help="share of pairs held out of training to measure held-out loss")
     model = p.add_argument_group("model")
@@ -108,7 +128,7 @@ def build_parser() -> argparse.ArgumentParser:
 class Run:
     """Everything that changes while training and is saved in a checkpoint."""
 
-    voc: Voc
+    voc: Any  # model/tokenizer.py: Voc or BpeTokenizer
     encoder: torch.nn.Module
     decoder: torch.nn.Module
     optimizers: list[torch.optim.Optimizer]
@@ -138,7 +158,7 @@ def model_config(args: argparse.Namespace) -> dict:
                           attn_model=args.attn, max_length=args.max_length)
 
 
-def new_run(args: argparse.Namespace, voc: Voc, device: torch.device) -> Run:
+def new_run(args: argparse.Namespace, voc: Any, device: torch.device) -> Run:
     """Fresh weights (seeded) and optimisers."""
     torch.manual_seed(args.seed)
     encoder, decoder = build_model(model_config(args), voc.num_words)
@@ -245,15 +265,43 @@ def resolve_data_path(args: argparse.Namespace) -> None:
         raise ValueError(f"--corpus {args.corpus} needs --data-path")
 
 
-def load_data(args: argparse.Namespace) -> tuple[Voc, list[Pair], list[Pair]]:
-    """(vocabulary, training pairs, held-out pairs); the tutorial's counts are logged on the way."""
-    pairs = load_corpus(args.corpus, args.data_path)
-    voc, pairs = prepare(pairs, args.max_length, args.min_count, name=args.corpus)
-    train, heldout = split_heldout(pairs, args.heldout_fraction, args.seed)
+def default_max_length(tokenizer: str) -> int:
+    """--max-length's default: the tutorial's 10 words, or BPE_MAX_LENGTH tokens (about the same share of pairs)."""
+    return BPE_MAX_LENGTH if tokenizer == "bpe" else MAX_LENGTH
+
+
+def load_data(args: argparse.Namespace, tokenizer: Any = None) -> tuple[Any, list[Pair], list[Pair]]:
+    """(vocabulary, training pairs, held-out pairs); the preparation's counts are logged on the way.
+
+    tokenizer: a resumed BPE run's own (else a new one is learnt from the training pairs).
+    """
+    args.max_length = args.max_length or default_max_length(args.tokenizer)
+    pairs = load_corpus(args.corpus, args.data_path, args.language)
+    if args.tokenizer == "bpe":
+        voc, train, heldout = prepare_bpe(pairs, args.max_length, args.vocab_size, args.heldout_fraction,
+                                          args.seed, name=args.corpus, tokenizer=tokenizer)
+    else:
+        voc, pairs = prepare(pairs, args.max_length, args.min_count, name=args.corpus)
+        train, heldout = split_heldout(pairs, args.heldout_fraction, args.seed)
     logger.info("Split: %d training pairs, %d held out", len(train), len(heldout))
     if not train:
         raise ValueError("no training pairs are left after preparation (try a lower --min-count)")
     return voc, train, heldout
+
+
+def heldout_of(ckpt: dict, data_path: str | None = None) -> list[Pair]:
+    """The pairs a checkpoint's training run held out, by its own flags (defaults for flags older runs did not
+    store) and vocabulary; ValueError when the corpus at data_path no longer gives that vocabulary."""
+    parser = build_parser()
+    args = parser.parse_args([])
+    for key, value in ckpt["args"].items():
+        setattr(args, key, value)
+    args.data_path = data_path or args.data_path
+    saved = vocabulary_from_dict(ckpt["voc"])
+    voc, _, heldout = load_data(args, saved if saved.kind == "bpe" else None)
+    if same_tokens(voc) != same_tokens(saved):
+        raise ValueError(f"the {args.corpus} corpus at {args.data_path} does not give the checkpoint's vocabulary")
+    return heldout
 
 
 def apply_resumed_args(args: argparse.Namespace, stored: dict, parser: argparse.ArgumentParser) -> None:
@@ -263,7 +311,7 @@ def apply_resumed_args(args: argparse.Namespace, stored: dict, parser: argparse.
         if given != parser.get_default(key) and given != stored.get(key):
             logger.warning("--%s %s ignored: a resumed run keeps its checkpoint's value %s",
                            key.replace("_", "-"), given, stored.get(key))
-        setattr(args, key, stored.get(key))
+        setattr(args, key, stored.get(key, parser.get_default(key)))  # a key older runs did not store: its default
 
 
 # ---------------------------------------------------------------- training loop
@@ -370,7 +418,7 @@ def setup(args: argparse.Namespace, parser: argparse.ArgumentParser, device: tor
         voc, pairs, heldout = load_data(args)
         return new_run(args, voc, device), pairs, heldout, Path(args.save_dir or Path("runs") / args.corpus)
     with open(args.resume, "rb") as f:
-        ckpt = read_checkpoint(f, args.max_length if args.max_length != parser.get_default("max_length") else None)
+        ckpt = read_checkpoint(f, args.max_length)
     tutorial = bool(ckpt.get("converted_from"))
     missing = [k for k in (TUTORIAL_RESUME_KEYS if tutorial else RESUME_KEYS) if k not in ckpt]
     if missing:
@@ -383,8 +431,9 @@ def setup(args: argparse.Namespace, parser: argparse.ArgumentParser, device: tor
         apply_resumed_args(args, ckpt["args"], parser)
         args.iterations = args.iterations or ckpt["args"]["iterations"]
         args.data_path = args.data_path or ckpt["args"]["data_path"]
-    voc, pairs, heldout = load_data(args)
-    if voc.to_dict()["words"] != ckpt["voc"]["words"]:
+    saved = vocabulary_from_dict(ckpt["voc"])
+    voc, pairs, heldout = load_data(args, saved if saved.kind == "bpe" else None)
+    if same_tokens(voc) != same_tokens(saved):
         if not tutorial:
             raise ValueError(f"the {args.corpus} corpus at {args.data_path} no longer gives the checkpoint's "
                              "vocabulary")
@@ -394,6 +443,12 @@ def setup(args: argparse.Namespace, parser: argparse.ArgumentParser, device: tor
     logger.info("resuming from %s at iteration %d%s", args.resume, ckpt["iteration"],
                 " (a PyTorch Chatbot Tutorial checkpoint)" if tutorial else "")
     return resume_run(ckpt, args, device), pairs, heldout, Path(args.save_dir or Path(args.resume).parent)
+
+
+def same_tokens(voc: Any) -> object:
+    """What must not change for a resumed run's vocabulary: its words, or its BPE's JSON."""
+    stored = voc.to_dict()
+    return stored.get("json") or stored["words"]
 
 
 def set_model_args(args: argparse.Namespace, config: dict) -> None:
