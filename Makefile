@@ -1,5 +1,6 @@
 # Seq2seq chatbot: train, archive and serve with TorchServe.
-# `make help` lists the targets. Variables can be overridden: `make mar CKPT=runs/x/4000_checkpoint.tar`.
+# `make help` lists the targets. Variables can be overridden: `make mar CHECKPOINT=runs/x/4000_checkpoint.tar`.
+# Each variable is the flag of the same name (DATA_PATH is --data-path, CHECKPOINT is --checkpoint).
 
 SHELL := /bin/bash
 PYTHON ?= python3
@@ -50,44 +51,49 @@ test-image-runtime: install $(IMAGE_VENV)/.installed ## Serve the archive on Pyt
 .PHONY: help install test test-unit test-image-runtime
 
 # ---------------------------------------------------------------- data and training
-# make data [CORNELL_DIR=dir]; make train [CORPUS=cornell DATA_PATH=... ITERS=4000 TRAIN_DEVICE=auto TRAIN_ARGS=...];
-# make chat [CKPT=...]. More knobs: python -m train.main --help.
-CORNELL_DIR ?=
+# make data [DATA_PATH=dir]; make train [CORPUS=cornell DATA_PATH=... ITERATIONS=4000 DEVICE=auto TRAIN_ARGS=...];
+# make chat [CHECKPOINT=...]. More knobs: python -m train.main --help.
+DATA_PATH ?=
 CORPUS ?= cornell
-DATA_PATH ?= $(if $(filter cornell,$(CORPUS)),$(or $(CORNELL_DIR),data/cornell))
-ITERS ?= 4000
-TRAIN_DEVICE ?= auto
+ITERATIONS ?= 4000
+DEVICE ?= auto
 TRAIN_ARGS ?=
+data_path_flag = $(if $(DATA_PATH),--data-path "$(DATA_PATH)")
 
-data: ## Put the Cornell corpus in data/cornell (CORNELL_DIR=dir links an existing copy, else downloads)
-	$(PY) train/get_cornell.py $(if $(CORNELL_DIR),--from "$(CORNELL_DIR)")
+data: ## Put the Cornell corpus in data/cornell (DATA_PATH=dir links an existing copy, else downloads)
+	$(PY) -m train.get_cornell $(data_path_flag)
 
-train: ## Train the tutorial's recipe -> runs/<corpus>/ (CORPUS=cornell DATA_PATH ITERS TRAIN_DEVICE TRAIN_ARGS)
-	$(PY) -m train.main --corpus $(CORPUS) $(if $(DATA_PATH),--data-path "$(DATA_PATH)") \
-	  --iterations $(ITERS) --device $(TRAIN_DEVICE) $(TRAIN_ARGS)
+train: ## Train the tutorial's recipe -> runs/<corpus>/ (CORPUS=cornell DATA_PATH ITERATIONS DEVICE TRAIN_ARGS)
+	$(PY) -m train.main --corpus $(CORPUS) $(data_path_flag) --iterations $(ITERATIONS) --device $(DEVICE) $(TRAIN_ARGS)
 
-# The bundled chatterbot corpus is small: keep every word (min-count 1). With CORNELL_DIR, the real corpus.
-DEMO_DATA = $(if $(CORNELL_DIR),--corpus cornell --data-path "$(CORNELL_DIR)",--corpus chatterbot --min-count 1)
+# The bundled chatterbot corpus is small: keep every word (min-count 1). With DATA_PATH, the Cornell corpus there.
+# LANGUAGE=chinese (or any chatterbot-corpus language: spanish, japanese, ...): a byte-level BPE bot on that
+# language's conversations, which the word recipe's a-z normaliser would empty.
+LANGUAGE ?=
+DEMO_BPE = --tokenizer bpe --vocab-size 2000 --max-length 24
+DEMO_DATA = $(if $(DATA_PATH),--corpus cornell $(data_path_flag),$(if $(LANGUAGE),\
+	--corpus chatterbot --language $(LANGUAGE) $(DEMO_BPE),--corpus chatterbot --min-count 1))
+# What make demo asks the bot: examples/hello.<LANGUAGE>.txt when there is one
+HELLO ?= $(firstword $(wildcard examples/hello.$(LANGUAGE).txt) hello.txt)
 
-train-demo: ## Train a small bot (~3 CPU minutes) on the bundled chatterbot corpus, or CORNELL_DIR's -> runs/demo/
+train-demo: ## Train a small bot (~3 CPU minutes) on the bundled chatterbot corpus (LANGUAGE=chinese: BPE), or DATA_PATH's Cornell -> runs/demo/
 	$(PY) -m train.main $(DEMO_DATA) --hidden-size 256 --iterations 1000 \
-	  --save-every 250 --save-dir runs/demo --device $(TRAIN_DEVICE)
+	  --save-every 250 --save-dir runs/demo --device $(DEVICE)
 
-chat: ## Chat with a checkpoint in the terminal (CKPT=path, default: newest runs/**/best_checkpoint.tar)
-	@ckpt="$(CKPT)"; ckpt="$${ckpt:-$$($(PY) -c 'from train.runs import default_checkpoint; print(default_checkpoint("runs") or "")')}"; \
-	[ -n "$$ckpt" ] || { echo "error: no checkpoint in runs/: run 'make train-demo' or pass CKPT=path" >&2; exit 1; }; \
-	echo "Chatting with $$ckpt (q or quit ends)"; $(PY) -m train.chat "$$ckpt"
+chat: ## Chat with a checkpoint in the terminal (CHECKPOINT=path, default: newest runs/**/best_checkpoint.tar)
+	$(PY) -m train.chat $(checkpoint_flag)
 
 bench-train: ## Time the tutorial's step loop against the fast training path (last line: train_speedup)
-	$(PY) -m train.bench_train $(if $(CORNELL_DIR),--cornell-dir "$(CORNELL_DIR)")
+	$(PY) -m train.bench_train $(data_path_flag)
 
 .PHONY: data train train-demo chat bench-train
 
 # ---------------------------------------------------------------- serving
-# make mar [CKPT=...] -> archive/seq2seq.mar; make serve [TOKEN_AUTH=1] (Docker when an engine
+# make mar [CHECKPOINT=...] -> archive/seq2seq.mar; make serve [TOKEN_AUTH=1] (Docker when an engine
 # answers, else native; DOCKER_GPUS= for a host without the NVIDIA runtime); make stop.
 # ping/predict/models send the keys of key_file.json when it exists (token mode).
-CKPT ?=
+CHECKPOINT ?=
+checkpoint_flag = $(if $(CHECKPOINT),--checkpoint "$(CHECKPOINT)")
 TEXT ?= Hello there! How are you?
 TOKEN_AUTH ?= 0
 # The served model and its archive: config.properties' load_models=<model>=<archive>.mar, their one definition
@@ -143,8 +149,8 @@ copy_key_file = for i in $$(seq 60); do \
 	  $(DOCKER) cp $(TS_CONTAINER):/home/model-server/$(KEY_FILE) $(KEY_FILE) 2>/dev/null && break; sleep 1; done; \
 	[ -f $(KEY_FILE) ] && echo "Token mode: keys copied to $(KEY_FILE)"
 
-mar: ## Validate the checkpoint (ours or the tutorial's) and build archive/seq2seq.mar (CKPT=path, default: newest runs/**/best_checkpoint.tar)
-	$(PY) archive/build_mar.py $(if $(CKPT),--checkpoint "$(CKPT)")
+mar: ## Validate the checkpoint (ours or the tutorial's) and build archive/seq2seq.mar (CHECKPOINT=path, default: newest runs/**/best_checkpoint.tar)
+	$(PY) -m archive.build_mar $(checkpoint_flag)
 
 serve: $(if $(filter 1,$(TOKEN_AUTH)),$(TS_CONFIG) $(DOCKER_CONFIG)) ## Serve the archive: Docker (the GPU runtime image, built from docker/Dockerfile) if an engine answers, else native; TOKEN_AUTH=1 for token mode
 	@$(check_mar)
@@ -244,16 +250,16 @@ kserve-store: ## Lay out deploy/kserve/store (config/config.properties, model-st
 .PHONY: k8s kserve-store
 
 # ---------------------------------------------------------------- performance
-# make bench-serve [CORNELL_DIR=dir] [BENCH_ARGS="--concurrency 1 16"]: its own native TorchServe per scenario
-# (echo, chatbot batch 1, chatbot batched); ~3 min; docs/benchmarks.md explains the figures.
-# make bench-quant [CKPT=...]: int8 and fp16 against float32 on the checkpoint's held-out pairs.
+# make bench-serve [CHECKPOINT=...] [DATA_PATH=dir] [BENCH_ARGS="--concurrency 1 16"]: its own native TorchServe
+# per scenario (echo, chatbot batch 1, batched, beam5, sample); docs/benchmarks.md explains the figures.
+# make bench-quant [CHECKPOINT=...]: int8 and fp16 against float32 on the checkpoint's held-out pairs.
 BENCH_ARGS ?=
 
 bench-serve: ## Load-test TorchServe, echo vs chatbot at 1-64 clients (last lines: serve_ratio_vs_echo_c16, ...)
-	$(PY) -m bench.serve_bench $(if $(CORNELL_DIR),--cornell-dir "$(CORNELL_DIR)") $(BENCH_ARGS)
+	$(PY) -m bench.serve_bench $(checkpoint_flag) $(data_path_flag) $(BENCH_ARGS)
 
-bench-quant: ## Quantised vs float32 held-out loss and greedy replies (CKPT=path, default: newest runs/cornell)
-	$(PY) -m bench.quant_quality $(if $(CKPT),--checkpoint "$(CKPT)")
+bench-quant: ## Quantised vs float32 held-out loss and greedy replies (CHECKPOINT=path, default: newest runs/**/best_checkpoint.tar)
+	$(PY) -m bench.quant_quality $(checkpoint_flag) $(data_path_flag)
 
 .PHONY: bench-serve bench-quant
 
@@ -272,14 +278,14 @@ soak: ## Long reliability runs: hostile mix, 64 clients x 60 s, worker SIGKILL; 
 .PHONY: soak
 
 # ---------------------------------------------------------------- demo
-demo: install ## Install, train a small bot, archive its best held-out checkpoint, serve it natively, ask it hello.txt
+demo: install ## Install, train a small bot, archive its best held-out checkpoint, serve it natively, ask it hello.txt (LANGUAGE=chinese: a BPE bot asked 你好)
 	rm -rf runs/demo
 	$(MAKE) --no-print-directory train-demo
-	$(MAKE) --no-print-directory mar CKPT=runs/demo/best_checkpoint.tar
+	$(MAKE) --no-print-directory mar CHECKPOINT=runs/demo/best_checkpoint.tar
 	$(MAKE) --no-print-directory stop
 	$(MAKE) --no-print-directory serve-local
-	@echo '$$ curl $(INFERENCE_URL)/predictions/$(MODEL_NAME) -T hello.txt'
-	@curl -sS $(INFERENCE_URL)/predictions/$(MODEL_NAME) -T hello.txt
+	@echo '$$ curl $(INFERENCE_URL)/predictions/$(MODEL_NAME) -T $(HELLO)'
+	@curl -sS $(INFERENCE_URL)/predictions/$(MODEL_NAME) -T $(HELLO)
 	@echo "The server is still up: make predict TEXT='how are you?', make models, make metrics; make stop ends it."
 
 .PHONY: demo

@@ -1,7 +1,7 @@
 """Validate a chatbot checkpoint, then pack it with the handler into a TorchServe archive (.mar).
 
-    python archive/build_mar.py                       # newest runs/**/best_checkpoint.tar (else newest periodic)
-    python archive/build_mar.py --checkpoint runs/x/4000_checkpoint.tar --dry-run
+    python -m archive.build_mar                       # newest runs/**/best_checkpoint.tar (else newest periodic)
+    python -m archive.build_mar --checkpoint runs/x/4000_checkpoint.tar --dry-run
 
 Validation reads the checkpoint exactly as the handler will (read_checkpoint, weights_only=True),
 rebuilds the chatbot and decodes one test reply; any failure is one line on stderr and exit 1.
@@ -21,15 +21,12 @@ import sys
 import tempfile
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(REPO))  # run as a script from anywhere
+import torch
 
-import torch  # noqa: E402
-
-from model import CheckpointError, from_checkpoint, read_checkpoint  # noqa: E402
-from model.checkpoint import serving_subset  # noqa: E402
-from serving.launcher import ARCHIVE_NAME  # noqa: E402
-from train.runs import default_checkpoint  # noqa: E402
+from model import CheckpointError, from_checkpoint, read_checkpoint
+from model.checkpoint import serving_subset
+from serving.launcher import ARCHIVE_NAME, REPO
+from train.runs import default_checkpoint
 
 
 class BuildError(Exception):
@@ -40,7 +37,7 @@ def newest_checkpoint(runs: Path) -> Path:
     """train.runs.default_checkpoint, or a BuildError that says what to do."""
     found = default_checkpoint(runs)
     if found is None:
-        raise BuildError(f"no *_checkpoint.tar under {runs}/: train one first (make train-demo) or pass CKPT=...")
+        raise BuildError(f"no *_checkpoint.tar under {runs}/: train one first (make train-demo) or pass CHECKPOINT=... (make) or --checkpoint")
     return found
 
 
@@ -124,7 +121,7 @@ def build(args: argparse.Namespace) -> Path:
 
 
 def parse_args(argv=None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser = argparse.ArgumentParser(prog="python -m archive.build_mar", description=__doc__.split("\n")[0])
     parser.add_argument("--checkpoint", type=Path, default=None,
                         help="checkpoint .tar, the project's or the PyTorch Chatbot Tutorial's (default: the newest "
                              "best_checkpoint.tar under --runs, else the newest {iteration}_checkpoint.tar)")

@@ -1,7 +1,7 @@
 """Time Chatbot.reply_batch in-process: float32, int8, fp16 and bf16 weights, batch sizes, torch threads.
 
-    PYTHONPATH=. python -m bench.decode_bench                       # tutorial-size random weights
-    PYTHONPATH=. python -m bench.decode_bench --checkpoint runs/cornell/1500_checkpoint.tar --profile fp16
+    python -m bench.decode_bench                       # tutorial-size random weights
+    python -m bench.decode_bench --checkpoint runs/cornell/1500_checkpoint.tar --profile fp16
 
 What the server's decode costs without TorchServe, to choose the handler's defaults (bf16, the whole
 model cast to bfloat16, is here only to compare; the handler does not offer it). Modes and

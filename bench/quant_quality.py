@@ -1,10 +1,10 @@
 """Does a quantised chatbot keep float32's quality? Held-out loss and greedy replies, side by side.
 
-    PYTHONPATH=. python -m bench.quant_quality                       # newest runs/cornell checkpoint
-    PYTHONPATH=. python -m bench.quant_quality --checkpoint runs/demo/500_checkpoint.tar --modes fp16
+    python -m bench.quant_quality                       # the newest runs/**/best_checkpoint.tar
+    python -m bench.quant_quality --checkpoint runs/demo/500_checkpoint.tar --modes fp16
 
-The held-out pairs are those the checkpoint's own training run held out (train.main.load_data
-with the arguments stored in the checkpoint), so the corpus must be where that run read it,
+The held-out pairs are those the checkpoint's own training run held out (train.data.run_data:
+the settings stored in the checkpoint), so the corpus must be where that run read it,
 or at --data-path. Replies are decoded in batches of --batch-size, as the server batches them.
 The handler's quantize option may be on by default only for a mode that passes both gates:
   held-out loss within 1% of float32's, and greedy replies identical on >= 95% of held-out prompts.
@@ -22,9 +22,11 @@ from pathlib import Path
 import torch
 
 from model import Chatbot, from_checkpoint, read_checkpoint
+from model.tokenizer import vocabulary_size
 from serving.launcher import REPO
-from train.data import Pair
+from train.data import Pair, run_data
 from train.engine import evaluate
+from train.runs import default_checkpoint
 
 LOSS_TOLERANCE = 0.01  # relative change of the held-out loss
 REPLY_AGREEMENT = 0.95  # share of held-out prompts with the same greedy reply
@@ -95,27 +97,11 @@ def compare(ckpt: dict, mode: str, pairs: Sequence[Pair], batch_size: int = 8) -
     return compare_bots(from_checkpoint(ckpt), from_checkpoint(ckpt, quantize=mode), mode, pairs, batch_size)
 
 
-def heldout_pairs(ckpt: dict, data_path: str | None = None) -> list[Pair]:
-    """The pairs the checkpoint's training run held out (train.main.heldout_of: its exact preparation and split)."""
-    from train.main import heldout_of
-
-    return heldout_of(ckpt, data_path)
-
-
-def newest_checkpoint(runs: Path) -> Path:
-    """The newest runs/cornell/*_checkpoint.tar, else the newest runs/**/*_checkpoint.tar."""
-    for pattern in ("cornell/*_checkpoint.tar", "**/*_checkpoint.tar"):
-        found = sorted(runs.glob(pattern), key=lambda p: p.stat().st_mtime)
-        if found:
-            return found[-1]
-    raise FileNotFoundError(f"no *_checkpoint.tar under {runs}/: train one (make train) or pass --checkpoint")
-
-
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(prog="python -m bench.quant_quality", description=__doc__.splitlines()[0])
     p.add_argument("--checkpoint", type=Path, default=None,
-                   help="checkpoint with training arguments (default: newest runs/cornell/*_checkpoint.tar, "
-                        "else newest runs/**/*_checkpoint.tar)")
+                   help="checkpoint with training arguments (default: the newest runs/**/best_checkpoint.tar, else "
+                        "the newest {iteration}_checkpoint.tar)")
     p.add_argument("--runs", type=Path, default=REPO / "runs", help="where to look for checkpoints (default: runs/)")
     p.add_argument("--data-path", default=None,
                    help="where the training corpus is now (default: the path stored in the checkpoint)")
@@ -130,16 +116,19 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
 def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
     torch.set_num_threads(args.threads)
-    path = args.checkpoint or newest_checkpoint(args.runs)
+    path = args.checkpoint or default_checkpoint(args.runs)
+    if path is None:
+        print(f"error: no checkpoint under {args.runs}/: train one (make train) or pass --checkpoint", file=sys.stderr)
+        return 2
     with open(path, "rb") as f:
         ckpt = read_checkpoint(f)
     if "args" not in ckpt:
         print(f"error: {path} has no training arguments, so its held-out split is unknown", file=sys.stderr)
         return 2
-    pairs = heldout_pairs(ckpt, args.data_path)
+    _, _, pairs = run_data(ckpt, args.data_path)
     pairs = pairs[: args.limit] if args.limit else pairs
     print(f"checkpoint: {path} (iteration {ckpt['iteration']}, hidden {ckpt['config']['hidden_size']}, "
-          f"{len(ckpt['voc']['words']) + 3} words); {len(pairs)} held-out pairs")
+          f"{vocabulary_size(ckpt['voc'])} tokens); {len(pairs)} held-out pairs")
     results = []
     for mode in args.modes:
         start = time.perf_counter()

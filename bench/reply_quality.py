@@ -1,6 +1,6 @@
 """Reply quality of greedy, beam-5 and sampling side by side, on the checkpoint's held-out Cornell prompts.
 
-    PYTHONPATH=. python -m bench.reply_quality --checkpoint runs/cornell/best_checkpoint.tar
+    python -m bench.reply_quality --checkpoint runs/cornell/best_checkpoint.tar
 
 For each decoding mode (the JSON fields bench.serve_bench's scenarios send; sampling seeded per
 prompt): the share of replies
@@ -13,7 +13,6 @@ Last lines: `generic_share_<mode>: X` and `distinct2_<mode>: X` per mode.
 from __future__ import annotations
 
 import argparse
-import os
 import sys
 from collections import Counter
 from collections.abc import Sequence
@@ -22,7 +21,7 @@ from pathlib import Path
 from bench.serve_bench import DECODING_FIELDS
 from model import from_checkpoint, read_checkpoint
 from model.decoding import parse_options
-from train.data import load_corpus, prepare, split_heldout
+from train.data import run_data
 
 MODES = {"greedy": DECODING_FIELDS["batched"], "beam5": DECODING_FIELDS["beam5"], "sample": DECODING_FIELDS["sample"]}
 
@@ -42,9 +41,10 @@ def quality(replies: Sequence[str], scores: Sequence[float], generic: set[str]) 
 
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(prog="python -m bench.reply_quality", description=__doc__.splitlines()[0])
-    p.add_argument("--checkpoint", type=Path, required=True, help="a checkpoint trained on Cornell")
-    p.add_argument("--data-path", type=Path, default=Path(os.environ.get("CORNELL_DIR") or "data/cornell"),
-                   help="Cornell corpus folder (default: $CORNELL_DIR, else data/cornell)")
+    p.add_argument("--checkpoint", type=Path, required=True,
+                   help="a checkpoint with its training settings (train.main writes them)")
+    p.add_argument("--data-path", default=None,
+                   help="where the training corpus is now (default: the path stored in the checkpoint)")
     p.add_argument("--prompts", type=int, default=500, help="held-out prompts to answer (default: 500)")
     p.add_argument("--quantize", choices=("false", "int8", "fp16"), default="int8",
                    help="weights, as the handler's option (default: int8, the served default)")
@@ -56,10 +56,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     with open(args.checkpoint, "rb") as f:
         ckpt = read_checkpoint(f)
     bot = from_checkpoint(ckpt, quantize=False if args.quantize == "false" else args.quantize)
-    split = ckpt.get("args") or {}
-    _, pairs = prepare(load_corpus("cornell", args.data_path), split.get("max_length", 10),
-                       split.get("min_count", 3), name="cornell")
-    train, heldout = split_heldout(pairs, split.get("heldout_fraction", 0.05), split.get("seed", 0))
+    _, train, heldout = run_data(ckpt, args.data_path)
     generic = {reply for reply, _ in Counter(response for _, response in train).most_common(5)}
     prompts = list(dict.fromkeys(query for query, _ in heldout))[: args.prompts]
     print(f"checkpoint {args.checkpoint}; {len(prompts)} held-out prompts; generic replies: {sorted(generic)}")

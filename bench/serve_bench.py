@@ -1,7 +1,7 @@
 """Load-test the chatbot under native TorchServe against an echo handler (TorchServe's own ceiling).
 
-    PYTHONPATH=. python -m bench.serve_bench                    # what `make bench-serve` runs
-    PYTHONPATH=. python -m bench.serve_bench --scenarios batched --concurrency 1 16 --max-batch-delay 2
+    python -m bench.serve_bench                    # what `make bench-serve` runs
+    python -m bench.serve_bench --scenarios batched --concurrency 1 16 --max-batch-delay 2
 
 Scenarios, each on its own native TorchServe (serving.launcher: free loopback ports, always
 stopped) with the same config.properties, worker count and batching settings:
@@ -18,7 +18,8 @@ not Chatbot.reply's for the same input (same weights and quantisation, in this p
 Checkpoint: --checkpoint, else the newest runs/**/*_checkpoint.tar if it has the tutorial's
 sizes (hidden 500), else random weights at the tutorial's sizes over the Cornell vocabulary
 (7,826 words), whose EOS can never win so that every reply costs the full max_length steps.
-Prompts: held-out Cornell queries (train/data.py's split) when --cornell-dir exists, else a fixed list.
+Prompts: the checkpoint's own held-out queries (its run's corpus, at --data-path if it moved), Cornell's
+held-out queries for random weights, else a fixed list when the corpus is not on this machine.
 
 The last lines are the headline ratios, all from this one run:
   serve_ratio_vs_echo_c16  batched / echo requests per second at 16 clients
@@ -57,7 +58,8 @@ from model import FORMAT, Chatbot, Voc, build_model, default_config, from_checkp
 from model.checkpoint import serving_subset
 from model.decoding import parse_options
 from model.int8 import GateTable
-from model.voc import MAX_LENGTH, MIN_COUNT, EOS_token
+from model.tokenizer import vocabulary_size
+from model.voc import EOS_token
 from serving.launcher import MODEL_NAME, REPO, TorchServe, build_mar, start_torchserve
 from train.runs import default_checkpoint
 
@@ -131,14 +133,24 @@ def synthetic_voc(prompts: Sequence[str]) -> Voc:
     return voc
 
 
-def cornell_prompts(cornell_dir: Path, split: dict) -> tuple[Voc, list[str]]:
-    """(Cornell vocabulary, held-out queries in corpus order, no repeats) as train/data.py splits them."""
-    from train.data import load_corpus, prepare, split_heldout
+def held_out_prompts(ckpt: dict | None, data_path: str | None) -> tuple[Voc | None, list[str], str]:
+    """(vocabulary, held-out queries in corpus order without repeats, where they come from): the checkpoint's own
+    run's (train.data.run_data), else Cornell's as the tutorial's recipe splits it, else FALLBACK_PROMPTS when
+    that corpus is not there."""
+    from train.config import DEFAULT_CORNELL_PATH, stored_settings
+    from train.data import load_data, run_data
 
-    voc, pairs = prepare(load_corpus("cornell", cornell_dir), split.get("max_length", MAX_LENGTH),
-                         split.get("min_count", MIN_COUNT), name="cornell")
-    _, heldout = split_heldout(pairs, split.get("heldout_fraction", 0.05), split.get("seed", 0))
-    return voc, list(dict.fromkeys(query for query, _ in heldout))
+    try:
+        if ckpt is not None and ckpt.get("args"):
+            voc, _, heldout = run_data(ckpt, data_path)
+            where = f"held-out queries of its {ckpt['args'].get('corpus')} run"
+        else:
+            voc, _, heldout = load_data(stored_settings({"corpus": "cornell",
+                                                         "data_path": data_path or DEFAULT_CORNELL_PATH}))
+            where = "Cornell held-out queries"
+    except OSError:  # the corpus is not on this machine
+        return None, list(FALLBACK_PROMPTS), "fixed Cornell-like list (no corpus found)"
+    return voc, list(dict.fromkeys(query for query, _ in heldout)), where
 
 
 def prepare_workload(args: argparse.Namespace, workdir: Path) -> Workload:
@@ -148,17 +160,15 @@ def prepare_workload(args: argparse.Namespace, workdir: Path) -> Workload:
     if path is not None:
         with open(path, "rb") as f:
             ckpt = read_checkpoint(f)
-    use_cornell = args.cornell_dir is not None and (args.cornell_dir / "movie_lines.txt").is_file()
-    voc, prompts = cornell_prompts(args.cornell_dir, (ckpt or {}).get("args") or {}) if use_cornell \
-        else (None, list(FALLBACK_PROMPTS))
+    voc, prompts, where = held_out_prompts(ckpt, args.data_path)
     if ckpt is None:
         ckpt = random_checkpoint(voc or synthetic_voc(prompts), args.seed)
         source = (f"random weights at the tutorial's sizes (hidden 500, 2+2 layers, {ckpt['config']['attn_model']} "
-                  f"attention, {len(ckpt['voc']['words']) + 3} words, seed {args.seed}; EOS disabled)")
+                  f"attention, {vocabulary_size(ckpt['voc'])} words, seed {args.seed}; EOS disabled)")
     else:
         source = f"{path} (iteration {ckpt.get('iteration', '?')}, hidden {ckpt['config']['hidden_size']}, " \
-                 f"{len(ckpt['voc']['words']) + 3} words)"
-    source += f"; prompts: {'Cornell held-out queries' if use_cornell else 'fixed Cornell-like list'}"
+                 f"{vocabulary_size(ckpt['voc'])} {ckpt['voc'].get('kind', 'word')} tokens)"
+    source += f"; prompts: {where}"
     served = workdir / "served_checkpoint.tar"  # weights only: smaller, faster-to-build archives
     torch.save({**serving_subset(ckpt), "args": ckpt.get("args")}, served)  # args: the data split of its prompts
     return Workload(served, source, prompts)
@@ -417,15 +427,14 @@ def handler_defaults() -> dict:
 
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     d = handler_defaults()
-    cornell = Path(os.environ.get("CORNELL_DIR") or REPO / "data" / "cornell")
     p = argparse.ArgumentParser(prog="python -m bench.serve_bench", description=__doc__.splitlines()[0])
     p.add_argument("--checkpoint", type=Path, default=None,
                    help="checkpoint to serve (default: newest runs/**/*_checkpoint.tar if hidden size 500, "
                         "else random tutorial-size weights)")
     p.add_argument("--runs", type=Path, default=REPO / "runs", help="where to look for checkpoints (default: runs/)")
-    p.add_argument("--cornell-dir", type=Path, default=cornell,
-                   help="Cornell corpus folder for held-out prompts and the vocabulary (default: $CORNELL_DIR, "
-                        "else data/cornell; a fixed prompt list when it is missing)")
+    p.add_argument("--data-path", default=None,
+                   help="where the checkpoint's training corpus is now (default: where its run read it; for random "
+                        "weights, data/cornell)")
     p.add_argument("--prompts", type=int, default=300, help="distinct prompts to cycle through (default: 300)")
     p.add_argument("--scenarios", nargs="+", choices=SCENARIOS, default=list(SCENARIOS),
                    help="what to serve (default: all; beam5 and sample need batched)")

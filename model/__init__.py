@@ -8,11 +8,11 @@ from .checkpoint import (
     FORMAT,
     CheckpointError,
     build_model,
-    default_config,
     from_checkpoint,
     read_checkpoint,
     validate_checkpoint,
 )
+from .config import ModelConfig, default_config
 from .seq2seq import Attn, EncoderRNN, LuongAttnDecoderRNN, greedy_decode, source_mask, trace_step
 from .tokenizer import BpeTokenizer, vocabulary_from_dict
 from .voc import (
@@ -31,7 +31,7 @@ from .voc import (
 
 __all__ = [
     "FORMAT", "MAX_LENGTH", "MIN_COUNT", "PAD_token", "SOS_token", "EOS_token",
-    "Attn", "BpeTokenizer", "Chatbot", "Encoded", "vocabulary_from_dict",
+    "Attn", "BpeTokenizer", "ModelConfig", "Chatbot", "Encoded", "vocabulary_from_dict",
     "CheckpointError", "EncoderRNN", "LuongAttnDecoderRNN", "NoKnownWordsError",
     "Reply", "Voc", "build_model", "decode", "default_config", "encode", "from_checkpoint",
     "greedy_decode", "normalize", "read_checkpoint", "source_mask", "trace_step", "validate_checkpoint",

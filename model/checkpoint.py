@@ -22,6 +22,7 @@ import torch
 from torch import nn
 
 from .chatbot import Chatbot
+from .config import CONFIG_KEYS, default_config
 from .int8 import quantize_int8, tabulate_input_gates
 from .seq2seq import Attn, EncoderRNN, LuongAttnDecoderRNN, trace_step
 from .tokenizer import vocabulary_from_dict, vocabulary_size
@@ -29,7 +30,6 @@ from .voc import MAX_LENGTH, SPECIAL_WORDS, Voc
 
 FORMAT = "seq2seq-chatbot/1"
 TUTORIAL_FORMAT = "pytorch-chatbot-tutorial"  # `converted_from` of a converted tutorial checkpoint
-CONFIG_KEYS = ("hidden_size", "encoder_n_layers", "decoder_n_layers", "dropout", "attn_model", "max_length")
 REQUIRED_KEYS = ("config", "voc", "encoder", "decoder")
 TUTORIAL_KEYS = ("en", "de", "voc_dict")
 # What serving reads (make mar keeps only these: optimiser states are two thirds of a training checkpoint)
@@ -39,14 +39,6 @@ QUANTIZE_MODES = ("int8", "fp16")  # the `quantize` option's names; True means "
 
 class CheckpointError(ValueError):
     """A checkpoint that cannot be read or does not describe a working model."""
-
-
-def default_config(**overrides) -> dict:
-    """The tutorial's model sizes, with any field overridden."""
-    config = {"hidden_size": 500, "encoder_n_layers": 2, "decoder_n_layers": 2,
-              "dropout": 0.1, "attn_model": "dot", "max_length": 10}
-    config.update(overrides)
-    return config
 
 
 def build_model(config: dict, num_words: int) -> tuple[EncoderRNN, LuongAttnDecoderRNN]:

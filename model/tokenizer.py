@@ -22,9 +22,6 @@ from .voc import SPECIAL_WORDS, Encoded, EOS_token, PAD_token, SOS_token, Voc
 KINDS = ("word", "bpe")
 BPE_SPECIAL_TOKENS = ("<pad>", "<sos>", "<eos>")  # ids PAD_token, SOS_token, EOS_token
 DEFAULT_VOCAB_SIZE = 8000  # about the tutorial's Cornell word vocabulary (7,826)
-# Pairs of fewer than 10 BPE tokens a side are 23.5% of Cornell's 221,282 (vocabulary 8000), the word recipe keeps
-# 24.0% (53,165): the same share, so the same number (docs/benchmarks.md)
-BPE_MAX_LENGTH = 10
 BPE_TRAINING_CACHE = 500_000  # prepared sentences whose ids are kept while training (a Cornell run has ~130k)
 
 

@@ -1,13 +1,16 @@
 """Serve the built archive on the serving image's runtime (Python 3.9, torch 2.4.0, TorchServe 0.12.0).
 
     make test-image-runtime          # builds .venv-image from requirements-image.txt, then runs this
-    PYTHONPATH=. python -m serving.image_runtime --python .venv-image/bin/python
+    python -m serving.image_runtime --python .venv-image/bin/python
 
 The pytorch/torchserve:0.12.0-gpu image that `make serve` runs has that runtime, not this repo's
 Python 3.11 / torch 2.13. For each handler weight mode (int8, fp16, float32) the archive is built
 here, with this runtime's build_mar, and served by native TorchServe 0.12.0 from the Python 3.9
 environment; every reply to a fixed prompt set (raw text, JSON, and the decoding options) is
 compared with what this runtime's Chatbot gives for it. Exit status 0 when every reply agrees.
+A byte-level BPE model (tokens from `tokenizers`, which requirements-image.txt adds, as
+docker/Dockerfile's runtime stage does) is served the same way in the default weight mode, on
+prompts in several languages: `agreement_bpe_int8`.
 Last lines: `agreement_<mode>: N/M` per weight mode.
 """
 from __future__ import annotations
@@ -28,6 +31,8 @@ from serving.launcher import REPO, build_mar, start_torchserve
 WEIGHT_MODES = {"int8": "int8", "fp16": "fp16", "float32": False}  # name -> the handler's `quantize`
 PROMPTS = ["hello there !", "how are you ?", "what is your name ?", "where do you live ?", "do you like music ?",
            "i am fine .", "good bye !", "my name is bot .", "hello zorblax how are you ?", "yes i like it very much ."]
+BPE_PROMPTS = ["你好", "你叫什么名字?", "I was born in 1984.", "Hola, ¿cómo estás?", "Привет!",
+               "The café opens at 9:30!", "zorblax quuxly", "こんにちは", "how are you ?", "Ich heiße Anna."]
 FIELDS = [{}, {"beam_size": 4, "num_replies": 2}, {"temperature": 0.9, "top_k": 10, "seed": 11},
           {"no_repeat_ngram_size": 2, "max_length": 6}]
 
@@ -47,10 +52,10 @@ def model_config(quantize, path: Path) -> Path:
     return path
 
 
-def expected_replies(bot: Chatbot) -> list[tuple[str, dict, str, list]]:
+def expected_replies(bot: Chatbot, prompts: list[str]) -> list[tuple[str, dict, str, list]]:
     """(prompt, JSON fields, reply, replies) for every prompt and decoding case, from this runtime."""
     cases = []
-    for prompt in PROMPTS:
+    for prompt in prompts:
         for fields in FIELDS:
             reply = bot.reply(prompt, parse_options(fields, bot.default_options, {}))
             cases.append((prompt, fields, reply.text, [t for t, _ in reply.replies]))
@@ -63,7 +68,8 @@ def served_replies(url: str, cases: list) -> list[tuple[str, list]]:
     session = requests.Session()
     for prompt, fields, _, _ in cases:
         if not fields:
-            text = session.post(url, data=prompt.encode(), headers={"Content-Type": "text/plain"}, timeout=60).text
+            text = session.post(url, data=prompt.encode(), headers={"Content-Type": "text/plain"},
+                                timeout=60).content.decode("utf-8")
             got.append((text.rstrip("\n"), [text.rstrip("\n")]))
             continue
         body = session.post(url, json={"text": prompt, **fields}, timeout=60).json()
@@ -71,11 +77,12 @@ def served_replies(url: str, cases: list) -> list[tuple[str, list]]:
     return got
 
 
-def check_mode(name: str, quantize, checkpoint: Path, python: Path, workdir: Path) -> tuple[int, int, list]:
+def check_mode(name: str, quantize, checkpoint: Path, python: Path, workdir: Path,
+               prompts: list[str] = PROMPTS) -> tuple[int, int, list]:
     """(agreeing, total, the first disagreements) for one weight mode."""
     with open(checkpoint, "rb") as f:
         bot = from_checkpoint(read_checkpoint(f), quantize=quantize)
-    cases = expected_replies(bot)
+    cases = expected_replies(bot, prompts)
     mar = build_mar(checkpoint, workdir / name / "store", model_config(quantize, workdir / f"{name}.yaml"))
     with start_torchserve(workdir / name / "server", mar.parent, python=python) as server:
         got = served_replies(server.predictions_url, cases)
@@ -91,6 +98,8 @@ def parse_args(argv=None) -> argparse.Namespace:
                    help="checkpoint to archive (default: the tests' tiny random-weight one, written here)")
     p.add_argument("--modes", nargs="+", choices=list(WEIGHT_MODES), default=list(WEIGHT_MODES),
                    help="handler weight modes to serve (default: all three)")
+    p.add_argument("--no-bpe", dest="bpe", action="store_false",
+                   help="skip the byte-level BPE model (served in int8 on multilingual prompts)")
     return p.parse_args(argv)
 
 
@@ -103,13 +112,14 @@ def main(argv=None) -> int:
           f"{sys.version.split()[0]}, torch {__import__('torch').__version__}")
     ok = True
     with tempfile.TemporaryDirectory(prefix="image_runtime_") as tmp:
-        checkpoint = args.checkpoint
-        if checkpoint is None:
-            sys.path.insert(0, str(REPO / "tests"))
-            from conftest import make_tiny_checkpoint
-            checkpoint = make_tiny_checkpoint(Path(tmp) / "1_checkpoint.tar")
+        sys.path.insert(0, str(REPO / "tests"))
+        from conftest import make_tiny_bpe_checkpoint, make_tiny_checkpoint
+        checkpoint = args.checkpoint or make_tiny_checkpoint(Path(tmp) / "1_checkpoint.tar")
         results = {name: check_mode(name, WEIGHT_MODES[name], checkpoint, args.python, Path(tmp))
                    for name in args.modes}
+        if args.bpe:
+            bpe = make_tiny_bpe_checkpoint(Path(tmp) / "bpe_checkpoint.tar")
+            results["bpe_int8"] = check_mode("bpe_int8", "int8", bpe, args.python, Path(tmp), BPE_PROMPTS)
     for name, (agree, total, wrong) in results.items():
         for prompt, fields, expected, got in wrong:
             print(f"{name}: {prompt!r} {fields}: expected {expected!r}, served {got!r}")

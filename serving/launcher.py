@@ -39,12 +39,12 @@ STOP_TIMEOUT_S = 30
 
 
 def build_mar(checkpoint: Path, export_path: Path, config_file: Path | None = None) -> Path:
-    """archive/build_mar.py, as `make mar` runs it; returns the .mar path."""
-    command = [sys.executable, str(REPO / "archive" / "build_mar.py"), "--checkpoint", str(checkpoint),
+    """python -m archive.build_mar, as `make mar` runs it; returns the .mar path."""
+    command = [sys.executable, "-m", "archive.build_mar", "--checkpoint", str(checkpoint),
                "--export-path", str(export_path)]
     if config_file is not None:
         command += ["--config-file", str(config_file)]
-    result = subprocess.run(command, capture_output=True, text=True, timeout=120)
+    result = subprocess.run(command, capture_output=True, text=True, timeout=120, cwd=REPO)
     assert result.returncode == 0, result.stderr
     return export_path / f"{ARCHIVE_NAME}.mar"
 

@@ -13,6 +13,7 @@ import torch
 
 from train import distributed
 from train import main as train_main
+from train.data import load_data
 from train.engine import train_step
 
 
@@ -21,7 +22,7 @@ def main() -> None:
     out = Path(sys.argv[-1])
     torch.set_num_threads(1)
     device = distributed.setup(torch.device("cpu"))
-    voc, pairs, _ = train_main.load_data(args)
+    voc, pairs, _ = load_data(args)
     run = train_main.new_run(args, voc, device)
     batch, _ = next(train_main.numbered_batches(run, pairs, args, device))
     nll = train_step(run.encoder, run.decoder, run.optimizers, batch, args.clip, True,

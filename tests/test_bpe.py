@@ -7,6 +7,7 @@ characters, so the tokens of any text spell its UTF-8 bytes through that table.
 from __future__ import annotations
 
 import json
+import math
 import re
 import subprocess
 import sys
@@ -158,7 +159,7 @@ def test_resuming_a_bpe_run_keeps_its_tokenizer(chinese_run, tmp_path):
 
 def test_the_chat_cli_answers_chinese_in_chinese_characters(chinese_run):
     path = chinese_run / "best_checkpoint.tar"
-    result = subprocess.run([sys.executable, "-m", "train.chat", str(path), "--text", "你好"], cwd=REPO,
+    result = subprocess.run([sys.executable, "-m", "train.chat", "--checkpoint", str(path), "--text", "你好"], cwd=REPO,
                             capture_output=True, text=True, encoding="utf-8", timeout=120)
     with open(path, "rb") as f:
         expected = from_checkpoint(read_checkpoint(f)).reply("你好").text
@@ -200,3 +201,33 @@ def test_torchserve_bpe_json_reply_has_no_unknown_words_and_says_when_the_text_w
     assert raw.status_code == 200 and raw.headers["X-Truncated"] == "true"
     short = requests.post(server.predictions_url, json={"text": "zorblax"}, timeout=30).json()
     assert short["unknown_words"] == [] and short["truncated"] is False
+
+
+# ---------------------------------------------------------------- the word vs BPE comparison
+
+
+def stepwise_nats(bot, query: str, reply: str) -> float:
+    """-log p(reply + EOS | query), one decoder call per token: the tutorial's step loop, written out here."""
+    ids = bot.voc.token_ids(reply) + [EOS_token]
+    source = bot.voc.token_ids(query) + [EOS_token]
+    outputs, hidden = bot.encoder(torch.tensor(source).unsqueeze(1), torch.tensor([len(source)]))
+    hidden, token, nats = hidden[: bot.decoder.n_layers], torch.tensor([[SOS_token]]), 0.0
+    for target in ids:
+        logits, hidden = bot.decoder(token, hidden, outputs)
+        nats -= float(torch.log_softmax(logits[0, 0].double(), 0)[target])
+        token = torch.tensor([[target]])
+    return nats
+
+
+@pytest.mark.parametrize("kind", ["word", "bpe"])
+def test_bits_per_byte_is_the_replies_nll_in_bits_over_their_utf8_bytes(kind, bpe_checkpoint, serving_checkpoint):
+    from bench.tokens_compare import bits_per_byte
+
+    with open(bpe_checkpoint if kind == "bpe" else serving_checkpoint, "rb") as f:
+        bot = from_checkpoint(read_checkpoint(f))
+    pairs = [("how are you ?", "i am fine ."), ("hello there !", "good bye !")]
+    if kind == "bpe":
+        pairs += [("你好", "我很好，谢谢."), ("I was born in 1984.", "Hola, ¿cómo estás?")]
+    nats = sum(stepwise_nats(bot, q, r) for q, r in pairs)
+    size = sum(len(r.encode("utf-8")) + 1 for _, r in pairs)
+    assert bits_per_byte(bot, pairs) == pytest.approx(nats / math.log(2) / size, rel=1e-5)

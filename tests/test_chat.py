@@ -25,7 +25,7 @@ def checkpoint(tmp_path_factory) -> Path:
     lines = [f"{' '.join(rng.choices(WORDS, k=3))}\t{' '.join(rng.choices(WORDS, k=3))}" for _ in range(60)]
     (folder / "pairs.tsv").write_text("\n".join(lines) + "\n")
     assert train_main.main(["--corpus", "tsv", "--data-path", str(folder / "pairs.tsv"), "--min-count", "1",
-                            "--hidden-size", "16", "--encoder-layers", "1", "--decoder-layers", "1",
+                            "--hidden-size", "16", "--encoder-n-layers", "1", "--decoder-n-layers", "1",
                             "--batch-size", "8", "--iterations", "10", "--learning-rate", "0.01",
                             "--device", "cpu", "--save-dir", str(folder)]) == 0
     return folder / "10_checkpoint.tar"
@@ -43,7 +43,7 @@ def chat(*args: str, stdin: str | None = None) -> subprocess.CompletedProcess:
 
 
 def test_one_shot_prints_the_chatbots_reply(checkpoint, bot):
-    result = chat(str(checkpoint), "--text", "Hello there, how are you")
+    result = chat("--checkpoint", str(checkpoint), "--text", "Hello there, how are you")
     assert result.returncode == 0, result.stderr
     expected = bot.reply("Hello there, how are you")
     assert expected.text and not expected.unknown_words
@@ -52,14 +52,14 @@ def test_one_shot_prints_the_chatbots_reply(checkpoint, bot):
 
 
 def test_one_shot_names_dropped_unknown_words(checkpoint, bot):
-    result = chat(str(checkpoint), "--text", "hello xylophone good quux")
+    result = chat("--checkpoint", str(checkpoint), "--text", "hello xylophone good quux")
     assert result.returncode == 0, result.stderr
     assert result.stdout == bot.reply("hello good").text + "\n"
     assert "(unknown words dropped: xylophone, quux)" in result.stderr
 
 
 def test_one_shot_with_no_known_word_fails_clearly(checkpoint):
-    result = chat(str(checkpoint), "--text", "xylophone quux")
+    result = chat("--checkpoint", str(checkpoint), "--text", "xylophone quux")
     assert result.returncode == 1
     assert result.stdout == ""
     assert "none of the words is in the bot's vocabulary" in result.stderr
@@ -71,7 +71,7 @@ def test_missing_or_broken_checkpoint_exits_2_without_traceback(tmp_path, conten
     path = tmp_path / "broken.tar"
     if content is not None:
         path.write_bytes(content)
-    result = chat(str(path), "--text", "hello")
+    result = chat("--checkpoint", str(path), "--text", "hello")
     assert result.returncode == 2
     assert result.stderr.startswith("error: ") and str(path) in result.stderr
     assert "Traceback" not in result.stderr
@@ -79,14 +79,14 @@ def test_missing_or_broken_checkpoint_exits_2_without_traceback(tmp_path, conten
 
 
 def test_interactive_replies_until_q(checkpoint, bot):
-    result = chat(str(checkpoint), stdin="hello\ngood morning xylophone\nq\nhow are you\n")
+    result = chat("--checkpoint", str(checkpoint), stdin="hello\ngood morning xylophone\nq\nhow are you\n")
     assert result.returncode == 0, result.stderr
     assert result.stdout == f"> Bot: {bot.reply('hello').text}\n> Bot: {bot.reply('good morning').text}\n> "
     assert "(unknown words dropped: xylophone)" in result.stderr
 
 
 def test_interactive_reports_unusable_input_and_ends_at_end_of_input(checkpoint, bot):
-    result = chat(str(checkpoint), stdin="quux\nfine thanks\n")
+    result = chat("--checkpoint", str(checkpoint), stdin="quux\nfine thanks\n")
     assert result.returncode == 0, result.stderr
     assert result.stdout == f"> > Bot: {bot.reply('fine thanks').text}\n> "
     assert "Error: none of the words is in the bot's vocabulary" in result.stderr
@@ -95,15 +95,27 @@ def test_interactive_reports_unusable_input_and_ends_at_end_of_input(checkpoint,
 def test_decoding_flags_choose_the_search_and_print_each_reply_with_its_score(checkpoint, bot):
     from model.decoding import DecodeOptions
 
-    result = chat(str(checkpoint), "--text", "hello there", "--beam-size", "3", "--num-replies", "2")
+    result = chat("--checkpoint", str(checkpoint), "--text", "hello there", "--beam-size", "3", "--num-replies", "2")
     assert result.returncode == 0, result.stderr
     expected = bot.reply("hello there", DecodeOptions(beam_size=3, num_replies=2, max_length=bot.max_length))
     assert result.stdout.splitlines() == [f"{text}  ({score:.3f})" for text, score in expected.replies]
-    seeded = [chat(str(checkpoint), "--text", "hello there", "--temperature", "2", "--seed", "5").stdout
+    seeded = [chat("--checkpoint", str(checkpoint), "--text", "hello there", "--temperature", "2", "--seed", "5").stdout
               for _ in range(2)]
     assert seeded[0] == seeded[1] == bot.reply("hello there", DecodeOptions(temperature=2.0, seed=5)).text + "\n"
 
 
 def test_an_invalid_decoding_flag_is_an_error_naming_it(checkpoint):
-    result = chat(str(checkpoint), "--text", "hello", "--beam-size", "2", "--num-replies", "3")
+    result = chat("--checkpoint", str(checkpoint), "--text", "hello", "--beam-size", "2", "--num-replies", "3")
     assert result.returncode == 2 and result.stderr.startswith("error: num_replies: 3 is more than beam_size")
+
+
+def test_without_checkpoint_it_talks_to_the_newest_best_checkpoint_under_runs(checkpoint, bot, tmp_path):
+    (tmp_path / "runs" / "old").mkdir(parents=True)
+    (tmp_path / "runs" / "old" / "best_checkpoint.tar").write_bytes(b"not a checkpoint: older, so never read")
+    os.utime(tmp_path / "runs" / "old" / "best_checkpoint.tar", (1, 1))
+    (tmp_path / "runs" / "new").mkdir()
+    (tmp_path / "runs" / "new" / "best_checkpoint.tar").write_bytes(checkpoint.read_bytes())
+    result = subprocess.run([sys.executable, "-m", "train.chat", "--text", "hello"], capture_output=True, text=True,
+                            cwd=tmp_path, env={**os.environ, "PYTHONPATH": str(REPO)}, timeout=120)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout == bot.reply("hello").text + "\n"

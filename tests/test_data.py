@@ -32,7 +32,7 @@ from train.data import (
 )
 
 ROOT = Path(__file__).resolve().parents[1]
-CORNELL_DIR = Path(os.environ.get("CORNELL_DIR") or ROOT.parent / "shared/data/cornell")
+CORNELL_PATH = Path(os.environ.get("DATA_PATH") or ROOT.parent / "shared/data/cornell")
 SEP = " +++$+++ "
 
 
@@ -184,9 +184,9 @@ def test_split_heldout_deterministic_disjoint_and_global_rng_free():
 
 def test_split_heldout_edges():
     pairs = [("a", "b")] * 10
-    assert split_heldout(pairs, 0.0) == (pairs, [])
+    assert split_heldout(pairs, 0.0, seed=0) == (pairs, [])
     with pytest.raises(ValueError):
-        split_heldout(pairs, 1.0)
+        split_heldout(pairs, 1.0, seed=0)
 
 
 # ---------------------------------------------------------------- batching
@@ -238,7 +238,6 @@ def test_random_batches_empty():
 
 def run_module(*args, cwd=ROOT):
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
-    env.pop("CORNELL_DIR", None)
     return subprocess.run([sys.executable, "-m", *args], cwd=cwd, env=env, capture_output=True, text=True,
                           timeout=120)
 
@@ -246,7 +245,7 @@ def run_module(*args, cwd=ROOT):
 def test_cli_prints_counts(tmp_path):
     path = tmp_path / "p.tsv"
     path.write_text("".join(f"{q}\t{r}\n" for q, r in HAND_PAIRS), encoding="utf-8")
-    result = run_module("train.data", "--corpus", "tsv", "--path", str(path))
+    result = run_module("train.data", "--corpus", "tsv", "--data-path", str(path))
     assert result.returncode == 0, result.stderr
     for line in ["Read 5 sentence pairs", "Counted words: 13", "keep_words 5 / 10 = 0.5000",
                  "Trimmed from 4 pairs to 2, 0.5000 of total"]:
@@ -256,7 +255,7 @@ def test_cli_prints_counts(tmp_path):
 def test_cli_missing_path_fails():
     result = run_module("train.data", "--corpus", "tsv")
     assert result.returncode == 1
-    assert "needs a path" in result.stdout + result.stderr
+    assert "--corpus tsv needs --data-path" in result.stdout + result.stderr
 
 
 # ---------------------------------------------------------------- get_cornell
@@ -270,26 +269,24 @@ def test_get_cornell_offline_fails_with_instructions(tmp_path, monkeypatch, capl
         raise requests.ConnectionError("network is unreachable")
 
     monkeypatch.setattr(get_cornell.requests, "get", no_network)
-    monkeypatch.delenv("CORNELL_DIR", raising=False)
     with caplog.at_level(logging.ERROR):
         assert get_cornell.main(["--dest", str(tmp_path / "cornell")]) == 1
-    assert "could not download" in caplog.text and "CORNELL_DIR" in caplog.text
+    assert "could not download" in caplog.text and "--data-path /path/to/cornell" in caplog.text
 
 
 def test_get_cornell_from_dir_links_without_copying(tmp_path, monkeypatch):
     source = write_cornell(tmp_path / "src", TINY_LINES, TINY_CONVERSATIONS)
     dest = tmp_path / "data" / "cornell"
-    assert get_cornell.main(["--from", str(source), "--dest", str(dest)]) == 1  # not the original checksum
+    assert get_cornell.main(["--data-path", str(source), "--dest", str(dest)]) == 1  # not the original checksum
     monkeypatch.setattr(get_cornell, "CONVERSATIONS_SHA256", sha256_hex(source / "movie_conversations.txt"))
-    assert get_cornell.main(["--from", str(source), "--dest", str(dest)]) == 0
+    assert get_cornell.main(["--data-path", str(source), "--dest", str(dest)]) == 0
     assert dest.is_symlink() and dest.resolve() == source.resolve()
-    assert get_cornell.main(["--from", str(source), "--dest", str(dest)]) == 0  # idempotent
+    assert get_cornell.main(["--data-path", str(source), "--dest", str(dest)]) == 0  # idempotent
     assert get_cornell.main(["--dest", str(dest)]) == 0  # already there: no download
 
 
-def test_get_cornell_from_dir_missing_files(tmp_path, monkeypatch):
-    monkeypatch.setenv("CORNELL_DIR", str(tmp_path))  # the env var is --from's default
-    assert get_cornell.main(["--dest", str(tmp_path / "dest")]) == 1
+def test_get_cornell_from_dir_missing_files(tmp_path):
+    assert get_cornell.main(["--data-path", str(tmp_path), "--dest", str(tmp_path / "dest")]) == 1
     assert not (tmp_path / "dest").exists()
 
 
@@ -302,7 +299,6 @@ def test_get_cornell_download_verifies_and_extracts(tmp_path, monkeypatch):
         zf.writestr("__MACOSX/cornell movie-dialogs corpus/._movie_lines.txt", b"junk")
     monkeypatch.setattr(get_cornell, "download", lambda url, target, timeout: target.write_bytes(archive.read_bytes()))
     monkeypatch.setattr(get_cornell, "CONVERSATIONS_SHA256", sha256_hex(source / "movie_conversations.txt"))
-    monkeypatch.delenv("CORNELL_DIR", raising=False)
 
     with pytest.raises(get_cornell.CorpusError, match="sha256"):
         get_cornell.fetch(get_cornell.URL, tmp_path / "bad", 5)  # the real zip checksum does not match
@@ -315,10 +311,10 @@ def test_get_cornell_download_verifies_and_extracts(tmp_path, monkeypatch):
 
 # ---------------------------------------------------------------- the real corpus
 
-@pytest.mark.skipif(not (CORNELL_DIR / "movie_lines.txt").is_file(),
-                    reason=f"Cornell corpus not found at {CORNELL_DIR} (set CORNELL_DIR to its folder)")
+@pytest.mark.skipif(not (CORNELL_PATH / "movie_lines.txt").is_file(),
+                    reason=f"Cornell corpus not found at {CORNELL_PATH} (set DATA_PATH to its folder)")
 def test_real_cornell_counts_match_the_tutorial():
-    pairs = load_cornell(CORNELL_DIR)
+    pairs = load_cornell(CORNELL_PATH)
     voc, kept, stats = prepare_with_stats(pairs)
     assert stats.pairs_read == 221_267  # tutorial: 221,282; 10 lines are missing from this copy
     assert stats.pairs_filtered == 64_269
@@ -326,4 +322,4 @@ def test_real_cornell_counts_match_the_tutorial():
     assert (stats.keep_words, stats.total_words) == (7_823, 18_005)
     assert stats.pairs_kept == len(kept) == 53_163
     assert voc.num_words == 7_823 + 3
-    get_cornell.check_corpus_dir(CORNELL_DIR)  # the original conversations file
+    get_cornell.check_corpus_dir(CORNELL_PATH)  # the original conversations file

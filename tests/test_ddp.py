@@ -19,7 +19,7 @@ from model import from_checkpoint, read_checkpoint
 from serving.launcher import REPO, build_mar, free_ports, start_torchserve
 
 WORDS = "red blue green cat dog bird one two three big small fast slow".split()
-TINY = ["--min-count", "1", "--hidden-size", "16", "--encoder-layers", "2", "--decoder-layers", "2",
+TINY = ["--min-count", "1", "--hidden-size", "16", "--encoder-n-layers", "2", "--decoder-n-layers", "2",
         "--dropout", "0", "--device", "cpu", "--learning-rate", "0.01"]
 TOLERANCE = {"rtol": 1e-5, "atol": 1e-6}
 # Adam's first step is lr * g / (|g| + 1e-8): where a gradient is itself ~1e-8, float rounding between the two

@@ -12,9 +12,10 @@ import pytest
 import torch
 import yaml
 
-from bench.quant_quality import LOSS_TOLERANCE, MODES, REPLY_AGREEMENT, compare, compare_bots, heldout_pairs
+from bench.quant_quality import LOSS_TOLERANCE, MODES, REPLY_AGREEMENT, compare, compare_bots
 from model import from_checkpoint, read_checkpoint
 from serving.launcher import REPO
+from train.data import run_data
 from train.main import main as train_main
 
 ITERATIONS = 300
@@ -45,7 +46,7 @@ def trained(tmp_path_factory) -> dict:
 
 @pytest.fixture(scope="module")
 def heldout(trained):
-    return heldout_pairs(trained)
+    return run_data(trained)[2]
 
 
 def test_model_config_quantises_by_default():

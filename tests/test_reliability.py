@@ -372,7 +372,7 @@ def write_broken_checkpoint(kind: str, path: Path, good: Path, marker: Path) -> 
 
 
 def build_mar_on(checkpoint: Path, export_path: Path, capsys) -> tuple[int, str]:
-    """(exit status, stderr) of `make mar CKPT=checkpoint`'s archive/build_mar.py, run in-process (faster)."""
+    """(exit status, stderr) of `make mar CHECKPOINT=checkpoint`'s archive.build_mar, run in-process (faster)."""
     capsys.readouterr()
     status = build_mar_main(["--checkpoint", str(checkpoint), "--export-path", str(export_path)])
     return status, capsys.readouterr().err

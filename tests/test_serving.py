@@ -1,7 +1,7 @@
-"""Serving end to end: build_mar.py, the configs, the Makefile, and a real native TorchServe.
+"""Serving end to end: archive.build_mar, the configs, the Makefile, and a real native TorchServe.
 
 One TorchServe per mode (token auth off for the session, on for one test), on free ports,
-serving the .mar that archive/build_mar.py builds from a tiny checkpoint (see conftest.py).
+serving the .mar that archive.build_mar builds from a tiny checkpoint (see conftest.py).
 """
 from __future__ import annotations
 
@@ -25,7 +25,7 @@ from conftest import TINY_SENTENCES
 
 from serving.launcher import REPO, read_properties
 
-BUILD_MAR = REPO / "archive" / "build_mar.py"
+BUILD_MAR = ("-m", "archive.build_mar")
 CLIENT = ("-m", "client.chat_client")
 HELLO = REPO / "hello.txt"
 
@@ -53,7 +53,7 @@ def test_archive_leaves_the_optimiser_states_out(tmp_path, serving_checkpoint):
     ckpt = torch.load(serving_checkpoint, weights_only=True)
     ckpt["encoder_optimizer"] = {"state": {0: {"exp_avg": torch.zeros(1000)}}, "param_groups": []}
     torch.save(ckpt, tmp_path / "5_checkpoint.tar")
-    result = run(sys.executable, BUILD_MAR, "--checkpoint", tmp_path / "5_checkpoint.tar", "--export-path", tmp_path)
+    result = run(sys.executable, *BUILD_MAR, "--checkpoint", tmp_path / "5_checkpoint.tar", "--export-path", tmp_path)
     assert result.returncode == 0, result.stderr
     with zipfile.ZipFile(tmp_path / "seq2seq.mar") as archive:
         archive.extract("5_checkpoint.tar", tmp_path / "unpacked")
@@ -93,7 +93,7 @@ def test_the_archived_checkpoint_holds_only_plain_data(seq2seq_mar, tmp_path):
 @pytest.mark.parametrize("kind", ["missing file", "garbage", "truncated", "missing keys"])
 def test_build_mar_rejects_a_bad_checkpoint_in_one_line(tmp_path, serving_checkpoint, kind):
     checkpoint = write_broken(kind, tmp_path / "9_checkpoint.tar", serving_checkpoint)
-    result = run(sys.executable, BUILD_MAR, "--checkpoint", checkpoint, "--export-path", tmp_path / "out")
+    result = run(sys.executable, *BUILD_MAR, "--checkpoint", checkpoint, "--export-path", tmp_path / "out")
     assert result.returncode == 1
     assert result.stderr.startswith("error: ") and result.stderr.count("\n") == 1
     assert "Traceback" not in result.stderr
@@ -106,14 +106,14 @@ def test_build_mar_defaults_to_the_newest_checkpoint_under_runs(tmp_path, servin
         path.parent.mkdir(parents=True)
         shutil.copy(serving_checkpoint, path)
         os.utime(path, (1_700_000_000 + i * 100, 1_700_000_000 + i * 100))
-    result = run(sys.executable, BUILD_MAR, "--runs", tmp_path / "runs", "--dry-run")
+    result = run(sys.executable, *BUILD_MAR, "--runs", tmp_path / "runs", "--dry-run")
     assert result.returncode == 0, result.stderr
     assert f"{newer}: ok" in result.stdout
 
 
 def test_build_mar_without_any_checkpoint_says_what_to_do(tmp_path):
-    result = run(sys.executable, BUILD_MAR, "--runs", tmp_path / "runs")
-    assert result.returncode == 1 and "CKPT=" in result.stderr and "Traceback" not in result.stderr
+    result = run(sys.executable, *BUILD_MAR, "--runs", tmp_path / "runs")
+    assert result.returncode == 1 and "CHECKPOINT=" in result.stderr and "Traceback" not in result.stderr
 
 
 # ---------------------------------------------------------------- configuration and deployment files
@@ -166,8 +166,8 @@ def test_make_n_serve_shows_the_docker_command_publishing_on_loopback_only():
 
 
 def test_make_mar_passes_ckpt_to_build_mar():
-    shown = run("make", "-n", "mar", "CKPT=runs/x/7_checkpoint.tar", cwd=REPO).stdout
-    assert 'archive/build_mar.py --checkpoint "runs/x/7_checkpoint.tar"' in shown
+    shown = run("make", "-n", "mar", "CHECKPOINT=runs/x/7_checkpoint.tar", cwd=REPO).stdout
+    assert '-m archive.build_mar --checkpoint "runs/x/7_checkpoint.tar"' in shown
 
 
 def test_dockerfile_is_pinned_and_lints_clean():

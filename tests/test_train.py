@@ -13,6 +13,7 @@ from model.chatbot import Chatbot
 from model.checkpoint import build_model, default_config, from_checkpoint, read_checkpoint
 from model.voc import Voc
 from train import main as train_main
+from train.data import load_data
 from train.engine import (
     make_batch,
     mask_nll_loss,
@@ -22,7 +23,7 @@ from train.engine import (
 )
 
 WORDS = "red green blue cat dog bird one two three big small".split()
-TINY = ["--hidden-size", "24", "--encoder-layers", "1", "--decoder-layers", "2", "--batch-size", "16",
+TINY = ["--hidden-size", "24", "--encoder-n-layers", "1", "--decoder-n-layers", "2", "--batch-size", "16",
         "--min-count", "1", "--learning-rate", "0.005", "--device", "cpu", "--print-every", "1000"]
 
 
@@ -168,7 +169,7 @@ def test_checkpoint_round_trip_weights_only(corpus, tmp_path):
     parser = train_main.build_parser()
     args = parser.parse_args(["--corpus", "tsv", "--data-path", str(corpus), "--iterations", "5",
                               "--save-dir", str(save_dir), *TINY])
-    voc, pairs, heldout = train_main.load_data(args)
+    voc, pairs, heldout = load_data(args)
     run = train_main.new_run(args, voc, torch.device("cpu"))
     train_main.train(run, args, pairs, heldout, torch.device("cpu"), save_dir)
 

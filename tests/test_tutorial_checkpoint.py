@@ -288,7 +288,7 @@ def run(*args: str, **kwargs) -> subprocess.CompletedProcess:
 
 def test_the_chat_cli_talks_to_a_tutorial_checkpoint(tutorial):
     _, path, searcher, voc = tutorial
-    result = run("-m", "train.chat", str(path), "--text", "how are you ?")
+    result = run("-m", "train.chat", "--checkpoint", str(path), "--text", "how are you ?")
     assert result.returncode == 0, result.stderr
     assert result.stdout == tutorial_reply(searcher, voc, "how are you ?") + "\n"
 

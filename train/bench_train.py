@@ -5,7 +5,7 @@ clip_grad_norm_). Ours: train.engine.train_step (vectorised teacher forcing, los
 tokens only, fused Adam, foreach clipping). Both at the tutorial's sizes on the Cornell
 pairs. The last line printed is `train_speedup: X` (reference median ms per iteration / ours).
 
-    python -m train.bench_train [--cornell-dir DIR] [--iterations 40] [--device auto]
+    python -m train.bench_train [--data-path data/cornell] [--timed-iterations 40] [--device auto]
 """
 from __future__ import annotations
 
@@ -23,52 +23,46 @@ import torch
 from torch import nn
 
 from model.checkpoint import build_model, default_config
-from train.data import CORNELL_FILES, default_cornell_dir, load_chatterbot, load_cornell, prepare, random_batches
+from model.config import ModelConfig
+from train.config import DEFAULT_CORNELL_PATH, DataConfig, OptimConfig, RunConfig, add_flags, stored_settings
+from train.data import CORNELL_FILES, load_data, random_batches
+from train.device import pick_device
 from train.engine import (
     Batch,
     make_batch,
     make_optimizers,
-    pick_device,
     step_loop_loss,
     teacher_forced_loss,
     train_step,
 )
 
-CLIP = 50.0
+CLIP = OptimConfig.clip  # the tutorial's, for both paths
 
 
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(prog="python -m train.bench_train", description=__doc__.splitlines()[0])
-    p.add_argument("--cornell-dir", type=Path, default=None,
-                   help="Cornell corpus folder (default: $CORNELL_DIR, else data/cornell); the chatterbot corpus "
-                        "is used if none exists")
-    p.add_argument("--iterations", type=int, default=40,
-                   help="timed iterations per path, the two paths taking turns batch by batch (default: 40)")
-    p.add_argument("--warmup", type=int, default=3, help="untimed iterations per path first (default: 3)")
-    p.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto", help="where to run (default: auto)")
-    p.add_argument("--hidden-size", type=int, default=500, help="hidden size (default: 500, the tutorial's)")
-    p.add_argument("--batch-size", type=int, default=64, help="batch size (default: 64)")
-    p.add_argument("--seed", type=int, default=0, help="seed of the weights and batches (default: 0)")
+    p = argparse.ArgumentParser(prog="python -m train.bench_train", description=__doc__.splitlines()[0],
+                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    add_flags(p, DataConfig, only=("data_path", "seed"))
+    add_flags(p, ModelConfig, only=("hidden_size",))
+    add_flags(p, OptimConfig, only=("batch_size",))
+    add_flags(p, RunConfig, only=("device",))
+    p.add_argument("--timed-iterations", type=int, default=40,
+                   help="timed iterations per path, the two paths taking turns batch by batch")
+    p.add_argument("--warmup", type=int, default=3, help="untimed iterations per path first")
     return p.parse_args(argv)
 
 
-def find_cornell(explicit: Path | None) -> Path | None:
-    """The folder holding the Cornell files: --cornell-dir, else $CORNELL_DIR or data/cornell (no machine paths)."""
-    candidates = [explicit] if explicit else [default_cornell_dir()]
-    for folder in candidates:
-        if all((folder / name).is_file() for name in CORNELL_FILES):
-            return folder
-    return None
-
-
-def load_pairs(cornell_dir: Path | None):
-    """(voc, pairs) of the Cornell corpus, or of the chatterbot corpus (with a note) when it is absent."""
-    folder = find_cornell(cornell_dir)
-    if folder is None:
-        print("note: no Cornell corpus found; benchmarking on the (much smaller) chatterbot corpus")
-        return prepare(load_chatterbot(), min_count=1)
+def load_pairs(data_path: str | None):
+    """(voc, training pairs) of the Cornell corpus at data_path (default data/cornell), or of the chatterbot corpus
+    (with a note) when it is absent."""
+    folder = Path(data_path or DEFAULT_CORNELL_PATH)
+    if not all((folder / name).is_file() for name in CORNELL_FILES):
+        print(f"note: no Cornell corpus in {folder}; benchmarking on the (much smaller) chatterbot corpus")
+        voc, pairs, _ = load_data(stored_settings({"corpus": "chatterbot", "min_count": 1}))
+        return voc, pairs
     print(f"corpus: Cornell Movie-Dialogs from {folder}")
-    return prepare(load_cornell(folder))
+    voc, pairs, _ = load_data(stored_settings({"corpus": "cornell", "data_path": str(folder)}))
+    return voc, pairs
 
 
 def reference_step(encoder: nn.Module, decoder: nn.Module, optimizers, batch: Batch) -> torch.Tensor:
@@ -131,14 +125,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
     logging.basicConfig(level=logging.WARNING)
     device = pick_device(args.device)
-    voc, pairs = load_pairs(args.cornell_dir)
+    voc, pairs = load_pairs(args.data_path)
     config = default_config(hidden_size=args.hidden_size)
     print(f"device {device}, threads {torch.get_num_threads()}, vocabulary {voc.num_words}, pairs {len(pairs)}, "
           f"hidden {args.hidden_size}, layers 2+2, batch {args.batch_size}, torch {torch.__version__}")
     torch.manual_seed(args.seed)
     encoder, decoder = build_model(config, voc.num_words)
     initial = (copy.deepcopy(encoder.state_dict()), copy.deepcopy(decoder.state_dict()))
-    n = args.warmup + args.iterations
+    n = args.warmup + args.timed_iterations
     batches = [make_batch(voc, b, device) for b in random_batches(pairs, args.batch_size, n, args.seed)]
     check_same_loss(initial, config, voc.num_words, batches[0], device)
     paths = {"reference": make_path(initial, config, voc.num_words, device, fast=False),

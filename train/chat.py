@@ -1,8 +1,9 @@
 """Talk to a trained checkpoint: an interactive loop like the tutorial's evaluateInput, or one reply.
 
-    python -m train.chat runs/demo/1000_checkpoint.tar             # '> ' prompt, q or quit ends
-    python -m train.chat runs/demo/1000_checkpoint.tar --text "hello"   # prints only the reply
-    python -m train.chat runs/demo/1000_checkpoint.tar --beam-size 5 --num-replies 3   # decoding options
+    python -m train.chat                                               # newest runs/**/best_checkpoint.tar
+    python -m train.chat --checkpoint runs/demo/1000_checkpoint.tar    # '> ' prompt, q or quit ends
+    python -m train.chat --checkpoint runs/demo/1000_checkpoint.tar --text "hello"   # prints only the reply
+    python -m train.chat --text "hello" --beam-size 5 --num-replies 3                # decoding options
 
 Unknown words are dropped and named on stderr; input with no known word is an error (exit 1
 in the one-shot form). A missing or broken checkpoint exits with code 2.
@@ -12,13 +13,16 @@ from __future__ import annotations
 import argparse
 import sys
 from collections.abc import Sequence
+from pathlib import Path
 from typing import TextIO
 
 from client.flags import add_decoding_flags, decoding_fields, reply_lines
 from model.chatbot import Chatbot, Reply
 from model.checkpoint import CheckpointError, from_checkpoint, read_checkpoint
 from model.decoding import DecodeOptions, InvalidOption, parse_options
-from train.engine import pick_device
+from train.config import RunConfig, add_flags
+from train.device import pick_device
+from train.runs import default_checkpoint
 
 QUIT_WORDS = ("q", "quit")
 EXIT_BAD_INPUT = 1
@@ -28,9 +32,11 @@ EXIT_USAGE = 2  # as argparse
 
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(prog="python -m train.chat", description=__doc__.splitlines()[0])
-    p.add_argument("checkpoint", help="a {iteration}_checkpoint.tar written by train.main")
+    p.add_argument("--checkpoint", default=None,
+                   help="a checkpoint written by train.main, or the PyTorch Chatbot Tutorial's (default: the newest "
+                        "runs/**/best_checkpoint.tar, else the newest {iteration}_checkpoint.tar)")
     p.add_argument("--text", default=None, help="reply to this one text and exit (no prompt)")
-    p.add_argument("--device", choices=("auto", "cpu", "cuda"), default="cpu", help="where to run the model")
+    add_flags(p, RunConfig, only=("device",))
     add_decoding_flags(p)
     return p.parse_args(argv)
 
@@ -81,8 +87,12 @@ def interactive(bot: Chatbot, options: DecodeOptions, stdin: TextIO = sys.stdin)
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
+    args.checkpoint = args.checkpoint or default_checkpoint(Path("runs"))
+    if args.checkpoint is None:
+        print("error: no checkpoint under runs/: train one (make train-demo) or pass --checkpoint", file=sys.stderr)
+        return EXIT_BAD_CHECKPOINT
     try:
-        bot = load_chatbot(args.checkpoint, args.device)
+        bot = load_chatbot(str(args.checkpoint), args.device)
     except (CheckpointError, RuntimeError) as e:  # RuntimeError: --device cuda without a GPU
         print(f"error: {e}", file=sys.stderr)
         return EXIT_BAD_CHECKPOINT
@@ -93,6 +103,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return EXIT_USAGE
     if args.text is not None:
         return one_shot(bot, args.text, options)
+    print(f"Chatting with {args.checkpoint} (q or quit ends)", file=sys.stderr)
     return interactive(bot, options)
 
 

@@ -15,7 +15,6 @@ import io
 import itertools
 import json
 import logging
-import os
 import random
 import sys
 from collections.abc import Iterable, Iterator, Sequence
@@ -25,8 +24,10 @@ from pathlib import Path
 import torch
 import yaml
 
-from model.tokenizer import BpeTokenizer
+from model.config import ModelConfig
+from model.tokenizer import BpeTokenizer, vocabulary_from_dict
 from model.voc import MAX_LENGTH, MIN_COUNT, EOS_token, PAD_token, Voc, normalize
+from train.config import CORPORA, DEFAULT_CORNELL_PATH, DataConfig, add_flags, stored_settings
 
 logger = logging.getLogger(__name__)
 
@@ -34,7 +35,6 @@ Pair = tuple[str, str]
 CORNELL_SEPARATOR = " +++$+++ "
 CORNELL_ENCODING = "iso-8859-1"
 CORNELL_FILES = ("movie_lines.txt", "movie_conversations.txt")
-CORPORA = ("chatterbot", "cornell", "convokit", "tsv")
 
 
 # ---------------------------------------------------------------- loaders
@@ -270,7 +270,7 @@ def prepare_bpe(pairs: Sequence[Pair], max_length: int, vocab_size: int, heldout
     return tokenizer, kept, kept_heldout
 
 
-def split_heldout(pairs: Sequence[Pair], fraction: float = 0.05, seed: int = 0) -> tuple[list[Pair], list[Pair]]:
+def split_heldout(pairs: Sequence[Pair], fraction: float, seed: int) -> tuple[list[Pair], list[Pair]]:
     """(train, heldout): round(len * fraction) pairs held out, chosen by `seed` alone.
 
     Uses its own random.Random, so the global RNG state changes nothing; both parts keep
@@ -343,49 +343,74 @@ def random_batches(
         yield [rng.choice(pairs) for _ in range(batch_size)]
 
 
-# ---------------------------------------------------------------- CLI
+# ---------------------------------------------------------------- a run's data
 
-def default_cornell_dir() -> Path:
-    """$CORNELL_DIR, else data/cornell (where `make data` puts it)."""
-    return Path(os.environ.get("CORNELL_DIR") or "data/cornell")
+
+def resolve_data_path(settings: argparse.Namespace) -> None:
+    """Fill settings.data_path for the Cornell default (data/cornell, where `make data` puts it) and check one is
+    given where the corpus needs it."""
+    if settings.corpus == "cornell" and settings.data_path is None:
+        settings.data_path = DEFAULT_CORNELL_PATH
+    if settings.corpus in ("convokit", "tsv") and settings.data_path is None:
+        raise ValueError(f"--corpus {settings.corpus} needs --data-path")
+
+
+def load_data(settings: argparse.Namespace, tokenizer: BpeTokenizer | None = None) -> tuple[object, list[Pair],
+                                                                                         list[Pair]]:
+    """(vocabulary, training pairs, held-out pairs) for DataConfig settings and max_length; the preparation's
+    counts are logged on the way. tokenizer: a resumed BPE run's own (else one is learnt from the training pairs)."""
+    resolve_data_path(settings)
+    pairs = load_corpus(settings.corpus, settings.data_path, settings.language)
+    if settings.tokenizer == "bpe":
+        voc, train, heldout = prepare_bpe(pairs, settings.max_length, settings.vocab_size, settings.heldout_fraction,
+                                          settings.seed, name=settings.corpus, tokenizer=tokenizer)
+    else:
+        voc, pairs = prepare(pairs, settings.max_length, settings.min_count, name=settings.corpus)
+        train, heldout = split_heldout(pairs, settings.heldout_fraction, settings.seed)
+    logger.info("Split: %d training pairs, %d held out", len(train), len(heldout))
+    return voc, train, heldout
+
+
+def same_tokens(voc) -> object:
+    """What must not change for a run's vocabulary to be the same: its words, or its BPE's JSON."""
+    stored = voc.to_dict()
+    return stored.get("json") or stored["words"]
+
+
+def run_data(ckpt: dict, data_path: str | None = None) -> tuple[object, list[Pair], list[Pair]]:
+    """(vocabulary, training pairs, held-out pairs) of the checkpoint's training run, by its stored settings and
+    vocabulary; ValueError when the corpus (at data_path, default the run's) no longer gives that vocabulary."""
+    settings = stored_settings(ckpt.get("args") or {})
+    settings.data_path = data_path or settings.data_path
+    saved = vocabulary_from_dict(ckpt["voc"])
+    voc, train, heldout = load_data(settings, saved if saved.kind == "bpe" else None)
+    if same_tokens(voc) != same_tokens(saved):
+        raise ValueError(f"the {settings.corpus} corpus at {settings.data_path} does not give the checkpoint's "
+                         "vocabulary")
+    return voc, train, heldout
+
+
+# ---------------------------------------------------------------- CLI
 
 
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
-    """Command-line options of `python -m train.data`."""
-    p = argparse.ArgumentParser(prog="python -m train.data", description=__doc__.splitlines()[0])
-    p.add_argument("--corpus", choices=CORPORA, default="chatterbot",
-                   help="which corpus to load (default: chatterbot, bundled and offline)")
-    p.add_argument("--cornell-dir", type=Path, default=None,
-                   help="folder with movie_lines.txt and movie_conversations.txt "
-                        "(default: $CORNELL_DIR, else data/cornell)")
-    p.add_argument("--path", type=Path, default=None,
-                   help="the utterances.jsonl (convokit) or query<TAB>response file (tsv)")
-    p.add_argument("--language", default="english", help="chatterbot-corpus language folder (default: english)")
-    p.add_argument("--max-length", type=int, default=MAX_LENGTH,
-                   help=f"keep pairs whose sides have fewer words than this (default: {MAX_LENGTH})")
-    p.add_argument("--min-count", type=int, default=MIN_COUNT,
-                   help=f"trim words seen fewer times than this (default: {MIN_COUNT})")
-    p.add_argument("--heldout-fraction", type=float, default=0.05,
-                   help="share of the kept pairs to hold out for evaluation (default: 0.05)")
-    p.add_argument("--seed", type=int, default=0, help="seed of the held-out split (default: 0)")
+    """Command-line options of `python -m train.data`: train.main's data flags."""
+    p = argparse.ArgumentParser(prog="python -m train.data", description=__doc__.splitlines()[0],
+                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    add_flags(p, DataConfig)
+    add_flags(p, ModelConfig, only=("max_length",))
     return p.parse_args(argv)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """Load a corpus, prepare it and print the tutorial's counts plus the split sizes."""
+    """Load a corpus, prepare it as training would and print the counts, the split sizes included."""
     args = parse_args(argv)
     logging.basicConfig(level=logging.INFO, stream=sys.stdout, format="%(message)s")
-    path = args.path
-    if args.corpus == "cornell":
-        path = args.cornell_dir or default_cornell_dir()
     try:
-        pairs = load_corpus(args.corpus, path, args.language)
+        load_data(args)
     except (OSError, ValueError) as e:
         logger.error("cannot load the %s corpus: %s", args.corpus, e)
         return 1
-    _, kept = prepare(pairs, args.max_length, args.min_count, name=args.corpus)
-    train, heldout = split_heldout(kept, args.heldout_fraction, args.seed)
-    logger.info("Split: %d training pairs, %d held out (seed %d)", len(train), len(heldout), args.seed)
     return 0
 
 

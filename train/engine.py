@@ -124,15 +124,6 @@ def teacher_forced_loss(encoder: EncoderRNN, decoder: LuongAttnDecoderRNN, batch
 
 # ---------------------------------------------------------------- optimisation
 
-def pick_device(name: str) -> torch.device:
-    """'auto' -> cuda when available, else cpu; 'cuda' without a GPU is an error."""
-    if name == "auto":
-        name = "cuda" if torch.cuda.is_available() else "cpu"
-    if name == "cuda" and not torch.cuda.is_available():
-        raise RuntimeError("--device cuda was asked for, but torch sees no CUDA GPU")
-    return torch.device(name)
-
-
 def make_optimizers(encoder: nn.Module, decoder: nn.Module, learning_rate: float, decoder_learning_ratio: float,
                     fused: bool) -> list[torch.optim.Adam]:
     """The tutorial's two Adams (the decoder's lr x decoder_learning_ratio).

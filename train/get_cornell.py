@@ -1,14 +1,13 @@
 """Fetch the Cornell Movie-Dialogs corpus into data/cornell (used by `make data`).
 
-Either downloads the official zip (checksum-verified), or, with --from DIR (default
-$CORNELL_DIR), checks that DIR holds the corpus and links data/cornell to it.
+Either downloads the official zip (checksum-verified), or, with --data-path DIR, checks that DIR
+holds the corpus and links data/cornell to it.
 """
 from __future__ import annotations
 
 import argparse
 import hashlib
 import logging
-import os
 import shutil
 import sys
 import tempfile
@@ -17,6 +16,8 @@ from collections.abc import Sequence
 from pathlib import Path
 
 import requests
+
+from train.config import DEFAULT_CORNELL_PATH
 
 logger = logging.getLogger(__name__)
 
@@ -27,11 +28,11 @@ ZIP_SHA256 = "3bde8a571f615201bc2d2453e22878090719638592f774720eddec739de8c900"
 CONVERSATIONS_SHA256 = "600bc1d34ca629533643ca85c14b18849a548dce663e6d36977c14f24b75e055"
 REQUIRED_FILES = ("movie_lines.txt", "movie_conversations.txt")
 ZIP_FOLDER = "cornell movie-dialogs corpus/"  # every corpus file sits in this folder of the zip
-DEFAULT_DEST = Path("data/cornell")
+DEFAULT_DEST = Path(DEFAULT_CORNELL_PATH)
 HOW_TO_PROVIDE = (
     "To use a copy you already have, pass its folder (the one holding movie_lines.txt and "
-    "movie_conversations.txt): `make data CORNELL_DIR=/path/to/cornell` or "
-    "`python -m train.get_cornell --from /path/to/cornell`."
+    "movie_conversations.txt): `make data DATA_PATH=/path/to/cornell` or "
+    "`python -m train.get_cornell --data-path /path/to/cornell`."
 )
 
 
@@ -110,8 +111,8 @@ def fetch(url: str, dest: Path, timeout: float, zip_sha256: str | None = ZIP_SHA
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     """Command-line options of `python -m train.get_cornell`."""
     p = argparse.ArgumentParser(prog="python -m train.get_cornell", description=__doc__.splitlines()[0])
-    p.add_argument("--from", dest="source", metavar="DIR", type=Path, default=os.environ.get("CORNELL_DIR") or None,
-                   help="use this existing corpus folder instead of downloading (default: $CORNELL_DIR)")
+    p.add_argument("--data-path", dest="source", metavar="DIR", type=Path, default=None,
+                   help="use this existing corpus folder instead of downloading")
     p.add_argument("--dest", metavar="DIR", type=Path, default=DEFAULT_DEST,
                    help=f"where the corpus goes (default: {DEFAULT_DEST})")
     p.add_argument("--url", default=URL, help="zip to download (default: the official Cornell URL)")

@@ -15,7 +15,7 @@ import os
 import random
 import sys
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any, Callable
 
@@ -23,27 +23,27 @@ import torch
 from tqdm import tqdm
 from tqdm.contrib.logging import logging_redirect_tqdm
 
-from model.checkpoint import FORMAT, CheckpointError, build_model, default_config, load_model, read_checkpoint
-from model.tokenizer import BPE_MAX_LENGTH, DEFAULT_VOCAB_SIZE, KINDS, vocabulary_from_dict
-from model.voc import MAX_LENGTH, MIN_COUNT
+from model.checkpoint import FORMAT, CheckpointError, build_model, load_model, read_checkpoint
+from model.config import CONFIG_KEYS, ModelConfig
+from model.tokenizer import vocabulary_from_dict
 from train import distributed
-from train.data import (
-    CORPORA,
-    Pair,
-    default_cornell_dir,
-    load_corpus,
-    prepare,
-    prepare_bpe,
-    random_batches,
-    split_heldout,
+from train.config import (
+    DEFAULT_ITERATIONS,
+    DataConfig,
+    OptimConfig,
+    RunConfig,
+    add_flags,
+    model_settings,
+    stored_settings,
 )
+from train.data import Pair, known_pairs, load_data, random_batches, same_tokens
+from train.device import pick_device
 from train.engine import (
     Batch,
     Objective,
     evaluate,
     make_batch,
     make_optimizers,
-    pick_device,
     prefetch,
     teacher_forced_loss,
     train_step,
@@ -54,11 +54,8 @@ logger = logging.getLogger(__name__)
 
 # Flags that define the run; on --resume they come from the checkpoint, not the command line.
 # (--data-path and --iterations may be given again: the corpus can move, a run can be extended.)
-RESUMED = ("corpus", "language", "tokenizer", "vocab_size",
-           "max_length", "min_count", "heldout_fraction", "hidden_size", "encoder_layers",
-           "decoder_layers", "dropout", "attn", "batch_size", "learning_rate", "decoder_learning_ratio", "clip",
-           "teacher_forcing_ratio", "seed")
-DEFAULT_ITERATIONS = 4000
+RESUMED = tuple(f.name for settings in (DataConfig, ModelConfig, OptimConfig) for f in fields(settings)
+                if f.name not in ("data_path", "iterations"))
 RESUME_KEYS = ("args", "encoder_optimizer", "decoder_optimizer", "iteration", "history", "rng")
 # A tutorial checkpoint resumes from its weights, optimiser states and iteration; the data flags come from
 # the command line, the batches and coins start from --seed (the tutorial saves no sampler state).
@@ -66,59 +63,12 @@ TUTORIAL_RESUME_KEYS = ("encoder_optimizer", "decoder_optimizer", "iteration")
 
 
 def build_parser() -> argparse.ArgumentParser:
-    """All knobs, defaulting to the tutorial's recipe."""
+    """All knobs, defaulting to the tutorial's recipe (train/config.py and model/config.py define them)."""
     p = argparse.ArgumentParser(prog="python -m train.main", description=__doc__.splitlines()[0],
                                 formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    data = p.add_argument_group("data")
-    data.add_argument("--corpus", choices=CORPORA, default="chatterbot",
-                      help="training corpus (chatterbot is bundled and works offline)")
-    data.add_argument("--data-path", default=None,
-                      help="Cornell folder (default $CORNELL_DIR, else data/cornell), convokit utterances.jsonl, "
-                           "or tsv file of query<TAB>response lines")
-    data.add_argument("--language", default="english",
-                      help="chatterbot-corpus language folder (chinese, spanish, ...; --corpus chatterbot only)")
-    data.add_argument("--tokenizer", choices=KINDS, default="word",
-                      help="word: the tutorial's normalised word vocabulary; bpe: GPT-2-style byte-level BPE learnt "
-                           "from the training pairs (any language, no unknown words)")
-    data.add_argument("--vocab-size", type=int, default=DEFAULT_VOCAB_SIZE,
-                      help="BPE tokens to learn, the 256 bytes and PAD/SOS/EOS included (--tokenizer bpe only)")
-    data.add_argument("--max-length", type=int, default=None,
-                      help=f"keep pairs whose sides have fewer tokens than this; also the reply length limit "
-                           f"(default: {MAX_LENGTH} words, or {BPE_MAX_LENGTH} BPE tokens)")
-    data.add_argument("--min-count", type=int, default=MIN_COUNT,
-                      help="trim words seen fewer times than this (--tokenizer word only)")
-    data.add_argument("--heldout-fraction", type=float, default=0.05,
-                      help="share of pairs held out of training to measure held-out loss")
-    model = p.add_argument_group("model")
-    model.add_argument("--hidden-size", type=int, default=500, help="hidden and embedding size")
-    model.add_argument("--encoder-layers", type=int, default=2, help="encoder GRU layers")
-    model.add_argument("--decoder-layers", type=int, default=2, help="decoder GRU layers")
-    model.add_argument("--dropout", type=float, default=0.1, help="dropout probability")
-    model.add_argument("--attn", choices=("dot", "general", "concat"), default="dot", help="Luong attention score")
-    opt = p.add_argument_group("optimisation")
-    opt.add_argument("--batch-size", type=int, default=64, help="pairs per batch")
-    opt.add_argument("--learning-rate", type=float, default=1e-4, help="Adam learning rate of the encoder")
-    opt.add_argument("--decoder-learning-ratio", type=float, default=5.0,
-                     help="decoder learning rate = learning rate x this")
-    opt.add_argument("--clip", type=float, default=50.0, help="gradient norm clipping threshold (per module)")
-    opt.add_argument("--teacher-forcing-ratio", type=float, default=1.0,
-                     help="chance per batch of teacher forcing (vectorised path); otherwise the decoder feeds "
-                          "itself step by step")
-    opt.add_argument("--iterations", type=int, default=None,
-                     help="total training iterations (batches), counting those before a resume "
-                          "(default: 4000, or the resumed run's total)")
-    opt.add_argument("--seed", type=int, default=0, help="seed of weights, batches, dropout and held-out split")
-    run = p.add_argument_group("run")
-    run.add_argument("--save-dir", default=None,
-                     help="checkpoint folder (default: runs/<corpus>, or the resumed checkpoint's folder)")
-    run.add_argument("--save-every", type=int, default=500, help="checkpoint (and held-out evaluation) interval")
-    run.add_argument("--print-every", type=int, default=100,
-                     help="log the running loss every this many iterations (reading it waits for the device)")
-    run.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto", help="where to train")
-    run.add_argument("--resume", metavar="CKPT", default=None,
-                     help="continue the run saved in this checkpoint where it stopped")
-    run.add_argument("--compile", action="store_true", help="torch.compile the teacher-forced loss")
-    run.add_argument("--dry-run", action="store_true", help="train on one batch, log its loss, save nothing")
+    for title, settings in (("data", DataConfig), ("model", ModelConfig), ("optimisation", OptimConfig),
+                            ("run", RunConfig)):
+        add_flags(p.add_argument_group(title), settings)
     return p
 
 
@@ -153,9 +103,7 @@ def data_parallel(run: Run, device: torch.device) -> Run:
 
 def model_config(args: argparse.Namespace) -> dict:
     """The checkpoint's model config from the command-line flags."""
-    return default_config(hidden_size=args.hidden_size, encoder_n_layers=args.encoder_layers,
-                          decoder_n_layers=args.decoder_layers, dropout=args.dropout,
-                          attn_model=args.attn, max_length=args.max_length)
+    return asdict(model_settings(args))
 
 
 def new_run(args: argparse.Namespace, voc: Any, device: torch.device) -> Run:
@@ -257,61 +205,15 @@ def plot_history(history: Sequence[Sequence[float]], path: Path) -> None:
 
 # ---------------------------------------------------------------- data
 
-def resolve_data_path(args: argparse.Namespace) -> None:
-    """Fill --data-path for the Cornell default and check one is given where the corpus needs it."""
-    if args.corpus == "cornell" and args.data_path is None:
-        args.data_path = str(default_cornell_dir())
-    if args.corpus in ("convokit", "tsv") and args.data_path is None:
-        raise ValueError(f"--corpus {args.corpus} needs --data-path")
-
-
-def default_max_length(tokenizer: str) -> int:
-    """--max-length's default: the tutorial's 10 words, or BPE_MAX_LENGTH tokens (about the same share of pairs)."""
-    return BPE_MAX_LENGTH if tokenizer == "bpe" else MAX_LENGTH
-
-
-def load_data(args: argparse.Namespace, tokenizer: Any = None) -> tuple[Any, list[Pair], list[Pair]]:
-    """(vocabulary, training pairs, held-out pairs); the preparation's counts are logged on the way.
-
-    tokenizer: a resumed BPE run's own (else a new one is learnt from the training pairs).
-    """
-    args.max_length = args.max_length or default_max_length(args.tokenizer)
-    pairs = load_corpus(args.corpus, args.data_path, args.language)
-    if args.tokenizer == "bpe":
-        voc, train, heldout = prepare_bpe(pairs, args.max_length, args.vocab_size, args.heldout_fraction,
-                                          args.seed, name=args.corpus, tokenizer=tokenizer)
-    else:
-        voc, pairs = prepare(pairs, args.max_length, args.min_count, name=args.corpus)
-        train, heldout = split_heldout(pairs, args.heldout_fraction, args.seed)
-    logger.info("Split: %d training pairs, %d held out", len(train), len(heldout))
-    if not train:
-        raise ValueError("no training pairs are left after preparation (try a lower --min-count)")
-    return voc, train, heldout
-
-
-def heldout_of(ckpt: dict, data_path: str | None = None) -> list[Pair]:
-    """The pairs a checkpoint's training run held out, by its own flags (defaults for flags older runs did not
-    store) and vocabulary; ValueError when the corpus at data_path no longer gives that vocabulary."""
-    parser = build_parser()
-    args = parser.parse_args([])
-    for key, value in ckpt["args"].items():
-        setattr(args, key, value)
-    args.data_path = data_path or args.data_path
-    saved = vocabulary_from_dict(ckpt["voc"])
-    voc, _, heldout = load_data(args, saved if saved.kind == "bpe" else None)
-    if same_tokens(voc) != same_tokens(saved):
-        raise ValueError(f"the {args.corpus} corpus at {args.data_path} does not give the checkpoint's vocabulary")
-    return heldout
-
-
 def apply_resumed_args(args: argparse.Namespace, stored: dict, parser: argparse.ArgumentParser) -> None:
     """Take the run-defining flags from the checkpoint, warning about any command-line value it overrides."""
+    saved = vars(stored_settings(stored))
     for key in RESUMED:
         given = getattr(args, key)
-        if given != parser.get_default(key) and given != stored.get(key):
+        if given != parser.get_default(key) and given != saved[key]:
             logger.warning("--%s %s ignored: a resumed run keeps its checkpoint's value %s",
-                           key.replace("_", "-"), given, stored.get(key))
-        setattr(args, key, stored.get(key, parser.get_default(key)))  # a key older runs did not store: its default
+                           key.replace("_", "-"), given, saved[key])
+        setattr(args, key, saved[key])
 
 
 # ---------------------------------------------------------------- training loop
@@ -414,7 +316,6 @@ def setup(args: argparse.Namespace, parser: argparse.ArgumentParser, device: tor
     """(run, training pairs, held-out pairs, save folder) for a fresh or a resumed run."""
     if args.resume is None:
         args.iterations = args.iterations or DEFAULT_ITERATIONS
-        resolve_data_path(args)
         voc, pairs, heldout = load_data(args)
         return new_run(args, voc, device), pairs, heldout, Path(args.save_dir or Path("runs") / args.corpus)
     with open(args.resume, "rb") as f:
@@ -424,7 +325,6 @@ def setup(args: argparse.Namespace, parser: argparse.ArgumentParser, device: tor
     if missing:
         raise CheckpointError(f"{args.resume} holds a model but no training state to resume ({', '.join(missing)})")
     if tutorial:
-        resolve_data_path(args)
         set_model_args(args, ckpt["config"])
         args.iterations = args.iterations or DEFAULT_ITERATIONS
     else:
@@ -437,7 +337,7 @@ def setup(args: argparse.Namespace, parser: argparse.ArgumentParser, device: tor
         if not tutorial:
             raise ValueError(f"the {args.corpus} corpus at {args.data_path} no longer gives the checkpoint's "
                              "vocabulary")
-        pairs, heldout = (known_pairs(ps, ckpt["voc"]["words"]) for ps in (pairs, heldout))
+        pairs, heldout = (known_pairs(saved, ps) for ps in (pairs, heldout))
         logger.warning("the tutorial checkpoint's vocabulary is not the one %s gives: training on the %d pairs "
                        "(%d held out) whose words it knows", args.data_path, len(pairs), len(heldout))
     logger.info("resuming from %s at iteration %d%s", args.resume, ckpt["iteration"],
@@ -445,23 +345,10 @@ def setup(args: argparse.Namespace, parser: argparse.ArgumentParser, device: tor
     return resume_run(ckpt, args, device), pairs, heldout, Path(args.save_dir or Path(args.resume).parent)
 
 
-def same_tokens(voc: Any) -> object:
-    """What must not change for a resumed run's vocabulary: its words, or its BPE's JSON."""
-    stored = voc.to_dict()
-    return stored.get("json") or stored["words"]
-
-
 def set_model_args(args: argparse.Namespace, config: dict) -> None:
     """The model flags from a converted checkpoint's config (the tutorial's sizes are read off its tensors)."""
-    args.hidden_size, args.encoder_layers, args.decoder_layers = (
-        config["hidden_size"], config["encoder_n_layers"], config["decoder_n_layers"])
-    args.attn, args.max_length, args.dropout = config["attn_model"], config["max_length"], config["dropout"]
-
-
-def known_pairs(pairs: list[Pair], words: list[str]) -> list[Pair]:
-    """The pairs all of whose words are in `words`."""
-    known = set(words)
-    return [p for p in pairs if all(w in known for side in p for w in side.split())]
+    for key in CONFIG_KEYS:
+        setattr(args, key, config[key])
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -1,0 +1,99 @@
+"""Compare checkpoints that differ in their tokens (word vs byte-level BPE): held-out bits per byte and coverage.
+
+    python -m bench.tokens_compare --checkpoints runs/compare-word/best_checkpoint.tar \
+        runs/compare-bpe/best_checkpoint.tar --data-path data/cornell
+
+Per checkpoint:
+- bits per byte: its teacher-forced NLL on the pairs its own training run held out, in bits, over the
+  UTF-8 bytes of those replies as the model sees them (decoded from its tokens: normalised lowercase
+  words for a word model, the text itself for BPE), plus one byte per reply for its end (EOS). Both
+  kinds predict the same thing per byte, whatever their tokens, so the figures compare;
+- coverage on --prompts raw queries of the corpus (seeded sample of every pair, any length): the share
+  it can answer at all (not 422), and the share it reads whole (no word dropped, nothing cut).
+Last lines: `bits_per_byte_<name>`, `answerable_<name>`, `read_whole_<name>` for each checkpoint,
+named by its tokenizer kind (or --names).
+"""
+from __future__ import annotations
+
+import argparse
+import math
+import random
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+import torch
+
+from model import NoKnownWordsError, from_checkpoint, read_checkpoint
+from train.data import Pair, load_corpus
+from train.engine import make_batch, teacher_forced_loss
+from train.main import heldout_of
+
+CPU = torch.device("cpu")
+
+
+@torch.no_grad()
+def bits_per_byte(bot, pairs: Sequence[Pair], batch_size: int = 64) -> float:
+    """Teacher-forced NLL in bits over the replies' UTF-8 bytes (+1 per reply for EOS), float32 weights."""
+    nats, size = 0.0, 0
+    for start in range(0, len(pairs), batch_size):
+        chunk = pairs[start: start + batch_size]
+        nats += float(teacher_forced_loss(bot.encoder, bot.decoder, make_batch(bot.voc, chunk, CPU))[1])
+        size += sum(len(bot.voc.decode(bot.voc.token_ids(reply)).encode("utf-8")) + 1 for _, reply in chunk)
+    return nats / math.log(2) / size
+
+
+def coverage(bot, prompts: Sequence[str]) -> tuple[float, float]:
+    """(share answerable at all, share read whole: nothing dropped or cut)."""
+    answerable = whole = 0
+    for text in prompts:
+        try:
+            encoded = bot.encode(text)
+        except NoKnownWordsError:
+            continue
+        answerable += 1
+        whole += not encoded.unknown_words and not encoded.truncated
+    return answerable / len(prompts), whole / len(prompts)
+
+
+def sample_queries(run: dict, data_path: str | None, count: int, seed: int) -> list[str]:
+    """`count` queries of the raw pairs of a run's corpus (its stored flags), drawn with a seed (any length, not
+    normalised)."""
+    queries = [query for query, _ in load_corpus(run["corpus"], data_path or run.get("data_path"),
+                                                 run.get("language", "english"))]
+    return random.Random(seed).sample(queries, min(count, len(queries)))
+
+
+def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(prog="python -m bench.tokens_compare", description=__doc__.splitlines()[0])
+    p.add_argument("--checkpoints", type=Path, nargs="+", required=True, help="checkpoints written by train.main")
+    p.add_argument("--names", nargs="+", default=None, help="a name per checkpoint (default: its tokenizer kind)")
+    p.add_argument("--data-path", default=None, help="the corpus the runs trained on (default: where they read it)")
+    p.add_argument("--prompts", type=int, default=2000, help="raw queries for the coverage figures")
+    p.add_argument("--seed", type=int, default=0, help="seed of the query sample")
+    return p.parse_args(argv)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = parse_args(argv)
+    torch.set_num_threads(1)
+    rows = []
+    for i, path in enumerate(args.checkpoints):
+        with open(path, "rb") as f:
+            ckpt = read_checkpoint(f)
+        bot = from_checkpoint(ckpt)  # float32: the weights as trained
+        name = args.names[i] if args.names else bot.voc.kind
+        heldout = heldout_of(ckpt, args.data_path)
+        prompts = sample_queries(ckpt["args"], args.data_path, args.prompts, args.seed)
+        rows.append((name, path, len(heldout), bits_per_byte(bot, heldout), *coverage(bot, prompts)))
+    print("| model | checkpoint | held-out pairs | bits per byte | answerable | read whole |")
+    print("|---|---|---:|---:|---:|---:|")
+    for name, path, pairs, bpb, answerable, whole in rows:
+        print(f"| {name} | {path} | {pairs} | {bpb:.3f} | {answerable:.3f} | {whole:.3f} |")
+    for name, _, _, bpb, answerable, whole in rows:
+        print(f"bits_per_byte_{name}: {bpb:.3f}\nanswerable_{name}: {answerable:.3f}\nread_whole_{name}: {whole:.3f}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
