@@ -37,7 +37,8 @@ def newest_checkpoint(runs: Path) -> Path:
     """train.runs.default_checkpoint, or a BuildError that says what to do."""
     found = default_checkpoint(runs)
     if found is None:
-        raise BuildError(f"no *_checkpoint.tar under {runs}/: train one first (make train-demo) or pass CHECKPOINT=... (make) or --checkpoint")
+        raise BuildError(f"no *_checkpoint.tar under {runs}/: train one first (make train-demo), or name one: "
+                         "make mar CHECKPOINT=..., --checkpoint ...")
     return found
 
 

@@ -11,7 +11,8 @@ stopped) with the same config.properties, worker count and batching settings:
   beam5    the batched server, every request JSON with {"beam_size": 5}
   sample   the batched server, every request JSON with {"temperature": 0.8, "top_p": 0.9, "seed": 1}
 For each number of concurrent clients, every client thread posts prompts back to back over its
-own keep-alive requests.Session for --warmup-seconds (not counted), then --seconds (counted).
+own keep-alive requests.Session (serving.load.run_load) for --warmup-seconds (not counted), then
+--seconds (counted).
 Every reply is checked: a non-200 status or a failed request is an error; a 200 whose text is
 not Chatbot.reply's for the same input (same weights and quantisation, in this process) a mismatch.
 
@@ -42,15 +43,13 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Callable, Sequence
-from concurrent.futures import ThreadPoolExecutor
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from importlib.metadata import version
 from pathlib import Path
 
 import numpy as np
 import psutil
-import requests
 import torch
 import yaml
 
@@ -60,7 +59,8 @@ from model.decoding import parse_options
 from model.int8 import GateTable
 from model.tokenizer import vocabulary_size
 from model.voc import EOS_token
-from serving.launcher import MODEL_NAME, REPO, TorchServe, build_mar, start_torchserve
+from serving.launcher import MODEL_NAME, REPO, TorchServe, build_mar, start_torchserve, wait_until_ready
+from serving.load import Case, run_load
 from train.runs import default_checkpoint
 
 logger = logging.getLogger("serve_bench")
@@ -227,18 +227,6 @@ def build_echo_mar(config_file: Path, store: Path) -> Path:
     return store / "echo.mar"
 
 
-def wait_for_workers(server: TorchServe, workers: int, timeout_s: float = 120) -> None:
-    """Wait until `workers` workers of the model are READY (the launcher waits for one)."""
-    deadline = time.monotonic() + timeout_s
-    url = server.url("management", f"/models/{MODEL_NAME}")
-    while time.monotonic() < deadline:
-        if sum(w["status"] == "READY" for w in requests.get(url, timeout=5).json()[0]["workers"]) >= workers:
-            server.remember_pids()
-            return
-        time.sleep(0.5)
-    raise RuntimeError(f"fewer than {workers} workers READY after {timeout_s:.0f} s:\n{server.log_tail()}")
-
-
 def worker_rss_mb(server: TorchServe) -> list[float]:
     """Resident memory of each Python worker of the server (MB)."""
     sizes = []
@@ -274,54 +262,24 @@ class Level:
         return float(np.percentile(self.latencies_ms, q)) if self.latencies_ms else float("nan")
 
 
-def post(session: requests.Session, url: str, text: str, fields: dict) -> tuple[int, str]:
-    """(status, reply text): raw text without decoding fields, else JSON with them."""
-    if not fields:
-        reply = session.post(url, data=text.encode(), headers=TEXT_HEADERS, timeout=REQUEST_TIMEOUT_S)
-        # .content, not .text: without a charset (the echo sends none) requests guesses one,
-        # and guesses UTF-16 for some short ASCII bodies.
-        return reply.status_code, reply.content.decode("utf-8", "replace").rstrip("\n")
-    reply = session.post(url, json={"text": text, **fields}, timeout=REQUEST_TIMEOUT_S)
-    return reply.status_code, reply.json().get("reply", "") if reply.status_code == 200 else ""
-
-
-def client_loop(url: str, prompts: Sequence[str], expected: dict[str, str], first: int,
-                stop: Callable[[], bool], records: list, fields: dict) -> None:
-    """Post prompts back to back over one keep-alive session; append (start, end, outcome) per request."""
-    with requests.Session() as session:
-        for i in itertools.count(first):
-            if stop():
-                return
-            text = prompts[i % len(prompts)]
-            start = time.perf_counter()
-            try:
-                status, reply = post(session, url, text, fields)
-                outcome = "error" if status != 200 else "ok" if reply == expected[text] else "mismatch"
-            except (requests.RequestException, ValueError):
-                outcome = "error"
-            records.append((start, time.perf_counter(), outcome))
+def scenario_cases(expected: dict[str, str], fields: dict) -> list[Case]:
+    """One Case per prompt whose reply must be expected[prompt]: raw text without decoding fields, else JSON."""
+    return [Case(prompt, {"data": prompt.encode(), "headers": TEXT_HEADERS} if not fields else
+                 {"json": {"text": prompt, **fields}}, reply=reply) for prompt, reply in expected.items()]
 
 
 def measure(scenario: str, url: str, expected: dict[str, str], clients: int, args: argparse.Namespace,
             fields: dict | None = None) -> Level:
-    """Run `clients` client threads; count the requests started after the warm-up and finished in time."""
-    counted_from = time.perf_counter() + args.warmup_seconds
-    deadline = counted_from + args.seconds
-    records: list[tuple[float, float, str]] = []  # list.append is atomic under the GIL
-
-    def stop() -> bool:
-        return time.perf_counter() >= deadline or len(records) >= args.max_requests
-
-    prompts = list(expected)
-    with ThreadPoolExecutor(clients) as pool:  # each client starts at its own prompt
-        futures = [pool.submit(client_loop, url, prompts, expected, 7 * k, stop, records, fields or {})
-                   for k in range(clients)]
-    for future in futures:
-        future.result()  # a bug in the client raises here instead of vanishing
-    counted = [r for r in records if r[0] >= counted_from and r[1] <= deadline]
-    end = max((r[1] for r in counted), default=counted_from)
-    return Level(scenario, clients, [1000 * (r[1] - r[0]) for r in counted if r[2] != "error"],
-                 sum(r[2] == "error" for r in counted), sum(r[2] == "mismatch" for r in counted),
+    """serving.load.run_load with `clients` clients; count the requests started after the warm-up and finished in
+    time: 200 replies (right or wrong), errors (any other status, or no answer), mismatches (a wrong 200 reply)."""
+    start = time.monotonic()
+    results = run_load(url, scenario_cases(expected, fields or {}), clients, args.warmup_seconds + args.seconds,
+                       args.max_requests)
+    counted_from = start + args.warmup_seconds
+    counted = [r for r in results if r.start >= counted_from and r.end <= counted_from + args.seconds]
+    end = max((r.end for r in counted), default=counted_from)
+    return Level(scenario, clients, [1000 * r.seconds for r in counted if r.status == 200],
+                 sum(r.status != 200 for r in counted), sum(r.status == 200 and not r.correct for r in counted),
                  end - counted_from)
 
 
@@ -337,13 +295,14 @@ def run_scenario(scenario: str, workload: Workload, args: argparse.Namespace, wo
     config = scenario_config(scenario, args, workdir)
     if scenario == "echo":
         build_echo_mar(config, store)
-        overrides, expected = {"load_models": f"{MODEL_NAME}=echo.mar"}, {p: p for p in workload.prompts}
+        # the echo answers the body itself: a prompt sent as a line comes back as the chatbot's line would
+        overrides, expected = {"load_models": f"{MODEL_NAME}=echo.mar"}, {f"{p}\n": p for p in workload.prompts}
     else:
         build_mar(workload.checkpoint, store, config)
         overrides, expected = {}, workload.expected
     overrides["default_workers_per_model"] = str(args.workers)
     with start_torchserve(workdir / "server", store, config_overrides=overrides) as server:
-        wait_for_workers(server, args.workers)
+        wait_until_ready(server, args.workers)  # the launcher waits for one
         levels = []
         for name in (scenario, *decoding):
             for clients in args.concurrency:

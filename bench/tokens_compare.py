@@ -25,9 +25,8 @@ from pathlib import Path
 import torch
 
 from model import NoKnownWordsError, from_checkpoint, read_checkpoint
-from train.data import Pair, load_corpus
+from train.data import Pair, load_corpus, run_data
 from train.engine import make_batch, teacher_forced_loss
-from train.main import heldout_of
 
 CPU = torch.device("cpu")
 
@@ -83,7 +82,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             ckpt = read_checkpoint(f)
         bot = from_checkpoint(ckpt)  # float32: the weights as trained
         name = args.names[i] if args.names else bot.voc.kind
-        heldout = heldout_of(ckpt, args.data_path)
+        _, _, heldout = run_data(ckpt, args.data_path)
         prompts = sample_queries(ckpt["args"], args.data_path, args.prompts, args.seed)
         rows.append((name, path, len(heldout), bits_per_byte(bot, heldout), *coverage(bot, prompts)))
     print("| model | checkpoint | held-out pairs | bits per byte | answerable | read whole |")

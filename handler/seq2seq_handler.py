@@ -80,15 +80,25 @@ DEFAULT_MAX_CHARS = 1000
 Outcome = Union[ChatRequest, Answer, BadRequest]  # what each stage hands the next, per request
 
 # Custom metrics: name -> type. They must also be declared in handler/metrics.yaml,
-# with dimensions [ModelName] (+ [Reason] for bad requests), or TorchServe drops them.
+# with dimensions [ModelName] (+ [Reason] for bad requests, [le] for buckets), or TorchServe drops them.
 METRICS = {
     "seq2seq_requests_decoded_total": MetricTypes.COUNTER,
     "seq2seq_bad_requests_total": MetricTypes.COUNTER,
     "seq2seq_unknown_words_total": MetricTypes.COUNTER,
     "seq2seq_decode_fallbacks_total": MetricTypes.COUNTER,
-    "seq2seq_reply_words": MetricTypes.HISTOGRAM,
-    "seq2seq_batch_size": MetricTypes.HISTOGRAM,
+    "seq2seq_reply_words_bucket": MetricTypes.COUNTER,
+    "seq2seq_reply_words_sum": MetricTypes.COUNTER,
+    "seq2seq_batch_size_bucket": MetricTypes.COUNTER,
+    "seq2seq_batch_size_sum": MetricTypes.COUNTER,
     "seq2seq_decode_seconds": MetricTypes.HISTOGRAM,
+}
+# TorchServe's Prometheus histograms have the client library's latency buckets (0.005 ... 10 s), which
+# fit decode seconds but not counts: words per reply and requests per batch are cumulative counters per
+# upper bound instead (label `le`, as a histogram's buckets: histogram_quantile reads them), plus a _sum.
+# Each batch updates each bucket once (a metric update is a log line the frontend parses), so few buckets.
+COUNT_BUCKETS = {
+    "seq2seq_reply_words": (1, 2, 4, 6, 8, 10, 15, 20),  # a reply has at most limits.max_length tokens
+    "seq2seq_batch_size": (1, 2, 4, 8, 16, 32),  # up to the model-config's batchSize
 }
 
 
@@ -234,7 +244,8 @@ class Seq2seqHandler(BaseHandler):
         found = self.decode_batch([requests[idx] for idx in good], good)
         seconds = time.perf_counter() - start
         self.observe("seq2seq_decode_seconds", seconds)
-        self.observe("seq2seq_batch_size", len(good))
+        self.observe_counts("seq2seq_batch_size", [len(good)])
+        self.observe_counts("seq2seq_reply_words", [len(f[0][0].split()) for f in found if isinstance(f, list)])
         self.observe("seq2seq_requests_decoded_total", sum(isinstance(f, list) for f in found))
         # DEBUG: at INFO this line would cost as much as the metrics, every batch
         logger.debug("batch of %d: %d decoded together in %.1f ms", len(requests), len(good), seconds * 1000)
@@ -281,7 +292,6 @@ class Seq2seqHandler(BaseHandler):
     def reply_body(self, idx: int, answer: Answer) -> str:
         """Status 200 and the reply: a line of text (unknown words in a header) or JSON."""
         request, text = answer.request, answer.replies[0][0]
-        self.observe("seq2seq_reply_words", len(text.split()))
         self.observe("seq2seq_unknown_words_total", len(request.unknown_words))
         headers = {}
         if not request.as_json and request.unknown_words:
@@ -313,6 +323,13 @@ class Seq2seqHandler(BaseHandler):
             response_headers.pop(name, None)
         for name, value in headers.items():
             self.context.set_response_header(idx, name, value)
+
+    def observe_counts(self, name: str, values: list[int]) -> None:
+        """Count `values` in the bucket counters of `name` (COUNT_BUCKETS: each value in every bucket it fits, and
+        in +Inf), one update per bucket, and add their total to name_sum."""
+        for bound in (*COUNT_BUCKETS[name], "+Inf"):
+            self.observe(f"{name}_bucket", sum(1 for v in values if bound == "+Inf" or v <= bound), str(bound))
+        self.observe(f"{name}_sum", sum(values))
 
     def observe(self, name: str, value: float, *dimensions: str) -> None:
         """Add `value` to the custom metric `name` (declared in metrics.yaml), for this model; never raises."""

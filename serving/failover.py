@@ -28,7 +28,8 @@ import psutil
 
 from model import from_checkpoint, read_checkpoint
 from serving.launcher import MODEL_NAME, REPO, TorchServe, build_mar, free_ports, start_torchserve
-from serving.soak import Case, load_cases, run_load, served_quantize
+from serving.load import Case, run_load
+from serving.soak import load_cases, served_quantize
 from train.runs import default_checkpoint
 
 HEALTH_INTERVAL_MS = 200

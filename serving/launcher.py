@@ -104,10 +104,10 @@ class TorchServe:
                 for m in re.finditer(rf"^{re.escape(name)}\{{(.*?)\}} (\S+)$", text, re.MULTILINE)}
 
     def batches_of_more_than_one(self) -> float:
-        """How many batches the handler decoded with more than one request (its seq2seq_batch_size histogram)."""
+        """How many batches the handler decoded with more than one request (its seq2seq_batch_size buckets)."""
         buckets = self.metric_values("seq2seq_batch_size_bucket")
         total = sum(v for k, v in buckets.items() if 'le="+Inf"' in k)
-        return total - sum(v for k, v in buckets.items() if 'le="1.0"' in k)
+        return total - sum(v for k, v in buckets.items() if 'le="1"' in k)
 
     def log_tail(self, lines: int = 40) -> str:
         log = self.workdir / "logs" / "ts_log.log"

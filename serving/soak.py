@@ -24,7 +24,6 @@ import tempfile
 import threading
 import time
 from collections import Counter
-from concurrent.futures import ThreadPoolExecutor
 from contextlib import suppress
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -33,91 +32,16 @@ import psutil
 import requests
 import yaml
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # run as a script from anywhere
+from model import Chatbot, from_checkpoint, read_checkpoint
+from model.voc import SPECIAL_WORDS
+from serving.launcher import REPO, TorchServe, build_mar, read_properties, start_torchserve
+from serving.load import ANY_ANSWER, CLIENT_TIMEOUT_S, JSON_TYPE, Case, Result, run_load, send, summarize
+from train.runs import default_checkpoint
 
-from model import Chatbot, from_checkpoint, read_checkpoint  # noqa: E402
-from model.voc import SPECIAL_WORDS  # noqa: E402
-from serving.launcher import REPO, TorchServe, build_mar, read_properties, start_torchserve  # noqa: E402
-from train.runs import default_checkpoint  # noqa: E402
-
-RESPONSE_TIMEOUT_S = 30  # handler/model-config.yaml responseTimeout: TorchServe restarts a worker stuck longer
-CLIENT_TIMEOUT_S = RESPONSE_TIMEOUT_S + 5  # a request that waits longer than this counts as hung
 RECOVERY_LIMIT_S = 30  # the service must answer correctly again this soon after a worker is killed
 MAX_REQUEST_SIZE = int(read_properties(REPO / "config.properties")["max_request_size"])
 TEXT = {"Content-Type": "text/plain"}
-JSON_TYPE = "application/json"
 UNKNOWN_WORD = "zorblax"
-ANY_ANSWER = "*"  # Case.kind: a reply, or the handler's JSON error with a 4xx status: both are fine
-
-
-@dataclass(frozen=True)
-class Case:
-    """One request and the answer it must get.
-
-    status 200: `reply` is the reply text (Chatbot.reply of the input). 4xx: `kind` is the error type in
-    the handler's JSON body, or None for a rejection by TorchServe's frontend, which has no body;
-    ANY_ANSWER accepts a reply or any 4xx JSON error (inputs whose right answer depends on the runtime).
-    """
-
-    name: str
-    request: dict  # requests.post keyword arguments: data/json/files/headers
-    status: int = 200
-    reply: str = ""
-    kind: str | None = ""
-
-
-@dataclass(frozen=True)
-class Result:
-    """What one request got."""
-
-    case: Case
-    start: float  # time.monotonic()
-    end: float
-    status: int | str  # the HTTP status, or the exception's name when no response came
-    body: str
-    correct: bool  # status and body are what the case expects
-
-    @property
-    def seconds(self) -> float:
-        return self.end - self.start
-
-
-def is_correct(case: Case, response: requests.Response) -> bool:
-    """Whether `response` is the answer `case` must get."""
-    if case.kind == ANY_ANSWER:
-        return response.status_code == 200 or (400 <= response.status_code < 500 and is_error_body(response))
-    if response.status_code != case.status:
-        return False
-    if case.status == 200:
-        if response.headers.get("Content-Type", "").startswith(JSON_TYPE):
-            return response.json().get("reply") == case.reply
-        return response.text == case.reply + "\n"
-    if case.kind is None:  # refused by the frontend before any handler saw it
-        return response.content == b""
-    try:
-        return response.json().get("type") == case.kind
-    except ValueError:
-        return False
-
-
-def is_error_body(response: requests.Response) -> bool:
-    """Whether the body is the handler's JSON error for the response's status."""
-    try:
-        body = response.json()
-    except ValueError:
-        return False
-    return isinstance(body, dict) and body.get("code") == response.status_code and bool(body.get("type"))
-
-
-def send(session: requests.Session, url: str, case: Case, timeout: float = CLIENT_TIMEOUT_S) -> Result:
-    """POST one case and judge the answer; a connection error or timeout is a Result too."""
-    start = time.monotonic()
-    try:
-        response = session.post(url, timeout=timeout, **case.request)
-    except requests.RequestException as e:
-        return Result(case, start, time.monotonic(), type(e).__name__, str(e)[:200], False)
-    return Result(case, start, time.monotonic(), response.status_code, response.text[:1000],
-                  is_correct(case, response))
 
 
 def vocabulary_texts(chatbot: Chatbot, count: int, seed: int = 0) -> list[str]:
@@ -147,39 +71,6 @@ def load_cases(chatbot: Chatbot, count: int = 24) -> list[Case]:
         Case("too long", {"data": b"a " * 600, "headers": TEXT}, 413, kind="InputTooLong"),
     ]
     return cases
-
-
-def run_load(url: str, cases: list[Case], clients: int, seconds: float) -> list[Result]:
-    """`clients` threads with keep-alive sessions cycle through `cases` (each from its own offset) for `seconds`."""
-    deadline = time.monotonic() + seconds
-
-    def client(offset: int) -> list[Result]:
-        session, results = requests.Session(), []
-        while time.monotonic() < deadline:
-            results.append(send(session, url, cases[(offset + len(results)) % len(cases)]))
-        return results
-
-    with ThreadPoolExecutor(clients) as pool:
-        return [result for results in pool.map(client, range(clients)) for result in results]
-
-
-def summarize(results: list[Result]) -> dict:
-    """Counts of a load run: requests, errors (wrong status, or no answer), mismatches (right status, wrong body)."""
-    if not results:
-        return {"requests": 0, "errors": 0, "mismatches": 0}
-    errors = [r for r in results if r.status != r.case.status]
-    mismatches = [r for r in results if r.status == r.case.status and not r.correct]
-    seconds = sorted(r.seconds for r in results)
-    span = max(r.end for r in results) - min(r.start for r in results)
-    return {
-        "requests": len(results),
-        "errors": len(errors),
-        "mismatches": len(mismatches),
-        "error_statuses": dict(Counter(str(r.status) for r in errors)),
-        "p50_ms": round(1000 * seconds[len(seconds) // 2], 1),
-        "max_ms": round(1000 * seconds[-1], 1),
-        "requests_per_s": round(len(results) / span, 1),
-    }
 
 
 def one_bad_in(every: int, good: list[Case], bad: list[Case]) -> list[Case]:

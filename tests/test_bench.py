@@ -38,11 +38,11 @@ def test_random_checkpoint_has_tutorial_sizes_and_replies_use_every_step():
 
 
 class FlakyEcho(BaseHTTPRequestHandler):
-    """Echoes the body, except 'bad' (HTTP 500) and 'odd' (a wrong reply)."""
+    """Echoes the body, except the line 'bad' (HTTP 500) and the line 'odd' (a wrong reply)."""
 
     def do_POST(self):  # noqa: N802 (http.server's name)
         body = self.rfile.read(int(self.headers["Content-Length"])).decode()
-        status, reply = (500, "boom") if body == "bad" else (200, "not it" if body == "odd" else body)
+        status, reply = (500, "boom") if body == "bad\n" else (200, "not it" if body == "odd\n" else body)
         self.send_response(status)
         self.send_header("Content-Length", str(len(reply)))
         self.end_headers()
@@ -63,7 +63,7 @@ def flaky_server():
 
 
 def test_measure_counts_errors_and_mismatches(flaky_server):
-    expected = {text: text for text in ("good", "bad", "odd", "fine")}
+    expected = {f"{text}\n": text for text in ("good", "bad", "odd", "fine")}  # as run_scenario asks the echo
     args = Namespace(seconds=1.0, warmup_seconds=0.2, max_requests=400)
     level = measure("echo", flaky_server, expected, clients=2, args=args)
     answered = len(level.latencies_ms)  # 200 replies, right or wrong

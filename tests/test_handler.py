@@ -140,7 +140,11 @@ def test_custom_metrics_are_emitted_with_declared_dimensions(handler, caplog):
     assert value("[METRICS]seq2seq_unknown_words_total.Count:") == 2
     assert any("seq2seq_bad_requests_total" in ln and "Reason:EmptyInput" in ln for ln in lines)
     assert value("[METRICS]seq2seq_bad_requests_total.Count:") == 3
-    assert value("[METRICS]seq2seq_batch_size.Requests:") == 1  # empty or all-unknown texts never reach the decoder
+    assert value("[METRICS]seq2seq_batch_size_sum.Requests:") == 1  # empty or all-unknown texts never reach the decoder
+    buckets = {line.split("le:")[1].split(",")[0].split("|")[0]: float(line.split(":", 1)[1].split("|")[0])
+               for line in lines if line.startswith("[METRICS]seq2seq_batch_size_bucket.Count:")}
+    assert buckets == {"1": 1, "2": 1, "4": 1, "8": 1, "16": 1, "32": 1, "+Inf": 1}  # a batch of 1: cumulative
+    assert value("[METRICS]seq2seq_reply_words_sum.Words:") == len(handler.chatbot.reply("hello").text.split())
     assert not [r for r in caplog.records if "Failed to update metric" in r.getMessage()]
 
 

@@ -33,22 +33,18 @@ from archive.build_mar import archiver_command, stage_model_package
 from archive.build_mar import main as build_mar_main
 from model import from_checkpoint, read_checkpoint
 from serving.launcher import REPO, TorchServe, free_ports, start_torchserve, write_config
+from serving.load import RESPONSE_TIMEOUT_S, Case, run_load, send, summarize
 from serving.soak import (
     MAX_REQUEST_SIZE,
     RECOVERY_LIMIT_S,
-    RESPONSE_TIMEOUT_S,
     TEXT,
-    Case,
     bad_input_cases,
     hostile_cases,
     java_process,
     kill_worker_during_load,
     load_cases,
     mixed_phase,
-    run_load,
-    send,
     served_quantize,
-    summarize,
     worker_processes,
 )
 

@@ -340,8 +340,13 @@ def test_metrics_port_serves_torchserve_and_custom_metrics(torchserve):
     assert sum(torchserve.metric_values("seq2seq_unknown_words_total").values()) >= 1
     bad = torchserve.metric_values("seq2seq_bad_requests_total")
     assert any('Reason="EmptyInput"' in labels for labels in bad)
-    for histogram in ("seq2seq_reply_words", "seq2seq_batch_size", "seq2seq_decode_seconds"):
-        assert sum(torchserve.metric_values(f"{histogram}_count").values()) >= 1
+    assert sum(torchserve.metric_values("seq2seq_decode_seconds_count").values()) >= 1
+    for counted in ("seq2seq_reply_words", "seq2seq_batch_size"):  # histogram-style buckets of counts, cumulative
+        buckets = {re.search(r'le="([^"]+)"', k).group(1): v for k, v in torchserve.metric_values(
+            f"{counted}_bucket").items()}
+        bounds = sorted((b for b in buckets if b != "+Inf"), key=int)
+        assert buckets["+Inf"] >= 1 and sum(torchserve.metric_values(f"{counted}_sum").values()) >= 1
+        assert [buckets[b] for b in bounds] == sorted(buckets[b] for b in bounds) <= [buckets["+Inf"]] * len(bounds)
 
 
 def test_client_one_shot_prints_the_reply_and_reports_unknown_words_like_the_cli(torchserve, serving_chatbot):
