@@ -254,3 +254,45 @@ def test_draw_follows_the_probabilities_and_never_picks_a_zero_one():
         counts[draw(probs, [rng])[0]] += 1
     assert counts[0] == counts[2] == counts[4] == 0
     assert counts[3] / 4000 == pytest.approx(0.8, abs=0.03)
+
+
+def reference_nucleus(probs: list[float], top_k: int | None, top_p: float | None) -> set[int]:
+    """The tokens top_k / top_p keep, by the textbook recipe: rank by probability, keep the k likeliest and, of
+    those, the smallest prefix whose mass reaches top_p."""
+    ranked = sorted(range(len(probs)), key=lambda i: -probs[i])[: top_k or len(probs)]
+    kept, mass = set(), 0.0
+    for i in ranked:
+        if top_p is not None and mass >= top_p:
+            break
+        kept.add(i)
+        mass += probs[i]
+    return kept
+
+
+@pytest.mark.parametrize("top_k, top_p", [(None, 0.9), (None, 0.3), (3, None), (5, 0.6), (1, None), (2, 0.99)])
+def test_pick_samples_the_textbook_nucleus_in_proportion(top_k, top_p):
+    import random
+
+    from model.decoding import pick
+    probs = torch.tensor([[0.02, 0.3, 0.01, 0.18, 0.25, 0.04, 0.12, 0.05, 0.03]])
+    options = [DecodeOptions(top_k=top_k, top_p=top_p)]
+    kept = reference_nucleus(probs[0].tolist(), top_k, top_p)
+    rng, counts = random.Random(1), [0] * probs.size(1)
+    for _ in range(6000):
+        counts[pick(probs, options, [rng])[0]] += 1
+    assert {i for i, c in enumerate(counts) if c} == kept
+    total = sum(probs[0, i].item() for i in kept)
+    for i in kept:
+        assert counts[i] / 6000 == pytest.approx(probs[0, i].item() / total, abs=0.025)
+
+
+def test_pick_falls_back_to_the_exact_nucleus_when_draws_keep_being_refused():
+    import random
+
+    from model.decoding import REJECTION_TRIES, pick
+    probs = torch.full((1, 400), 1.0)  # nearly flat: top_k 2 keeps 2 tokens in 400, almost every draw is refused
+    probs[0, 7], probs[0, 300] = 1.5, 1.2
+    probs /= probs.sum()
+    rng = random.Random(0)
+    drawn = {pick(probs, [DecodeOptions(top_k=2)], [rng])[0] for _ in range(200)}
+    assert drawn == {7, 300} and REJECTION_TRIES < 200  # the fallback, not luck, found them
