@@ -26,20 +26,11 @@ import torch
 from model import CheckpointError, from_checkpoint, read_checkpoint
 from model.checkpoint import serving_subset
 from serving.launcher import ARCHIVE_NAME, REPO
-from train.runs import default_checkpoint
+from train.runs import add_checkpoint_flags, chosen_checkpoint
 
 
 class BuildError(Exception):
     """A problem the user can fix; reported as one line, without a traceback."""
-
-
-def newest_checkpoint(runs: Path) -> Path:
-    """train.runs.default_checkpoint, or a BuildError that says what to do."""
-    found = default_checkpoint(runs)
-    if found is None:
-        raise BuildError(f"no *_checkpoint.tar under {runs}/: train one first (make train-demo), or name one: "
-                         "make mar CHECKPOINT=..., --checkpoint ...")
-    return found
 
 
 def validate_checkpoint_file(path: Path) -> tuple[dict, str]:
@@ -102,7 +93,10 @@ def archiver_command(args: argparse.Namespace, extra_files: Path, serialized_fil
 
 def build(args: argparse.Namespace) -> Path:
     """Validate, stage and archive; returns the .mar path."""
-    args.checkpoint = args.checkpoint or newest_checkpoint(args.runs)
+    try:
+        args.checkpoint = chosen_checkpoint(args)
+    except FileNotFoundError as e:
+        raise BuildError(str(e)) from None
     ckpt, summary = validate_checkpoint_file(args.checkpoint)
     print(summary)
     with tempfile.TemporaryDirectory(prefix="build_mar_") as tmp:
@@ -123,10 +117,7 @@ def build(args: argparse.Namespace) -> Path:
 
 def parse_args(argv=None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="python -m archive.build_mar", description=__doc__.split("\n")[0])
-    parser.add_argument("--checkpoint", type=Path, default=None,
-                        help="checkpoint .tar, the project's or the PyTorch Chatbot Tutorial's (default: the newest "
-                             "best_checkpoint.tar under --runs, else the newest {iteration}_checkpoint.tar)")
-    parser.add_argument("--runs", type=Path, default=REPO / "runs", help="where to look for checkpoints")
+    add_checkpoint_flags(parser, "checkpoint .tar, the project's or the PyTorch Chatbot Tutorial's")
     parser.add_argument("--model-name", default=ARCHIVE_NAME,
                         help=f"archive name, archive/<name>.mar (default: from config.properties' load_models, "
                              f"{ARCHIVE_NAME})")

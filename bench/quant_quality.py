@@ -17,16 +17,14 @@ import sys
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
-from pathlib import Path
 
 import torch
 
 from model import Chatbot, from_checkpoint, read_checkpoint
 from model.tokenizer import vocabulary_size
-from serving.launcher import REPO
 from train.data import Pair, run_data
 from train.engine import evaluate
-from train.runs import default_checkpoint
+from train.runs import add_checkpoint_flags, add_data_path_flag, parse_with_checkpoint
 
 LOSS_TOLERANCE = 0.01  # relative change of the held-out loss
 REPLY_AGREEMENT = 0.95  # share of held-out prompts with the same greedy reply
@@ -99,27 +97,20 @@ def compare(ckpt: dict, mode: str, pairs: Sequence[Pair], batch_size: int = 8) -
 
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(prog="python -m bench.quant_quality", description=__doc__.splitlines()[0])
-    p.add_argument("--checkpoint", type=Path, default=None,
-                   help="checkpoint with training arguments (default: the newest runs/**/best_checkpoint.tar, else "
-                        "the newest {iteration}_checkpoint.tar)")
-    p.add_argument("--runs", type=Path, default=REPO / "runs", help="where to look for checkpoints (default: runs/)")
-    p.add_argument("--data-path", default=None,
-                   help="where the training corpus is now (default: the path stored in the checkpoint)")
+    add_checkpoint_flags(p, "a checkpoint with its training settings (train.main writes them)")
+    add_data_path_flag(p)
     p.add_argument("--modes", nargs="+", choices=MODES, default=list(MODES),
                    help="quantisations to check (default: both)")
     p.add_argument("--batch-size", type=int, default=8, help="queries per reply batch, as served (default: 8)")
     p.add_argument("--limit", type=int, default=0, help="check only the first N held-out pairs (default: all)")
     p.add_argument("--threads", type=int, default=1, help="torch threads (default: 1; the figures do not depend on it)")
-    return p.parse_args(argv)
+    return parse_with_checkpoint(p, argv)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
     torch.set_num_threads(args.threads)
-    path = args.checkpoint or default_checkpoint(args.runs)
-    if path is None:
-        print(f"error: no checkpoint under {args.runs}/: train one (make train) or pass --checkpoint", file=sys.stderr)
-        return 2
+    path = args.checkpoint
     with open(path, "rb") as f:
         ckpt = read_checkpoint(f)
     if "args" not in ckpt:

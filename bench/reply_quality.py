@@ -16,12 +16,12 @@ import argparse
 import sys
 from collections import Counter
 from collections.abc import Sequence
-from pathlib import Path
 
 from bench.serve_bench import DECODING_FIELDS
 from model import from_checkpoint, read_checkpoint
 from model.decoding import parse_options
 from train.data import run_data
+from train.runs import add_checkpoint_flags, add_data_path_flag, parse_with_checkpoint
 
 MODES = {"greedy": DECODING_FIELDS["batched"], "beam5": DECODING_FIELDS["beam5"], "sample": DECODING_FIELDS["sample"]}
 
@@ -41,14 +41,12 @@ def quality(replies: Sequence[str], scores: Sequence[float], generic: set[str]) 
 
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(prog="python -m bench.reply_quality", description=__doc__.splitlines()[0])
-    p.add_argument("--checkpoint", type=Path, required=True,
-                   help="a checkpoint with its training settings (train.main writes them)")
-    p.add_argument("--data-path", default=None,
-                   help="where the training corpus is now (default: the path stored in the checkpoint)")
+    add_checkpoint_flags(p, "a checkpoint with its training settings (train.main writes them)")
+    add_data_path_flag(p)
     p.add_argument("--prompts", type=int, default=500, help="held-out prompts to answer (default: 500)")
     p.add_argument("--quantize", choices=("false", "int8", "fp16"), default="int8",
                    help="weights, as the handler's option (default: int8, the served default)")
-    return p.parse_args(argv)
+    return parse_with_checkpoint(p, argv)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -61,7 +61,7 @@ from model.tokenizer import vocabulary_size
 from model.voc import EOS_token
 from serving.launcher import MODEL_NAME, REPO, TorchServe, build_mar, start_torchserve, wait_until_ready
 from serving.load import Case, run_load
-from train.runs import default_checkpoint
+from train.runs import add_checkpoint_flags, add_data_path_flag, default_checkpoint
 
 logger = logging.getLogger("serve_bench")
 
@@ -387,13 +387,9 @@ def handler_defaults() -> dict:
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     d = handler_defaults()
     p = argparse.ArgumentParser(prog="python -m bench.serve_bench", description=__doc__.splitlines()[0])
-    p.add_argument("--checkpoint", type=Path, default=None,
-                   help="checkpoint to serve (default: newest runs/**/*_checkpoint.tar if hidden size 500, "
-                        "else random tutorial-size weights)")
-    p.add_argument("--runs", type=Path, default=REPO / "runs", help="where to look for checkpoints (default: runs/)")
-    p.add_argument("--data-path", default=None,
-                   help="where the checkpoint's training corpus is now (default: where its run read it; for random "
-                        "weights, data/cornell)")
+    add_checkpoint_flags(p, "checkpoint to serve", default="the newest runs/**/best_checkpoint.tar if its hidden "
+                                                           "size is 500, else random tutorial-size weights")
+    add_data_path_flag(p)
     p.add_argument("--prompts", type=int, default=300, help="distinct prompts to cycle through (default: 300)")
     p.add_argument("--scenarios", nargs="+", choices=SCENARIOS, default=list(SCENARIOS),
                    help="what to serve (default: all; beam5 and sample need batched)")

@@ -27,10 +27,10 @@ from pathlib import Path
 import psutil
 
 from model import from_checkpoint, read_checkpoint
-from serving.launcher import MODEL_NAME, REPO, TorchServe, build_mar, free_ports, start_torchserve
+from serving.launcher import MODEL_NAME, TorchServe, build_mar, free_ports, start_torchserve
 from serving.load import Case, run_load
 from serving.soak import load_cases, served_quantize
-from train.runs import default_checkpoint
+from train.runs import add_checkpoint_flags, parse_with_checkpoint
 
 HEALTH_INTERVAL_MS = 200
 FALL = 2  # failed checks before a replica is marked down
@@ -163,13 +163,11 @@ def failover(url: str, admin_socket: Path, victim: TorchServe, cases: list[Case]
 
 def parse_args(argv=None) -> argparse.Namespace:
     p = argparse.ArgumentParser(prog="python -m serving.failover", description=__doc__.splitlines()[0])
-    p.add_argument("--checkpoint", type=Path, default=default_checkpoint(REPO / "runs"),
-                   help="checkpoint both replicas serve (default: the newest runs/**/best_checkpoint.tar; the "
-                        "tests pass a tiny one)")
+    add_checkpoint_flags(p, "the checkpoint both replicas serve")
     p.add_argument("--clients", type=int, default=16, help="concurrent clients (default: 16)")
     p.add_argument("--seconds", type=float, default=20.0, help="length of the load (default: 20)")
     p.add_argument("--kill-after", type=float, default=6.0, help="seconds into the load to kill replica 0")
-    return p.parse_args(argv)
+    return parse_with_checkpoint(p, argv)
 
 
 def run(checkpoint: Path, clients: int, seconds: float, kill_after: float, workdir: Path) -> dict:
@@ -192,9 +190,6 @@ def ok(report: dict) -> bool:
 
 def main(argv=None) -> int:
     args = parse_args(argv)
-    if args.checkpoint is None or not Path(args.checkpoint).is_file():
-        print("error: no checkpoint: train one (make train-demo) or pass --checkpoint", file=sys.stderr)
-        return 2
     with tempfile.TemporaryDirectory(prefix="failover_") as tmp:
         report = run(args.checkpoint, args.clients, args.seconds, args.kill_after, Path(tmp))
     for name, value in report.items():

@@ -36,7 +36,7 @@ from model import Chatbot, from_checkpoint, read_checkpoint
 from model.voc import SPECIAL_WORDS
 from serving.launcher import REPO, TorchServe, build_mar, read_properties, start_torchserve
 from serving.load import ANY_ANSWER, CLIENT_TIMEOUT_S, JSON_TYPE, Case, Result, run_load, send, summarize
-from train.runs import default_checkpoint
+from train.runs import add_checkpoint_flags, parse_with_checkpoint
 
 RECOVERY_LIMIT_S = 30  # the service must answer correctly again this soon after a worker is killed
 MAX_REQUEST_SIZE = int(read_properties(REPO / "config.properties")["max_request_size"])
@@ -271,10 +271,8 @@ def served_quantize(model_config: Path = REPO / "handler" / "model-config.yaml")
 
 
 def parse_args(argv=None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--checkpoint", type=Path, default=default_checkpoint(REPO / "runs"),
-                        help="checkpoint to serve (default: the newest runs/**/best_checkpoint.tar, else the newest "
-                             "periodic one)")
+    parser = argparse.ArgumentParser(prog="python -m serving.soak", description=__doc__.split("\n")[0])
+    add_checkpoint_flags(parser, "the checkpoint to serve")
     parser.add_argument("--clients", type=int, default=64, help="concurrent clients in the load phase")
     parser.add_argument("--seconds", type=float, default=60.0, help="length of the load phase")
     parser.add_argument("--kill-clients", type=int, default=16, help="concurrent clients in the worker-kill phase")
@@ -288,7 +286,7 @@ def parse_args(argv=None) -> argparse.Namespace:
                         help="only send the bad-input cases and print their markdown table")
     parser.add_argument("--workdir", type=Path, default=None,
                         help="a new folder to keep the server's files and logs in (default: a temporary one, removed)")
-    return parser.parse_args(argv)
+    return parse_with_checkpoint(parser, argv)
 
 
 def mixed_phase(server: TorchServe, chatbot: Chatbot, clients: int, seconds: float) -> dict:
@@ -333,9 +331,6 @@ def soak(server: TorchServe, chatbot: Chatbot, args: argparse.Namespace) -> bool
 
 def main(argv=None) -> int:
     args = parse_args(argv)
-    if args.checkpoint is None or not args.checkpoint.is_file():
-        print("error: no checkpoint: train one (make train-demo) or pass --checkpoint", file=sys.stderr)
-        return 2
     with open(args.checkpoint, "rb") as f:
         chatbot = from_checkpoint(read_checkpoint(f), quantize=served_quantize())
     with tempfile.TemporaryDirectory(prefix="soak_") as tmp:

@@ -13,7 +13,6 @@ from __future__ import annotations
 import argparse
 import sys
 from collections.abc import Sequence
-from pathlib import Path
 from typing import TextIO
 
 from client.flags import add_decoding_flags, decoding_fields, reply_lines
@@ -22,7 +21,7 @@ from model.checkpoint import CheckpointError, from_checkpoint, read_checkpoint
 from model.decoding import DecodeOptions, InvalidOption, parse_options
 from train.config import RunConfig, add_flags
 from train.device import pick_device
-from train.runs import default_checkpoint
+from train.runs import add_checkpoint_flags, parse_with_checkpoint
 
 QUIT_WORDS = ("q", "quit")
 EXIT_BAD_INPUT = 1
@@ -32,13 +31,11 @@ EXIT_USAGE = 2  # as argparse
 
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(prog="python -m train.chat", description=__doc__.splitlines()[0])
-    p.add_argument("--checkpoint", default=None,
-                   help="a checkpoint written by train.main, or the PyTorch Chatbot Tutorial's (default: the newest "
-                        "runs/**/best_checkpoint.tar, else the newest {iteration}_checkpoint.tar)")
+    add_checkpoint_flags(p, "a checkpoint written by train.main, or the PyTorch Chatbot Tutorial's")
     p.add_argument("--text", default=None, help="reply to this one text and exit (no prompt)")
     add_flags(p, RunConfig, only=("device",))
     add_decoding_flags(p)
-    return p.parse_args(argv)
+    return parse_with_checkpoint(p, argv)
 
 
 def load_chatbot(path: str, device: str) -> Chatbot:
@@ -87,10 +84,6 @@ def interactive(bot: Chatbot, options: DecodeOptions, stdin: TextIO = sys.stdin)
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
-    args.checkpoint = args.checkpoint or default_checkpoint(Path("runs"))
-    if args.checkpoint is None:
-        print("error: no checkpoint under runs/: train one (make train-demo) or pass --checkpoint", file=sys.stderr)
-        return EXIT_BAD_CHECKPOINT
     try:
         bot = load_chatbot(str(args.checkpoint), args.device)
     except (CheckpointError, RuntimeError) as e:  # RuntimeError: --device cuda without a GPU
