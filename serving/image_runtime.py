@@ -27,6 +27,7 @@ import yaml
 from model import Chatbot, from_checkpoint, read_checkpoint
 from model.decoding import parse_options
 from serving.launcher import REPO, build_mar, start_torchserve
+from serving.tiny import make_tiny_bpe_checkpoint, make_tiny_checkpoint
 
 WEIGHT_MODES = {"int8": "int8", "fp16": "fp16", "float32": False}  # name -> the handler's `quantize`
 PROMPTS = ["hello there !", "how are you ?", "what is your name ?", "where do you live ?", "do you like music ?",
@@ -112,8 +113,6 @@ def main(argv=None) -> int:
           f"{sys.version.split()[0]}, torch {__import__('torch').__version__}")
     ok = True
     with tempfile.TemporaryDirectory(prefix="image_runtime_") as tmp:
-        sys.path.insert(0, str(REPO / "tests"))
-        from conftest import make_tiny_bpe_checkpoint, make_tiny_checkpoint
         checkpoint = args.checkpoint or make_tiny_checkpoint(Path(tmp) / "1_checkpoint.tar")
         results = {name: check_mode(name, WEIGHT_MODES[name], checkpoint, args.python, Path(tmp))
                    for name in args.modes}

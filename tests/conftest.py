@@ -25,15 +25,9 @@ import pytest
 import torch
 import yaml
 
-from model import FORMAT, BpeTokenizer, Voc, build_model, default_config, from_checkpoint, read_checkpoint
+from model import Voc, build_model, default_config, from_checkpoint, read_checkpoint
 from serving.launcher import REPO, TorchServe, build_mar, start_torchserve
-
-TINY_SENTENCES = [
-    "hello there !", "how are you ?", "i am fine .", "what is your name ?", "my name is bot .",
-    "good bye !", "where do you live ?", "i live in a small house .", "do you like music ?",
-    "yes i like it very much .",
-]
-
+from serving.tiny import make_tiny_bpe_checkpoint, make_tiny_checkpoint
 
 MODEL_SENTENCES = ["hello there .", "how are you ?", "i am fine .", "what is your name ?", "my name is bob .",
              "where are you going ?", "i am going home .", "good night !"]
@@ -49,36 +43,6 @@ def tiny_checkpoint(attn_model: str = "dot", hidden: int = 24, seed: int = 0) ->
     encoder, decoder = build_model(config, voc.num_words)
     return {"config": config, "voc": voc.to_dict(), "encoder": encoder.state_dict(),
             "decoder": decoder.state_dict()}
-
-
-# Several scripts and languages, digits and names: what the word vocabulary loses and BPE must keep
-BPE_SENTENCES = TINY_SENTENCES + [
-    "你好", "你好吗?", "我很好，谢谢.", "你叫什么名字?", "I was born in 1984.", "Hola, ¿cómo estás?",
-    "Привет, как дела?", "Ich heiße Anna.", "The café opens at 9:30!", "こんにちは",
-]
-
-
-def make_tiny_checkpoint(path: Path, seed: int = 1, vocabulary=None) -> Path:
-    """Save a small random-weight checkpoint whose replies differ from input to input; vocabulary: the
-    tokens (a BpeTokenizer, say), default the words of TINY_SENTENCES."""
-    if vocabulary is None:
-        vocabulary = Voc("tiny")
-        for sentence in TINY_SENTENCES:
-            vocabulary.add_sentence(sentence)
-    config = default_config(hidden_size=32, encoder_n_layers=1, decoder_n_layers=1, dropout=0.0)
-    torch.manual_seed(seed)
-    encoder, decoder = build_model(config, vocabulary.num_words)
-    with torch.no_grad():  # larger weights than the default init make replies depend on the input
-        for p in [*encoder.parameters(), *decoder.parameters()]:
-            p.mul_(3.0)
-    torch.save({"format": FORMAT, "config": config, "voc": vocabulary.to_dict(), "encoder": encoder.state_dict(),
-                "decoder": decoder.state_dict(), "iteration": 1, "loss": 0.0}, path)
-    return path
-
-
-def make_tiny_bpe_checkpoint(path: Path, seed: int = 1) -> Path:
-    """make_tiny_checkpoint with a 400-token byte-level BPE learnt from BPE_SENTENCES."""
-    return make_tiny_checkpoint(path, seed, BpeTokenizer.train(BPE_SENTENCES * 3, 400, "tiny-bpe"))
 
 
 @pytest.fixture(scope="session")

@@ -17,7 +17,6 @@ from pathlib import Path
 import pytest
 import requests
 import torch
-from conftest import BPE_SENTENCES, make_tiny_bpe_checkpoint
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -25,6 +24,7 @@ from model import BpeTokenizer, from_checkpoint, read_checkpoint
 from model.tokenizer import BPE_SPECIAL_TOKENS, vocabulary_from_dict
 from model.voc import EOS_token, PAD_token, SOS_token
 from serving.launcher import REPO, build_mar, start_torchserve
+from serving.tiny import BPE_SENTENCES, make_tiny_bpe_checkpoint
 from train import main as train_main
 from train.data import prepare_bpe, split_heldout
 

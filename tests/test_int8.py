@@ -190,3 +190,20 @@ def test_logits_are_bit_identical_alone_and_in_a_batch(quantize):
     for i, text in enumerate(texts):
         assert torch.equal(first_step_logits(bot, [text])[0], together[i])
 
+
+
+@pytest.mark.parametrize("quantize", [False, "fp16", "int8"])
+def test_the_int8_speed_path_is_built_for_int8_weights_alone(quantize):
+    """Gate tables (~140 MB for the Cornell model) and int8 kernels exist only where they are used."""
+    from model.int8 import GateTable, Int8GRU, Int8Linear
+
+    bot = random_bot("dot", quantize)
+    built = {type(m) for part in (bot.encoder, bot.decoder) for m in part.modules()}
+    assert bool(built & {GateTable, Int8GRU, Int8Linear}) == (quantize == "int8")
+
+
+def test_a_gpu_never_gets_quantised_weights():
+    from model import CheckpointError, from_checkpoint
+
+    with pytest.raises(CheckpointError, match="CPU only"):
+        from_checkpoint(random_checkpoint(VOC, 0, hidden_size=50), device="meta", quantize="int8")

@@ -21,9 +21,9 @@ import pytest
 import requests
 import torch
 import yaml
-from conftest import TINY_SENTENCES
 
 from serving.launcher import REPO, read_properties
+from serving.tiny import TINY_SENTENCES
 
 BUILD_MAR = ("-m", "archive.build_mar")
 CLIENT = ("-m", "client.chat_client")
