@@ -27,6 +27,7 @@ import torch
 from model import NoKnownWordsError, from_checkpoint, read_checkpoint
 from train.data import Pair, load_corpus, run_data
 from train.engine import make_batch, teacher_forced_loss
+from train.runs import add_data_path_flag
 
 CPU = torch.device("cpu")
 
@@ -67,7 +68,7 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(prog="python -m bench.tokens_compare", description=__doc__.splitlines()[0])
     p.add_argument("--checkpoints", type=Path, nargs="+", required=True, help="checkpoints written by train.main")
     p.add_argument("--names", nargs="+", default=None, help="a name per checkpoint (default: its tokenizer kind)")
-    p.add_argument("--data-path", default=None, help="the corpus the runs trained on (default: where they read it)")
+    add_data_path_flag(p)
     p.add_argument("--prompts", type=int, default=2000, help="raw queries for the coverage figures")
     p.add_argument("--seed", type=int, default=0, help="seed of the query sample")
     return p.parse_args(argv)

@@ -22,7 +22,7 @@ from pathlib import Path
 
 import requests
 
-from client.flags import add_decoding_flags, decoding_fields, reply_lines
+from client.flags import add_decoding_flags, decoding_fields, input_notes, reply_lines
 from serving.launcher import MODEL_NAME
 
 QUIT_WORDS = ("q", "quit")  # as in train/chat.py
@@ -32,10 +32,10 @@ class ServerError(Exception):
     """The server could not be reached or did not answer as a TorchServe chatbot does."""
 
 
-def report_unknown(words: list[str]) -> None:
-    """Name the dropped unknown words on stderr, exactly as the chat CLI does."""
-    if words:
-        print(f"(unknown words dropped: {', '.join(words)})", file=sys.stderr)
+def report_unknown(answer: Answer) -> None:
+    """Name the dropped unknown words on stderr, and say when the text was cut, exactly as the chat CLI does."""
+    for note in input_notes(answer.unknown_words, bool(answer.body.get("truncated"))):
+        print(f"({note})", file=sys.stderr)
 
 
 def inference_key(key_file: Path) -> str:
@@ -90,12 +90,12 @@ def request_reply(session: requests.Session, url: str, text: str, timeout: float
 
 
 def ask(session: requests.Session, url: str, text: str, timeout: float,
-        fields: dict | None = None) -> tuple[bool, str, list[str]]:
-    """Send one text (and decoding fields): (True, reply lines, unknown words), or (False, error message, ...)."""
+        fields: dict | None = None) -> tuple[bool, str, Answer]:
+    """Send one text (and decoding fields): (True, reply lines, answer), or (False, error message, answer)."""
     answer = request_reply(session, url, text, timeout, fields)
     if answer.ok:
-        return True, "\n".join(reply_lines(answer.replies, "replies" in answer.body)), answer.unknown_words
-    return False, answer.error, answer.unknown_words
+        return True, "\n".join(reply_lines(answer.replies, "replies" in answer.body)), answer
+    return False, answer.error, answer
 
 
 def chat(session: requests.Session, url: str, timeout: float, fields: dict) -> int:
@@ -105,8 +105,8 @@ def chat(session: requests.Session, url: str, timeout: float, fields: dict) -> i
         line = sys.stdin.readline()
         if not line or line.strip() in QUIT_WORDS:
             return 0
-        ok, message, unknown_words = ask(session, url, line.rstrip("\n"), timeout, fields)
-        report_unknown(unknown_words)
+        ok, message, answer = ask(session, url, line.rstrip("\n"), timeout, fields)
+        report_unknown(answer)
         if ok:
             print(f"Bot: {message}", flush=True)
         else:
@@ -147,11 +147,11 @@ def main(argv=None) -> int:
         session, url = server_session(args)
         if args.text is None:
             return chat(session, url, args.timeout, decoding_fields(args))
-        ok, message, unknown_words = ask(session, url, args.text, args.timeout, decoding_fields(args))
+        ok, message, answer = ask(session, url, args.text, args.timeout, decoding_fields(args))
     except ServerError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
-    report_unknown(unknown_words)
+    report_unknown(answer)
     if not ok:
         print(f"error: {message}", file=sys.stderr)
         return 1

@@ -1,4 +1,4 @@
-"""The decoding flags of the chat CLI and the HTTP client, and how both print several replies.
+"""The decoding flags of the chat CLI and the HTTP client, how both print several replies and what was not read.
 
 One flag per option of model.decoding.OPTIONS, spelled as its JSON field with dashes
 (`beam_size` -> `--beam-size`), so `python -m train.chat`, `python -m client.chat_client` and a
@@ -30,3 +30,11 @@ def reply_lines(replies: list[tuple[str, float]], many: bool) -> list[str]:
     if not many:
         return [replies[0][0]]
     return [f"{text}  ({score:.3f})" for text, score in replies]
+
+
+def input_notes(unknown_words: list[str], truncated: bool) -> list[str]:
+    """What the bot did not read of a text, as the chat CLI, the client and the chat page say it."""
+    notes = [f"unknown words dropped: {', '.join(unknown_words)}"] if unknown_words else []
+    if truncated:
+        notes.append("the text was cut to the model's max_length tokens")
+    return notes

@@ -119,3 +119,11 @@ def test_without_checkpoint_it_talks_to_the_newest_best_checkpoint_under_runs(ch
                             cwd=tmp_path, env={**os.environ, "PYTHONPATH": str(REPO)}, timeout=120)
     assert result.returncode == 0, result.stderr
     assert result.stdout == bot.reply("hello").text + "\n"
+
+
+def test_one_shot_says_when_the_text_was_cut_to_max_length(checkpoint, bot):
+    long_text = " ".join(WORDS * 3)  # more known words than the model reads
+    result = chat("--checkpoint", str(checkpoint), "--text", long_text)
+    assert result.returncode == 0 and bot.reply(long_text).truncated
+    assert result.stdout == bot.reply(long_text).text + "\n"
+    assert result.stderr == "(the text was cut to the model's max_length tokens)\n"

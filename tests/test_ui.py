@@ -117,7 +117,7 @@ def test_the_page_says_plainly_when_the_model_is_not_loaded_or_no_worker_is_read
     assert busy.startswith("**The server has no worker ready for my_s2s**")
     replies = render(Answer(200, {"reply": "hi", "score": -1.0, "unknown_words": ["zorblax"],
                                   "replies": [{"reply": "hi", "score": -1.0}, {"reply": "hello", "score": -1.5}]}), "m")
-    assert replies == "hi  (-1.000)\n\nhello  (-1.500)\n\n*dropped unknown words: zorblax*"
+    assert replies == "hi  (-1.000)\n\nhello  (-1.500)\n\n*unknown words dropped: zorblax*"
 
 
 @needs_gradio
@@ -132,7 +132,7 @@ def test_the_page_shows_the_reply_curl_gets_and_the_servers_4xx_message(browser,
     assert shown.startswith("Error 422 NoKnownWords: " + rejected["message"])
     assert "zorblax, quuxly" in shown
     dropped = say(browser, "how are you zorblax ?")
-    assert dropped.splitlines()[-1] == "dropped unknown words: zorblax"
+    assert dropped.splitlines()[-1] == "unknown words dropped: zorblax"
     assert messages(browser, "user")[-3:] == ["hello there !", "zorblax quuxly", "how are you zorblax ?"]
     if os.environ.get("UI_SCREENSHOT"):
         browser.save_screenshot(os.environ["UI_SCREENSHOT"])

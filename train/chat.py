@@ -15,7 +15,7 @@ import sys
 from collections.abc import Sequence
 from typing import TextIO
 
-from client.flags import add_decoding_flags, decoding_fields, reply_lines
+from client.flags import add_decoding_flags, decoding_fields, input_notes, reply_lines
 from model.chatbot import Chatbot, Reply
 from model.checkpoint import CheckpointError, from_checkpoint, read_checkpoint
 from model.decoding import DecodeOptions, InvalidOption, parse_options
@@ -51,9 +51,9 @@ def load_chatbot(path: str, device: str) -> Chatbot:
 
 
 def report_unknown(reply: Reply, err: TextIO) -> None:
-    """The shared unknown-word policy: say which words were dropped."""
-    if reply.unknown_words:
-        print(f"(unknown words dropped: {', '.join(reply.unknown_words)})", file=err)
+    """The shared unknown-word policy: say which words were dropped, and whether the text was cut."""
+    for note in input_notes(reply.unknown_words, reply.truncated):
+        print(f"({note})", file=err)
 
 
 def one_shot(bot: Chatbot, text: str, options: DecodeOptions) -> int:

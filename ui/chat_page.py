@@ -24,7 +24,7 @@ import requests
 import yaml
 
 from client.chat_client import Answer, ServerError, add_server_flags, request_reply, server_session
-from client.flags import reply_lines
+from client.flags import input_notes, reply_lines
 from model.decoding import OPTIONS
 
 os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")  # no calls home: the page is local
@@ -74,8 +74,8 @@ def render(answer: Answer, model: str) -> str:
     """A reply (several with their scores), with the dropped words under it; or the error as one line."""
     if answer.ok:
         text = "\n\n".join(reply_lines(answer.replies, "replies" in answer.body)) or "(an empty reply)"
-        if answer.unknown_words:
-            text += f"\n\n*dropped unknown words: {', '.join(answer.unknown_words)}*"
+        for note in input_notes(answer.unknown_words, bool(answer.body.get("truncated"))):
+            text += f"\n\n*{note}*"
         return text
     if answer.body.get("type") == "ModelNotFoundException":
         return f"**The model {model} is not loaded on the server** ({answer.body.get('message', '')}): " \
