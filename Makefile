@@ -128,7 +128,7 @@ check_java = java_major=$$(java -version 2>&1 | sed -n 's/.* version "\([0-9]*\)
 	"install it with: sudo apt-get install -y openjdk-17-jre-headless" >&2; exit 1; }
 wait_ready = for i in $$(seq 120); do \
 	  curl -sf $(call ts_auth,management) $(MANAGEMENT_URL)/models/$(MODEL_NAME) 2>/dev/null | grep -q '"READY"' && \
-	  { echo "TorchServe is up: curl $(INFERENCE_URL)/predictions/$(MODEL_NAME) -T hello.txt$(token_hint)"; exit 0; }; \
+	  { echo "TorchServe is up: curl $(INFERENCE_URL)/predictions/$(MODEL_NAME) -T $(HELLO)$(token_hint)"; exit 0; }; \
 	  sleep 1; done; \
 	echo "error: $(MODEL_NAME) not ready after 120 s: see $(1)" >&2; exit 1
 native_serve = $(check_java) && mkdir -p $(TS_TMP) && \

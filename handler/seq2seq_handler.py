@@ -299,8 +299,8 @@ class Seq2seqHandler(BaseHandler):
         if not request.as_json and request.truncated:
             headers["X-Truncated"] = "true"
         self.set_response(idx, 200, JSON_TYPE if request.as_json else TEXT_TYPE, headers)
-        if request.as_json:
-            return json.dumps(answer.body()) + "\n"
+        if request.as_json:  # UTF-8 as it is (a Chinese reply reads as Chinese); respond() made it encodable
+            return json.dumps(answer.body(), ensure_ascii=False) + "\n"
         return text + "\n"  # a line, so `curl -T hello.txt` leaves the prompt on the next line
 
     def error_body(self, idx: int, error: BadRequest) -> str:
