@@ -304,12 +304,27 @@ def run_scenario(scenario: str, workload: Workload, args: argparse.Namespace, wo
     with start_torchserve(workdir / "server", store, config_overrides=overrides) as server:
         wait_until_ready(server, args.workers)  # the launcher waits for one
         levels = []
-        for name in (scenario, *decoding):
-            for clients in args.concurrency:
-                levels.append(measure(name, server.predictions_url, workload.expected_by_scenario.get(name, expected),
-                                      clients, args, DECODING_FIELDS.get(name)))
-                logger.info("%s", row(levels[-1]))
-        return levels, worker_rss_mb(server)
+        for _ in range(args.rounds):  # rounds interleave the scenarios: a warming server favours none of them
+            for name in (scenario, *decoding):
+                for clients in args.concurrency:
+                    levels.append(measure(name, server.predictions_url,
+                                          workload.expected_by_scenario.get(name, expected), clients, args,
+                                          DECODING_FIELDS.get(name)))
+                    logger.info("%s", row(levels[-1]))
+        return pooled(levels), worker_rss_mb(server)
+
+
+def pooled(levels: Sequence[Level]) -> list[Level]:
+    """One Level per (scenario, clients): the rounds' replies, errors, mismatches and seconds together."""
+    merged: dict[tuple, Level] = {}
+    for lv in levels:
+        key = (lv.scenario, lv.clients)
+        if key not in merged:
+            merged[key] = Level(lv.scenario, lv.clients, [], 0, 0, 0.0)
+        m = merged[key]
+        m.latencies_ms += lv.latencies_ms
+        m.errors, m.mismatches, m.seconds = m.errors + lv.errors, m.mismatches + lv.mismatches, m.seconds + lv.seconds
+    return list(merged.values())
 
 
 # ---------------------------------------------------------------- report
@@ -398,6 +413,9 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     p.add_argument("--seconds", type=float, default=8.0, help="counted seconds per concurrency (default: 8)")
     p.add_argument("--warmup-seconds", type=float, default=1.5,
                    help="uncounted seconds before each measurement (default: 1.5)")
+    p.add_argument("--rounds", type=int, default=2,
+                   help="times each scenario is measured on its server, in turn with the others; the figures pool "
+                        "them (default: 2)")
     p.add_argument("--max-requests", type=int, default=50_000,
                    help="end a measurement after this many requests (default: 50000)")
     p.add_argument("--batch-size", type=int, default=d["batch_size"],

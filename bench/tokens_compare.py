@@ -9,9 +9,10 @@ Per checkpoint:
   words for a word model, the text itself for BPE), plus one byte per reply for its end (EOS). Both
   kinds predict the same thing per byte, whatever their tokens, so the figures compare;
 - coverage on --prompts raw queries of the corpus (seeded sample of every pair, any length): the share
-  it can answer at all (not 422), and the share it reads whole (no word dropped, nothing cut).
-Last lines: `bits_per_byte_<name>`, `answerable_<name>`, `read_whole_<name>` for each checkpoint,
-named by its tokenizer kind (or --names).
+  it can answer at all (not 422), the share with no word dropped as unknown, the share not cut to its
+  max_length tokens.
+Last lines: `bits_per_byte_<name>`, `answerable_<name>`, `no_word_dropped_<name>`, `not_cut_<name>` for
+each checkpoint, named by its tokenizer kind (or --names).
 """
 from __future__ import annotations
 
@@ -43,17 +44,19 @@ def bits_per_byte(bot, pairs: Sequence[Pair], batch_size: int = 64) -> float:
     return nats / math.log(2) / size
 
 
-def coverage(bot, prompts: Sequence[str]) -> tuple[float, float]:
-    """(share answerable at all, share read whole: nothing dropped or cut)."""
-    answerable = whole = 0
+def coverage(bot, prompts: Sequence[str]) -> tuple[float, float, float]:
+    """Shares of the prompts: answerable at all (not 422), with no word dropped as unknown, and not cut to
+    max_length."""
+    answerable = every_word = uncut = 0
     for text in prompts:
         try:
             encoded = bot.encode(text)
         except NoKnownWordsError:
             continue
         answerable += 1
-        whole += not encoded.unknown_words and not encoded.truncated
-    return answerable / len(prompts), whole / len(prompts)
+        every_word += not encoded.unknown_words
+        uncut += not encoded.truncated
+    return answerable / len(prompts), every_word / len(prompts), uncut / len(prompts)
 
 
 def sample_queries(run: dict, data_path: str | None, count: int, seed: int) -> list[str]:
@@ -86,12 +89,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         _, _, heldout = run_data(ckpt, args.data_path)
         prompts = sample_queries(ckpt["args"], args.data_path, args.prompts, args.seed)
         rows.append((name, path, len(heldout), bits_per_byte(bot, heldout), *coverage(bot, prompts)))
-    print("| model | checkpoint | held-out pairs | bits per byte | answerable | read whole |")
-    print("|---|---|---:|---:|---:|---:|")
-    for name, path, pairs, bpb, answerable, whole in rows:
-        print(f"| {name} | {path} | {pairs} | {bpb:.3f} | {answerable:.3f} | {whole:.3f} |")
-    for name, _, _, bpb, answerable, whole in rows:
-        print(f"bits_per_byte_{name}: {bpb:.3f}\nanswerable_{name}: {answerable:.3f}\nread_whole_{name}: {whole:.3f}")
+    print("| model | checkpoint | held-out pairs | bits per byte | answerable | no word dropped | not cut |")
+    print("|---|---|---:|---:|---:|---:|---:|")
+    for name, path, pairs, bpb, answerable, every_word, uncut in rows:
+        print(f"| {name} | {path} | {pairs} | {bpb:.3f} | {answerable:.3f} | {every_word:.3f} | {uncut:.3f} |")
+    for name, _, _, bpb, answerable, every_word, uncut in rows:
+        print(f"bits_per_byte_{name}: {bpb:.3f}\nanswerable_{name}: {answerable:.3f}\n"
+              f"no_word_dropped_{name}: {every_word:.3f}\nnot_cut_{name}: {uncut:.3f}")
     return 0
 
 

@@ -187,17 +187,20 @@ class BeamState:
     def rows(self) -> list[Hyp]:
         return self.alive + self.lane
 
-    def advance(self, logprobs: torch.Tensor, first_row: int) -> None:
-        """Extend by one token from logprobs (rows, V) of this request's rows, in rows() order."""
-        step = len(self.alive[0].tokens) if self.alive else len(self.lane[0].tokens)
-        last = step + 1 == self.options.max_length
-        beams = logprobs[: len(self.alive)]
+    def step_index(self) -> int:
+        """How many tokens the hypotheses have."""
+        return len(self.alive[0].tokens) if self.alive else len(self.lane[0].tokens)
+
+    def advance(self, top: tuple[list, list] | None, lane: tuple[int, float] | None, vocabulary: int,
+                first_row: int) -> None:
+        """Extend by one token. top: the 2k best (total, flat index) of this request's beams' totals, from
+        beam_tops (None without alive beams); lane: the greedy row's (token, log-probability)."""
+        last = self.step_index() + 1 == self.options.max_length
+        alive_before = len(self.alive)  # the lane's row comes after the beams' rows
         if self.alive:
-            totals = torch.tensor([h.total for h in self.alive], dtype=torch.double).unsqueeze(1) + beams  # (k, V)
-            top = totals.flatten().topk(min(2 * self.k, totals.numel()))
             alive = []
-            for rank, (total, index) in enumerate(zip(top.values.tolist(), top.indices.tolist())):
-                row, token = divmod(index, beams.size(1))
+            for rank, (total, index) in enumerate(zip(*top)):
+                row, token = divmod(index, vocabulary)
                 if total == float("-inf"):
                     break
                 hyp = Hyp(self.alive[row].tokens + [token], total, first_row + row)
@@ -210,9 +213,8 @@ class BeamState:
                     break
             self.alive = [] if last else alive
         if self.lane:
-            lp = logprobs[len(beams)]
-            token = int(lp.max(0).indices)
-            hyp = Hyp(self.lane[0].tokens + [token], self.lane[0].total + float(lp[token]), first_row + len(beams))
+            token, logprob = lane
+            hyp = Hyp(self.lane[0].tokens + [token], self.lane[0].total + logprob, first_row + alive_before)
             self.lane = [] if token == EOS_token or last else [hyp]
             if not self.lane:
                 self.finished.append(Candidate(hyp.tokens, hyp.mean()))
@@ -248,21 +250,63 @@ def beam_search(encoder, decoder, input_seq: torch.Tensor, input_lengths: torch.
     rows = [(r, h) for r, s in enumerate(states) for h in s.rows()]  # (request, hypothesis), grouped by request
     hidden = encoder_hidden[: decoder.n_layers, [r for r, _ in rows]]  # (L, R, H): the tutorial's initial state
     token = torch.full((1, len(rows)), SOS_token, dtype=torch.long, device=input_seq.device)
+    owners, row_inputs = None, None
     while rows:
-        owners = [r for r, _ in rows]
-        logits, hidden = step(token, hidden, encoder_outputs[:, owners], mask[:, owners])  # (1, R, V)
+        if owners != [r for r, _ in rows]:  # the rows' requests changed: only then copy their encoder outputs
+            owners = [r for r, _ in rows]
+            row_inputs = encoder_outputs[:, owners], mask[:, owners]
+        logits, hidden = step(token, hidden, *row_inputs)  # (1, R, V)
         logprobs = torch.log_softmax(logits[0].float(), dim=1).cpu()  # (R, V); totals are Python floats
         ban_repeats(logprobs, [h.tokens for _, h in rows], [states[r].options.no_repeat_ngram_size for r in owners])
-        first = 0
-        for r in dict.fromkeys(owners):
-            count = owners.count(r)
-            states[r].advance(logprobs[first: first + count], first)
-            first += count
+        firsts = request_rows(owners)
+        tops, lanes = beam_tops(states, firsts, logprobs), lane_steps(states, firsts, logprobs)
+        for r, first in firsts.items():
+            states[r].advance(tops.get(r), lanes.get(r), logprobs.size(1), first)
         rows = [(r, h) for r, s in enumerate(states) for h in s.rows()]
         parents = torch.tensor([h.parent for _, h in rows], dtype=torch.long)
         token = torch.tensor([[h.tokens[-1] for _, h in rows]], dtype=torch.long, device=input_seq.device)
         hidden = hidden[:, parents.to(hidden.device)]
     return [s.result() for s in states]
+
+
+def request_rows(owners: list[int]) -> dict[int, int]:
+    """{request: its first row} for rows grouped by request."""
+    firsts: dict[int, int] = {}
+    for row, r in enumerate(owners):
+        firsts.setdefault(r, row)
+    return firsts
+
+
+def beam_tops(states: list[BeamState], firsts: dict[int, int], logprobs: torch.Tensor) -> dict[int, tuple]:
+    """{request: (2k best totals, their flat indices into (alive, V))} for every request with alive beams: one
+    top-k per group of requests with as many alive beams and the same k, not one per request."""
+    groups: dict[tuple, list[int]] = {}
+    for r in firsts:
+        if states[r].alive:
+            groups.setdefault((len(states[r].alive), states[r].k), []).append(r)
+    tops = {}
+    vocabulary = logprobs.size(1)
+    for (alive, k), members in groups.items():
+        # The 2k best of a request come from its beams' own 2k best tokens: rank those, not every beam x token
+        width = min(2 * k, vocabulary)
+        best = logprobs[[firsts[r] + i for r in members for i in range(alive)]].topk(width, dim=1)  # (G*a, w)
+        totals = torch.tensor([h.total for r in members for h in states[r].alive], dtype=torch.double)
+        flat = (totals.unsqueeze(1) + best.values.double()).view(len(members), alive * width)  # (G, a*w)
+        top = flat.topk(min(2 * k, flat.size(1)), dim=1)
+        beam = top.indices // width  # which alive beam, and its token: a flat index into (alive, V)
+        tokens = best.indices.view(len(members), alive * width).gather(1, top.indices)
+        for r, values, indices in zip(members, top.values.tolist(), (beam * vocabulary + tokens).tolist()):
+            tops[r] = (values, indices)
+    return tops
+
+
+def lane_steps(states: list[BeamState], firsts: dict[int, int], logprobs: torch.Tensor) -> dict[int, tuple]:
+    """{request: (token, log-probability)} of every greedy lane's next token, in one max over the lane rows."""
+    lanes = [r for r in firsts if states[r].lane]
+    if not lanes:
+        return {}
+    best = logprobs[[firsts[r] + len(states[r].alive) for r in lanes]].max(dim=1)
+    return {r: (token, value) for r, token, value in zip(lanes, best.indices.tolist(), best.values.tolist())}
 
 
 def row_seed(seed: int, reply: int) -> int:
@@ -283,15 +327,27 @@ def filter_limits(options: list[DecodeOptions], dtype: torch.dtype = torch.doubl
     return top_k, top_p
 
 
-def in_nucleus(probs: torch.Tensor, tokens: torch.Tensor, options: list[DecodeOptions]) -> torch.Tensor:
-    """(R,) bool: whether row r's token is among its kept tokens. The rule, the same as ranking by
-    probability: a token is kept when fewer than top_k tokens are likelier and the likelier ones hold less
-    than top_p (so the likeliest is always kept, and the nucleus is the smallest set that reaches top_p).
-    One pass over the vocabulary, no sort: what makes sampling cheap."""
+def in_nucleus(probs: torch.Tensor, tokens: torch.Tensor, top_k: torch.Tensor, top_p: torch.Tensor) -> torch.Tensor:
+    """(R,) bool: whether row r's token is among its kept tokens (top_k, top_p: filter_limits'). The rule, the
+    same as ranking by probability: a token is kept when fewer than top_k tokens are likelier and the likelier
+    ones hold less than top_p (so the likeliest is always kept, and the nucleus is the smallest set that
+    reaches top_p). One pass over the vocabulary, no sort: what makes sampling cheap."""
     likelier = probs > probs.gather(1, tokens.unsqueeze(1))  # (R, V)
-    top_k, top_p = filter_limits(options)
     mass = (probs * likelier).sum(dim=1, dtype=torch.double)  # float64 sum: the boundary does not hang on rounding
     return (likelier.sum(dim=1) < top_k) & (mass < top_p)
+
+
+SUM_SLACK = 1e-5  # how far a float32 softmax row may sum above 1
+
+
+def surely_kept(chosen: float, option: DecodeOptions) -> bool:
+    """True when in_nucleus would keep a token of probability `chosen` whatever the other tokens hold: the
+    likelier ones hold at most 1 - p of the mass and number fewer than (1 - p) / p, so p > 1 - top_p and
+    p * (top_k + 1) > 1 settle it (most draws at the usual top_p). False: look. Plain floats: a handful of
+    rows costs less than a tensor operation."""
+    top_p = 2.0 if option.top_p is None else option.top_p
+    top_k = float("inf") if option.top_k is None else option.top_k
+    return chosen > 1 - top_p + SUM_SLACK and chosen * (top_k + 1) > 1 + SUM_SLACK
 
 
 def nucleus(logits: torch.Tensor, options: list[DecodeOptions]) -> torch.Tensor:
@@ -344,27 +400,29 @@ REJECTION_TRIES = 8  # draws per row and step before a row's kept tokens are fou
 def pick(probs: torch.Tensor, options: list[DecodeOptions], generators: list[random.Random]) -> list[int]:
     """One token per row from its probabilities restricted to its top_k / top_p tokens (nucleus's distribution).
 
-    By rejection: a token drawn from the whole row is kept if in_nucleus, else the row draws again; a kept
-    draw then follows exactly the restricted distribution. A nucleus holds at least top_p of the mass, so
-    with top_p 0.9 nine draws in ten are kept at once; a row still refused after REJECTION_TRIES draws
-    (a small top_k over a flat distribution) draws from `restrict`'s exact distribution. This replaced
-    ranking a top-256 per step (~1 ms for 8 rows of 7,826 words, more than the decoder step itself).
+    By rejection: a token drawn from the whole row is kept if in_nucleus (most are settled by surely_kept
+    without a pass over the vocabulary), else the row draws again; a kept draw then follows exactly the
+    restricted distribution. A nucleus holds at least top_p of the mass, so with top_p 0.9 nine draws in ten
+    are kept at once; a row still refused after REJECTION_TRIES draws (a small top_k over a flat
+    distribution) draws from `restrict`'s exact distribution. This replaced ranking a top-256 per step
+    (~1 ms for 8 rows of 7,826 words, more than the decoder step itself).
     """
     cdf = probs.cumsum(dim=1, dtype=torch.double)  # (R, V)
     choices = inverse_cdf(cdf, generators)
     pending = [r for r, o in enumerate(options) if o.top_k is not None or o.top_p is not None]
     for attempt in range(REJECTION_TRIES + 1):
-        if not pending:
+        chosen = probs[pending, choices[pending]].tolist() if pending else []
+        pending = [r for r, p in zip(pending, chosen) if not surely_kept(p, options[r])]
+        if pending:
+            top_k, top_p = filter_limits([options[r] for r in pending])
+            kept = in_nucleus(probs[pending], choices[pending], top_k, top_p).tolist()
+            pending = [r for r, ok in zip(pending, kept) if not ok]
+        if not pending or attempt == REJECTION_TRIES:
             break
-        every = len(pending) == len(options)  # the usual case: no copy of the rows
-        kept = in_nucleus(probs if every else probs[pending], choices if every else choices[pending],
-                          [options[r] for r in pending]).tolist()
-        pending = [r for r, ok in zip(pending, kept) if not ok]
-        if pending and attempt < REJECTION_TRIES:
-            choices[pending] = inverse_cdf(cdf[pending], [generators[r] for r in pending])
+        choices[pending] = inverse_cdf(cdf[pending], [generators[r] for r in pending])
     if pending:
         exact = restrict(probs[pending], [options[r] for r in pending])
-        choices[pending] = inverse_cdf(exact.double().cumsum(dim=1), [generators[r] for r in pending])
+        choices[pending] = inverse_cdf(exact.cumsum(dim=1, dtype=torch.double), [generators[r] for r in pending])
     return choices.tolist()
 
 
@@ -385,19 +443,21 @@ def sample(encoder, decoder, input_seq: torch.Tensor, input_lengths: torch.Tenso
         seed = o.seed if o.seed is not None else random.SystemRandom().randrange(2**63)
         rows += [SampleRow(r, random.Random(row_seed(seed, j)), []) for j in range(o.num_replies)]
     results: list[list[Candidate]] = [[] for _ in options]
-    hidden = encoder_hidden[: decoder.n_layers, [row.request for row in rows]]
+    owners = [row.request for row in rows]
+    hidden = encoder_hidden[: decoder.n_layers, owners]
+    encoder_outputs, mask = encoder_outputs[:, owners], mask[:, owners]  # one row per reply; shrunk as they end
     token = torch.full((1, len(rows)), SOS_token, dtype=torch.long, device=input_seq.device)
     while rows:
         owners = [row.request for row in rows]
-        logits, hidden = step(token, hidden, encoder_outputs[:, owners], mask[:, owners])  # (1, R, V)
+        logits, hidden = step(token, hidden, encoder_outputs, mask)  # (1, R, V)
         logits = logits[0].float().cpu()
-        normaliser = torch.logsumexp(logits, 1)  # the model's own log-probabilities: logit - normaliser
+        logprobs = torch.log_softmax(logits, 1)  # the model's own (log_softmax: half logsumexp's time here)
         sizes = [options[r].no_repeat_ngram_size for r in owners]
         if any(sizes):  # banned tokens are never drawn (the scores keep the model's own normaliser)
             logits = ban_repeats(logits.clone(), [row.tokens for row in rows], sizes)
         row_options = [options[r] for r in owners]
         choices = pick(temperature_probs(logits, row_options), row_options, [row.generator for row in rows])
-        chosen = (logits.gather(1, torch.tensor(choices).unsqueeze(1))[:, 0] - normaliser).tolist()
+        chosen = logprobs.gather(1, torch.tensor(choices).unsqueeze(1))[:, 0].tolist()
         going = []
         for i, (row, choice, logprob) in enumerate(zip(rows, choices, chosen)):
             row.tokens.append(choice)
@@ -406,8 +466,9 @@ def sample(encoder, decoder, input_seq: torch.Tensor, input_lengths: torch.Tenso
                 results[row.request].append(Candidate(row.tokens, row.total / len(row.tokens)))
             else:
                 going.append(i)
-        rows = [rows[i] for i in going]
-        hidden = hidden[:, going]
+        if len(going) < len(rows):  # only then: every re-index copies the rows
+            rows = [rows[i] for i in going]
+            hidden, encoder_outputs, mask = hidden[:, going], encoder_outputs[:, going], mask[:, going]
         token = torch.tensor([[row.tokens[-1] for row in rows]], dtype=torch.long, device=input_seq.device)
     return [sorted(c, key=lambda c: -c.score) for c in results]
 

@@ -80,3 +80,13 @@ def test_ratios_compare_throughput_at_one_concurrency():
     assert ratio(levels, "batched", "batch1", 16) == "4.00"
     assert ratio(levels, "batched", "echo", 64) == "n/a"
     assert find(levels, "batched", 16).percentile(50) == 5.0
+
+
+def test_rounds_pool_into_one_level_per_scenario_and_concurrency():
+    from bench.serve_bench import pooled
+
+    levels = pooled([Level("batched", 16, [1.0] * 30, 1, 0, 1.0), Level("sample", 16, [2.0] * 10, 0, 1, 1.0),
+                     Level("batched", 16, [3.0] * 10, 0, 2, 1.0)])
+    assert [(lv.scenario, lv.clients) for lv in levels] == [("batched", 16), ("sample", 16)]
+    assert (levels[0].throughput, levels[0].errors, levels[0].mismatches) == (20.0, 1, 2)
+    assert levels[0].percentile(50) == 1.0
