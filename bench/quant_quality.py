@@ -12,7 +12,6 @@ The handler's quantize option may be on by default only for a mode that passes b
 from __future__ import annotations
 
 import argparse
-import io
 import sys
 import time
 from collections.abc import Sequence
@@ -20,6 +19,7 @@ from dataclasses import dataclass
 
 import torch
 
+from bench.serve_bench import weights_megabytes
 from model import Chatbot, from_checkpoint, read_checkpoint
 from model.tokenizer import vocabulary_size
 from train.data import Pair, run_data
@@ -70,13 +70,6 @@ def replies(bot: Chatbot, queries: Sequence[str], batch_size: int) -> list[str]:
     for start in range(0, len(queries), batch_size):
         out += [r.text for r in bot.reply_batch(queries[start: start + batch_size])]
     return out
-
-
-def weights_megabytes(bot: Chatbot) -> float:
-    """torch.save size of the encoder and decoder state_dicts (the shared embedding counted once)."""
-    buf = io.BytesIO()
-    torch.save({"encoder": bot.encoder.state_dict(), "decoder": bot.decoder.state_dict()}, buf)
-    return buf.tell() / 1e6
 
 
 def compare_bots(reference: Chatbot, candidate: Chatbot, mode: str, pairs: Sequence[Pair],

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
 import torch
 from torch import nn
@@ -28,6 +29,7 @@ class Reply:
     replies: list[tuple[str, float]] = field(default_factory=list)
 
 
+@dataclass(eq=False)
 class Chatbot:
     """Vocabulary (word or BPE: model/tokenizer.py) + encoder + decoder in eval mode, decoding whole batches.
 
@@ -35,14 +37,12 @@ class Chatbot:
     seq2seq.trace_step for a faster copy on the CPU).
     """
 
-    def __init__(self, voc, encoder: nn.Module, decoder: nn.Module, max_length: int,
-                 device: torch.device, step: Callable | None = None):
-        self.voc = voc
-        self.encoder = encoder
-        self.decoder = decoder
-        self.max_length = max_length
-        self.device = device
-        self.step = step
+    voc: Any  # model/voc.py's Voc or model/tokenizer.py's BpeTokenizer
+    encoder: nn.Module
+    decoder: nn.Module
+    max_length: int
+    device: torch.device
+    step: Callable | None = None
 
     @property
     def default_options(self) -> DecodeOptions:
