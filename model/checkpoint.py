@@ -101,9 +101,8 @@ def tutorial_voc(voc_dict: dict) -> Voc:
                               f"indices missing {missing[:5]}, first words {[index2word.get(i) for i in range(3)]}")
     words = [index2word[i] for i in range(len(SPECIAL_WORDS), num_words)]
     counts = voc_dict.get("word2count") or {}
-    return Voc.from_dict({"name": str(voc_dict.get("name", "tutorial")),
-                                     "trimmed": bool(voc_dict.get("trimmed")),
-                                     "words": words, "counts": [int(counts.get(w, 1)) for w in words]})
+    return Voc.from_dict({"name": str(voc_dict.get("name", "tutorial")), "trimmed": bool(voc_dict.get("trimmed")),
+                          "words": words, "counts": [int(counts.get(w, 1)) for w in words]})
 
 
 def gru_layers(state: dict) -> int:

@@ -320,10 +320,10 @@ def temperature_probs(logits: torch.Tensor, options: list[DecodeOptions]) -> tor
     return scaled.softmax(dim=1)
 
 
-def filter_limits(options: list[DecodeOptions], dtype: torch.dtype = torch.double) -> tuple[torch.Tensor, torch.Tensor]:
-    """(top_k, top_p) per row as (R,) tensors, the largest values meaning "no limit"."""
+def filter_limits(options: list[DecodeOptions]) -> tuple[torch.Tensor, torch.Tensor]:
+    """(top_k, top_p) per row as (R,) tensors (top_p float64), the largest values meaning "no limit"."""
     top_k = torch.tensor([o.top_k if o.top_k is not None else 2**62 for o in options])
-    top_p = torch.tensor([o.top_p if o.top_p is not None else 2.0 for o in options], dtype=dtype)
+    top_p = torch.tensor([o.top_p if o.top_p is not None else 2.0 for o in options], dtype=torch.double)
     return top_k, top_p
 
 
@@ -350,15 +350,9 @@ def surely_kept(chosen: float, option: DecodeOptions) -> bool:
     return chosen > 1 - top_p + SUM_SLACK and chosen * (top_k + 1) > 1 + SUM_SLACK
 
 
-def nucleus(logits: torch.Tensor, options: list[DecodeOptions]) -> torch.Tensor:
-    """Probabilities (R, V), in vocabulary order, after each row's temperature, top_k and top_p (in_nucleus's
-    rule, for every token at once: a sort of the vocabulary); tokens outside get probability 0. The exact
-    distribution `pick` samples from; pick itself rarely needs it."""
-    return restrict(temperature_probs(logits, options), options)
-
-
 def restrict(probs: torch.Tensor, options: list[DecodeOptions]) -> torch.Tensor:
-    """probs (R, V) with 0 for every token outside its row's top_k / top_p (in_nucleus's rule, by a sort)."""
+    """probs (R, V) with 0 for every token outside its row's top_k / top_p (in_nucleus's rule, for every token
+    at once, by a sort): the exact distribution `pick` samples from; pick itself rarely needs it."""
     ascending, _ = probs.sort(dim=1)
     below = torch.cat((ascending.new_zeros(probs.size(0), 1, dtype=torch.double),
                        ascending.double().cumsum(dim=1)), dim=1)  # below[:, j]: mass of the j least likely
@@ -389,9 +383,9 @@ def inverse_cdf(cdf: torch.Tensor, generators: list[random.Random]) -> torch.Ten
     return torch.searchsorted(cdf, targets, right=True).clamp(max=cdf.size(1) - 1)[:, 0]
 
 
-def draw(probs: torch.Tensor, generators: list[random.Random]) -> list[int]:
-    """One token per row from probabilities (R, V) by inverse CDF in vocabulary order."""
-    return inverse_cdf(probs.double().cumsum(dim=1), generators).tolist()
+def draw(probs: torch.Tensor, generators: list[random.Random]) -> torch.Tensor:
+    """(R,) token ids: one per row from probabilities (R, V), by inverse CDF in vocabulary order."""
+    return inverse_cdf(probs.cumsum(dim=1, dtype=torch.double), generators)
 
 
 REJECTION_TRIES = 8  # draws per row and step before a row's kept tokens are found by sorting instead
@@ -421,8 +415,8 @@ def pick(probs: torch.Tensor, options: list[DecodeOptions], generators: list[ran
             break
         choices[pending] = inverse_cdf(cdf[pending], [generators[r] for r in pending])
     if pending:
-        exact = restrict(probs[pending], [options[r] for r in pending])
-        choices[pending] = inverse_cdf(exact.cumsum(dim=1, dtype=torch.double), [generators[r] for r in pending])
+        choices[pending] = draw(restrict(probs[pending], [options[r] for r in pending]),
+                                [generators[r] for r in pending])
     return choices.tolist()
 
 

@@ -31,18 +31,24 @@ def missing_tokenizers() -> ImportError:
                        "(pip install tokenizers; docker/Dockerfile's runtime image has it)")
 
 
-def new_bpe_tokenizer():
-    """An untrained tokenizers.Tokenizer with GPT-2's byte-level scheme and the project's text clean-up."""
+def tokenizers_package():
+    """The tokenizers package, imported only for a BPE model; an ImportError saying how to get it."""
     try:
-        from tokenizers import Regex, Tokenizer, decoders, models, normalizers, pre_tokenizers
+        import tokenizers
     except ImportError as e:
         raise missing_tokenizers() from e
-    tokenizer = Tokenizer(models.BPE())
+    return tokenizers
+
+
+def new_bpe_tokenizer():
+    """An untrained tokenizers.Tokenizer with GPT-2's byte-level scheme and the project's text clean-up."""
+    tk = tokenizers_package()
+    tokenizer = tk.Tokenizer(tk.models.BPE())
     # NFC, whitespace runs as one space, no space at either end: "hello\n" from curl -T is "hello"
-    tokenizer.normalizer = normalizers.Sequence([normalizers.NFC(), normalizers.Replace(Regex(r"\s+"), " "),
-                                                 normalizers.Strip()])
-    tokenizer.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
-    tokenizer.decoder = decoders.ByteLevel()
+    tokenizer.normalizer = tk.normalizers.Sequence([tk.normalizers.NFC(), tk.normalizers.Replace(tk.Regex(r"\s+"), " "),
+                                                    tk.normalizers.Strip()])
+    tokenizer.pre_tokenizer = tk.pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tokenizer.decoder = tk.decoders.ByteLevel()
     return tokenizer
 
 
@@ -52,13 +58,9 @@ class BpeTokenizer:
     kind = "bpe"
 
     def __init__(self, tokenizer_json: str, name: str = "bpe"):
-        try:
-            from tokenizers import Tokenizer
-        except ImportError as e:
-            raise missing_tokenizers() from e
         self.name = name
         self.json = tokenizer_json
-        self.tokenizer = Tokenizer.from_str(tokenizer_json)
+        self.tokenizer = tokenizers_package().Tokenizer.from_str(tokenizer_json)
         # Text that spells a special token ("<eos>") is split like any other text, never made a control token
         self.tokenizer.encode_special_tokens = True
         self.num_words = self.tokenizer.get_vocab_size()
@@ -72,11 +74,10 @@ class BpeTokenizer:
     def train(cls, texts, vocab_size: int, name: str = "bpe") -> BpeTokenizer:
         """A byte-level BPE of at most `vocab_size` tokens (all 256 bytes and the 3 specials included) learnt
         from `texts` by tokenizers' BpeTrainer."""
-        from tokenizers import pre_tokenizers, trainers
-
+        tk = tokenizers_package()
         tokenizer = new_bpe_tokenizer()
-        trainer = trainers.BpeTrainer(vocab_size=vocab_size, special_tokens=list(BPE_SPECIAL_TOKENS),
-                                      initial_alphabet=pre_tokenizers.ByteLevel.alphabet(), show_progress=False)
+        trainer = tk.trainers.BpeTrainer(vocab_size=vocab_size, special_tokens=list(BPE_SPECIAL_TOKENS),
+                                         initial_alphabet=tk.pre_tokenizers.ByteLevel.alphabet(), show_progress=False)
         tokenizer.train_from_iterator(texts, trainer)
         return cls(tokenizer.to_str(), name)
 

@@ -160,9 +160,9 @@ def test_top_k_1_samples_the_greedy_reply():
 
 
 def test_top_k_and_top_p_keep_only_their_tokens():
-    from model.decoding import nucleus
-    logits = torch.log(torch.tensor([[0.15, 0.5, 0.05, 0.3]] * 3))
-    probs = nucleus(logits, [DecodeOptions(top_p=0.7), DecodeOptions(top_p=0.45), DecodeOptions(top_k=3)])
+    from model.decoding import restrict
+    probs = restrict(torch.tensor([[0.15, 0.5, 0.05, 0.3]] * 3),
+                     [DecodeOptions(top_p=0.7), DecodeOptions(top_p=0.45), DecodeOptions(top_k=3)])
     kept = [(probs[r] > 0).nonzero()[:, 0].tolist() for r in range(3)]
     assert kept == [[1, 3], [1], [0, 1, 3]]  # 0.5 < 0.7 <= 0.5 + 0.3; 0.5 reaches 0.45; the three likeliest
 
@@ -251,7 +251,7 @@ def test_draw_follows_the_probabilities_and_never_picks_a_zero_one():
     rng = random.Random(0)
     counts = [0] * 5
     for _ in range(4000):
-        counts[draw(probs, [rng])[0]] += 1
+        counts[int(draw(probs, [rng])[0])] += 1
     assert counts[0] == counts[2] == counts[4] == 0
     assert counts[3] / 4000 == pytest.approx(0.8, abs=0.03)
 

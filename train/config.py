@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import argparse
 from collections.abc import Iterable
-from dataclasses import MISSING, dataclass, field, fields
+from dataclasses import dataclass, field, fields
 
 from model.config import ModelConfig
 from model.tokenizer import DEFAULT_VOCAB_SIZE, KINDS
@@ -90,13 +90,12 @@ def flag(name: str) -> str:
 
 
 def add_flags(parser: argparse.ArgumentParser | argparse._ArgumentGroup, settings: type,
-              only: Iterable[str] | None = None, **defaults) -> None:
-    """One flag per field of the dataclass `settings` (or those named in `only`), with its default and help;
-    `defaults` overrides a default for this tool alone."""
+              only: Iterable[str] | None = None) -> None:
+    """One flag per field of the dataclass `settings` (or those named in `only`), with its default and help."""
     for f in fields(settings):
         if only is not None and f.name not in only:
             continue
-        default = defaults.get(f.name, f.default if f.default is not MISSING else None)
+        default = f.default
         if isinstance(default, bool):
             parser.add_argument(flag(f.name), action="store_true", default=default, help=f.metadata["help"])
             continue

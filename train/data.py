@@ -355,15 +355,16 @@ def resolve_data_path(settings: argparse.Namespace) -> None:
         raise ValueError(f"--corpus {settings.corpus} needs --data-path")
 
 
-def load_data(settings: argparse.Namespace, tokenizer: BpeTokenizer | None = None) -> tuple[object, list[Pair],
-                                                                                         list[Pair]]:
+def load_data(settings: argparse.Namespace, saved=None) -> tuple[object, list[Pair], list[Pair]]:
     """(vocabulary, training pairs, held-out pairs) for DataConfig settings and max_length; the preparation's
-    counts are logged on the way. tokenizer: a resumed BPE run's own (else one is learnt from the training pairs)."""
+    counts are logged on the way. saved: a run's own vocabulary, kept when it is a BPE (else one is learnt from
+    the training pairs; a word vocabulary is rebuilt from the corpus, as the tutorial does)."""
     resolve_data_path(settings)
     pairs = load_corpus(settings.corpus, settings.data_path, settings.language)
     if settings.tokenizer == "bpe":
         voc, train, heldout = prepare_bpe(pairs, settings.max_length, settings.vocab_size, settings.heldout_fraction,
-                                          settings.seed, name=settings.corpus, tokenizer=tokenizer)
+                                          settings.seed, name=settings.corpus,
+                                          tokenizer=saved if getattr(saved, "kind", None) == "bpe" else None)
     else:
         voc, pairs = prepare(pairs, settings.max_length, settings.min_count, name=settings.corpus)
         train, heldout = split_heldout(pairs, settings.heldout_fraction, settings.seed)
@@ -383,7 +384,7 @@ def run_data(ckpt: dict, data_path: str | None = None) -> tuple[object, list[Pai
     settings = stored_settings(ckpt.get("args") or {})
     settings.data_path = data_path or settings.data_path
     saved = vocabulary_from_dict(ckpt["voc"])
-    voc, train, heldout = load_data(settings, saved if saved.kind == "bpe" else None)
+    voc, train, heldout = load_data(settings, saved)
     if same_tokens(voc) != same_tokens(saved):
         raise ValueError(f"the {settings.corpus} corpus at {settings.data_path} does not give the checkpoint's "
                          "vocabulary")

@@ -332,7 +332,7 @@ def setup(args: argparse.Namespace, parser: argparse.ArgumentParser, device: tor
         args.iterations = args.iterations or ckpt["args"]["iterations"]
         args.data_path = args.data_path or ckpt["args"]["data_path"]
     saved = vocabulary_from_dict(ckpt["voc"])
-    voc, pairs, heldout = load_data(args, saved if saved.kind == "bpe" else None)
+    voc, pairs, heldout = load_data(args, saved)
     if same_tokens(voc) != same_tokens(saved):
         if not tutorial:
             raise ValueError(f"the {args.corpus} corpus at {args.data_path} no longer gives the checkpoint's "
