@@ -23,7 +23,7 @@ from model.decoding import parse_options
 from train.data import run_data
 from train.runs import add_checkpoint_flags, add_data_path_flag, parse_with_checkpoint
 
-MODES = {"greedy": DECODING_FIELDS["batched"], "beam5": DECODING_FIELDS["beam5"], "sample": DECODING_FIELDS["sample"]}
+MODES = {"greedy": DECODING_FIELDS["greedy"], "beam5": DECODING_FIELDS["beam5"], "sample": DECODING_FIELDS["sample"]}
 
 
 def distinct(replies: Sequence[str], n: int) -> float:

@@ -8,8 +8,13 @@ stopped) with the same config.properties, worker count and batching settings:
   echo     bench/echo_handler.py answers with the body: what TorchServe and this client cost alone
   batch1   the chatbot with batchSize 1
   batched  the chatbot with dynamic batching (handler/model-config.yaml's batchSize, maxBatchDelay)
+  greedy   the batched server, every request JSON with no decoding field (greedy)
   beam5    the batched server, every request JSON with {"beam_size": 5}
   sample   the batched server, every request JSON with {"temperature": 0.8, "top_p": 0.9, "seed": 1}
+The decoding scenarios (greedy, beam5, sample) send the same prompts as the same JSON, so their ratios
+compare decoding alone, not JSON against raw text. Each server first serves --server-warmup-seconds of
+all its scenarios' requests, uncounted: the frontend's JVM compiles its hot paths in the first seconds,
+which would otherwise count against whichever scenario comes first.
 For each number of concurrent clients, every client thread posts prompts back to back over its
 own keep-alive requests.Session (serving.load.run_load) for --warmup-seconds (not counted), then
 --seconds (counted).
@@ -26,9 +31,9 @@ The last lines are the headline ratios, all from this one run:
   serve_ratio_vs_echo_c16  batched / echo requests per second at 16 clients
   batching_gain_c16        batched / batch1 requests per second at 16 clients
   p50_ms_c1                batched median latency with one client (ms)
-  beam5_vs_greedy_c16      beam5 / batched requests per second at 16 clients
-  beam5_p50_vs_greedy_c1   beam5 / batched median latency with one client
-  sample_vs_greedy_c16     sample / batched requests per second at 16 clients
+  beam5_vs_greedy_c16      beam5 / greedy requests per second at 16 clients
+  beam5_p50_vs_greedy_c1   beam5 / greedy median latency with one client
+  sample_vs_greedy_c16     sample / greedy requests per second at 16 clients
 """
 from __future__ import annotations
 
@@ -65,9 +70,9 @@ from train.runs import add_checkpoint_flags, add_data_path_flag, default_checkpo
 
 logger = logging.getLogger("serve_bench")
 
-SCENARIOS = ("echo", "batch1", "batched", "beam5", "sample")
+SCENARIOS = ("echo", "batch1", "batched", "greedy", "beam5", "sample")
 # The decoding scenarios: JSON fields each request sends to the batched server (README's request table)
-DECODING_FIELDS = {"batched": {}, "beam5": {"beam_size": 5}, "sample": {"temperature": 0.8, "top_p": 0.9, "seed": 1}}
+DECODING_FIELDS = {"greedy": {}, "beam5": {"beam_size": 5}, "sample": {"temperature": 0.8, "top_p": 0.9, "seed": 1}}
 TUTORIAL_HIDDEN = 500
 CORNELL_WORDS = 7826  # the tutorial's Cornell vocabulary: 7,823 words kept + PAD, SOS, EOS
 HANDLER_CONFIG = REPO / "handler" / "model-config.yaml"
@@ -97,7 +102,7 @@ class Workload:
     source: str
     prompts: list[str]
     expected: dict[str, str] = field(default_factory=dict)  # prompt -> Chatbot.reply(prompt).text
-    expected_by_scenario: dict[str, dict[str, str]] = field(default_factory=dict)  # beam5, sample: their replies
+    expected_by_scenario: dict[str, dict[str, str]] = field(default_factory=dict)  # greedy, beam5, sample: theirs
 
 
 def newest_tutorial_checkpoint(runs: Path) -> Path | None:
@@ -262,9 +267,9 @@ class Level:
         return float(np.percentile(self.latencies_ms, q)) if self.latencies_ms else float("nan")
 
 
-def scenario_cases(expected: dict[str, str], fields: dict) -> list[Case]:
-    """One Case per prompt whose reply must be expected[prompt]: raw text without decoding fields, else JSON."""
-    return [Case(prompt, {"data": prompt.encode(), "headers": TEXT_HEADERS} if not fields else
+def scenario_cases(expected: dict[str, str], fields: dict | None) -> list[Case]:
+    """One Case per prompt whose reply must be expected[prompt]: raw text for fields None, else JSON with them."""
+    return [Case(prompt, {"data": prompt.encode(), "headers": TEXT_HEADERS} if fields is None else
                  {"json": {"text": prompt, **fields}}, reply=reply) for prompt, reply in expected.items()]
 
 
@@ -273,7 +278,7 @@ def measure(scenario: str, url: str, expected: dict[str, str], clients: int, arg
     """serving.load.run_load with `clients` clients; count the requests started after the warm-up and finished in
     time: 200 replies (right or wrong), errors (any other status, or no answer), mismatches (a wrong 200 reply)."""
     start = time.monotonic()
-    results = run_load(url, scenario_cases(expected, fields or {}), clients, args.warmup_seconds + args.seconds,
+    results = run_load(url, scenario_cases(expected, fields), clients, args.warmup_seconds + args.seconds,
                        args.max_requests)
     counted_from = start + args.warmup_seconds
     counted = [r for r in results if r.start >= counted_from and r.end <= counted_from + args.seconds]
@@ -287,7 +292,7 @@ def run_scenario(scenario: str, workload: Workload, args: argparse.Namespace, wo
                  decoding: Sequence[str] = ()) -> tuple[list, list]:
     """Serve one scenario and measure every concurrency: (levels, workers' resident memory in MB).
 
-    decoding: the decoding scenarios (beam5, sample) measured on the same server after it, in turn.
+    decoding: the decoding scenarios (greedy, beam5, sample) measured on the same server after it, in turn.
     """
     workdir = workdir / scenario
     store = workdir / "model-store"
@@ -303,6 +308,9 @@ def run_scenario(scenario: str, workload: Workload, args: argparse.Namespace, wo
     overrides["default_workers_per_model"] = str(args.workers)
     with start_torchserve(workdir / "server", store, config_overrides=overrides) as server:
         wait_until_ready(server, args.workers)  # the launcher waits for one
+        warm_up(server.predictions_url, [scenario_cases(workload.expected_by_scenario.get(name, expected),
+                                                        DECODING_FIELDS.get(name)) for name in (scenario, *decoding)],
+                max(args.concurrency), args.server_warmup_seconds)
         levels = []
         for _ in range(args.rounds):  # rounds interleave the scenarios: a warming server favours none of them
             for name in (scenario, *decoding):
@@ -312,6 +320,12 @@ def run_scenario(scenario: str, workload: Workload, args: argparse.Namespace, wo
                                           DECODING_FIELDS.get(name)))
                     logger.info("%s", row(levels[-1]))
         return pooled(levels), worker_rss_mb(server)
+
+
+def warm_up(url: str, cases: Sequence[Sequence[Case]], clients: int, seconds: float) -> None:
+    """Send every scenario's requests in turn for `seconds` in all, uncounted (the JVM's JIT warm-up)."""
+    for scenario_cases_ in cases:
+        run_load(url, scenario_cases_, clients, seconds / len(cases))
 
 
 def pooled(levels: Sequence[Level]) -> list[Level]:
@@ -407,12 +421,14 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     add_data_path_flag(p)
     p.add_argument("--prompts", type=int, default=300, help="distinct prompts to cycle through (default: 300)")
     p.add_argument("--scenarios", nargs="+", choices=SCENARIOS, default=list(SCENARIOS),
-                   help="what to serve (default: all; beam5 and sample need batched)")
+                   help="what to serve (default: all; greedy, beam5 and sample need batched)")
     p.add_argument("--concurrency", type=int, nargs="+", default=[1, 4, 16, 64],
                    help="numbers of concurrent clients (default: 1 4 16 64)")
     p.add_argument("--seconds", type=float, default=8.0, help="counted seconds per concurrency (default: 8)")
     p.add_argument("--warmup-seconds", type=float, default=1.5,
                    help="uncounted seconds before each measurement (default: 1.5)")
+    p.add_argument("--server-warmup-seconds", type=float, default=6.0,
+                   help="uncounted seconds of every scenario's requests when a server is ready (default: 6)")
     p.add_argument("--rounds", type=int, default=2,
                    help="times each scenario is measured on its server, in turn with the others; the figures pool "
                         "them (default: 2)")
@@ -457,21 +473,21 @@ def report(levels: Sequence[Level], rss: dict[str, list[float]], workload: Workl
     print("\n" + TABLE_HEADER)
     for level in levels:
         print(row(level))
-    c1, beam_c1 = find(levels, "batched", 1), find(levels, "beam5", 1)
+    c1, greedy_c1, beam_c1 = find(levels, "batched", 1), find(levels, "greedy", 1), find(levels, "beam5", 1)
     print(f"\nserve_ratio_vs_echo_c16: {ratio(levels, 'batched', 'echo', 16)}")
     print(f"batching_gain_c16: {ratio(levels, 'batched', 'batch1', 16)}")
     print(f"p50_ms_c1: {c1.percentile(50):.1f}" if c1 else "p50_ms_c1: n/a")
     if find(levels, "beam5", 16) or find(levels, "sample", 16) or beam_c1:
-        print(f"beam5_vs_greedy_c16: {ratio(levels, 'beam5', 'batched', 16)}")
-        p50 = f"{beam_c1.percentile(50) / c1.percentile(50):.2f}" if c1 and beam_c1 else "n/a"
+        print(f"beam5_vs_greedy_c16: {ratio(levels, 'beam5', 'greedy', 16)}")
+        p50 = f"{beam_c1.percentile(50) / greedy_c1.percentile(50):.2f}" if greedy_c1 and beam_c1 else "n/a"
         print(f"beam5_p50_vs_greedy_c1: {p50}")
-        print(f"sample_vs_greedy_c16: {ratio(levels, 'sample', 'batched', 16)}")
+        print(f"sample_vs_greedy_c16: {ratio(levels, 'sample', 'greedy', 16)}")
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
-    if {"beam5", "sample"} & set(args.scenarios) and "batched" not in args.scenarios:
-        print("error: the beam5 and sample scenarios run on the batched server: add batched", file=sys.stderr)
+    if set(DECODING_FIELDS) & set(args.scenarios) and "batched" not in args.scenarios:
+        print("error: the greedy, beam5 and sample scenarios run on the batched server: add batched", file=sys.stderr)
         return 2
     args.quantize = False if args.quantize == "false" else args.quantize
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
@@ -490,7 +506,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             if tables:
                 sizes += f" (+ {tables:.1f} MB of gate tables, built at load)"
         levels, rss = [], {}
-        decoding = [s for s in args.scenarios if s in DECODING_FIELDS and s != "batched"]
+        decoding = [s for s in args.scenarios if s in DECODING_FIELDS]
         for scenario in [s for s in args.scenarios if s not in decoding]:
             logger.info("scenario %s", scenario)
             scenario_levels, rss[scenario] = run_scenario(scenario, workload, args, Path(tmp),

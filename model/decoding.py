@@ -7,7 +7,8 @@ with mixed options is decoded in one call per mode (Chatbot.generate groups them
 - greedy (beam_size 1, no sampling option): seq2seq.greedy_decode, bit for bit as before;
 - beam (beam_size > 1, or greedy with no_repeat_ngram_size): every request's beams are rows of one
   decoder call per step; hypotheses are ranked by their mean token log-probability (EOS counted);
-  the greedy path rides along as one more row, so the best reply never scores below greedy's;
+  the greedy path rides along (in the beam that holds it, else as one more row), so the best reply
+  never scores below greedy's;
 - sample (temperature, top_k or top_p set): one row per reply, each with its own generator seeded
   from `seed` and the reply's number, so a seeded request gets the same replies alone or in any batch.
 """
@@ -181,11 +182,19 @@ class BeamState:
         self.options = options
         self.k = options.beam_size
         self.alive = [Hyp([], 0.0)] if self.k > 1 else []  # beam_size 1: the greedy lane alone is the search
-        self.lane = [Hyp([], 0.0)]  # the greedy path, one more row
+        self.lane = [Hyp([], 0.0)]  # the greedy path: one more row only while no alive beam holds it
         self.finished: list[Candidate] = []
+        self.lane_at = 0  # which of this request's rows holds the lane's state (see share_lane)
 
     def rows(self) -> list[Hyp]:
-        return self.alive + self.lane
+        """The hypotheses that need a decoder row this step: the alive beams, then the lane if it has its own."""
+        return self.alive + self.lane if self.lane_at == len(self.alive) else self.alive
+
+    def share_lane(self) -> None:
+        """Point lane_at at an alive beam with the lane's tokens (the usual case: the greedy path is among the
+        beams, and their rows would be identical), else at the lane's own row after the beams."""
+        tokens = self.lane[0].tokens if self.lane else None
+        self.lane_at = next((i for i, h in enumerate(self.alive) if h.tokens == tokens), len(self.alive))
 
     def step_index(self) -> int:
         """How many tokens the hypotheses have."""
@@ -196,7 +205,7 @@ class BeamState:
         """Extend by one token. top: the 2k best (total, flat index) of this request's beams' totals, from
         beam_tops (None without alive beams); lane: the greedy row's (token, log-probability)."""
         last = self.step_index() + 1 == self.options.max_length
-        alive_before = len(self.alive)  # the lane's row comes after the beams' rows
+        lane_row = first_row + self.lane_at
         if self.alive:
             alive = []
             for rank, (total, index) in enumerate(zip(*top)):
@@ -214,11 +223,12 @@ class BeamState:
             self.alive = [] if last else alive
         if self.lane:
             token, logprob = lane
-            hyp = Hyp(self.lane[0].tokens + [token], self.lane[0].total + logprob, first_row + alive_before)
+            hyp = Hyp(self.lane[0].tokens + [token], self.lane[0].total + logprob, lane_row)
             self.lane = [] if token == EOS_token or last else [hyp]
             if not self.lane:
                 self.finished.append(Candidate(hyp.tokens, hyp.mean()))
         self.prune()
+        self.share_lane()
 
     def prune(self) -> None:
         """Stop the beams once no alive one can beat the k-th best finished (a bound, never a guess):
@@ -259,7 +269,8 @@ def beam_search(encoder, decoder, input_seq: torch.Tensor, input_lengths: torch.
         logprobs = torch.log_softmax(logits[0].float(), dim=1).cpu()  # (R, V); totals are Python floats
         ban_repeats(logprobs, [h.tokens for _, h in rows], [states[r].options.no_repeat_ngram_size for r in owners])
         firsts = request_rows(owners)
-        tops, lanes = beam_tops(states, firsts, logprobs), lane_steps(states, firsts, logprobs)
+        best = logprobs.topk(min(max(2 * states[r].k for r in firsts), logprobs.size(1)), dim=1)  # (R, w): one call
+        tops, lanes = beam_tops(states, firsts, best, logprobs.size(1)), lane_steps(states, firsts, best, logprobs)
         for r, first in firsts.items():
             states[r].advance(tops.get(r), lanes.get(r), logprobs.size(1), first)
         rows = [(r, h) for r, s in enumerate(states) for h in s.rows()]
@@ -277,36 +288,46 @@ def request_rows(owners: list[int]) -> dict[int, int]:
     return firsts
 
 
-def beam_tops(states: list[BeamState], firsts: dict[int, int], logprobs: torch.Tensor) -> dict[int, tuple]:
-    """{request: (2k best totals, their flat indices into (alive, V))} for every request with alive beams: one
-    top-k per group of requests with as many alive beams and the same k, not one per request."""
+def beam_tops(states: list[BeamState], firsts: dict[int, int], best: tuple, vocabulary: int) -> dict[int, tuple]:
+    """{request: (2k best totals, their flat indices into (alive, V))} for every request with alive beams.
+
+    best: every row's top-w log-probabilities (values, indices: (R, w) each; w >= 2k unless V < 2k). The 2k best
+    of a request come from its beams' own 2k best tokens: one top-k per group of requests with as many alive
+    beams and the same k ranks those, not every beam x token."""
     groups: dict[tuple, list[int]] = {}
     for r in firsts:
         if states[r].alive:
             groups.setdefault((len(states[r].alive), states[r].k), []).append(r)
     tops = {}
-    vocabulary = logprobs.size(1)
+    best_values, best_indices = best
     for (alive, k), members in groups.items():
-        # The 2k best of a request come from its beams' own 2k best tokens: rank those, not every beam x token
-        width = min(2 * k, vocabulary)
-        best = logprobs[[firsts[r] + i for r in members for i in range(alive)]].topk(width, dim=1)  # (G*a, w)
+        width = min(2 * k, best_values.size(1))
+        rows = torch.tensor([firsts[r] + i for r in members for i in range(alive)])
+        values = best_values.index_select(0, rows)[:, :width]  # (G*a, width)
         totals = torch.tensor([h.total for r in members for h in states[r].alive], dtype=torch.double)
-        flat = (totals.unsqueeze(1) + best.values.double()).view(len(members), alive * width)  # (G, a*w)
+        flat = (totals.unsqueeze(1) + values.double()).view(len(members), alive * width)  # (G, a*width)
         top = flat.topk(min(2 * k, flat.size(1)), dim=1)
         beam = top.indices // width  # which alive beam, and its token: a flat index into (alive, V)
-        tokens = best.indices.view(len(members), alive * width).gather(1, top.indices)
+        tokens = best_indices.index_select(0, rows)[:, :width].reshape(len(members), -1).gather(1, top.indices)
         for r, values, indices in zip(members, top.values.tolist(), (beam * vocabulary + tokens).tolist()):
             tops[r] = (values, indices)
     return tops
 
 
-def lane_steps(states: list[BeamState], firsts: dict[int, int], logprobs: torch.Tensor) -> dict[int, tuple]:
-    """{request: (token, log-probability)} of every greedy lane's next token, in one max over the lane rows."""
-    lanes = [r for r in firsts if states[r].lane]
-    if not lanes:
-        return {}
-    best = logprobs[[firsts[r] + len(states[r].alive) for r in lanes]].max(dim=1)
-    return {r: (token, value) for r, token, value in zip(lanes, best.indices.tolist(), best.values.tolist())}
+def lane_steps(states: list[BeamState], firsts: dict[int, int], best: tuple,
+               logprobs: torch.Tensor) -> dict[int, tuple]:
+    """{request: (token, log-probability)} of every greedy lane's next token: its row's first of `best` (top-w,
+    w >= 2), or, where the first two tie, max's choice, which greedy search makes."""
+    firsts_two, tokens = best[0][:, :2].tolist(), best[1][:, 0].tolist()
+    steps = {}
+    for r in firsts:
+        if states[r].lane:
+            row = firsts[r] + states[r].lane_at
+            steps[r] = (tokens[row], firsts_two[row][0])
+            if firsts_two[row][0] == firsts_two[row][1]:
+                value, token = logprobs[row].max(dim=0)
+                steps[r] = (int(token), float(value))
+    return steps
 
 
 def row_seed(seed: int, reply: int) -> int:
@@ -327,21 +348,36 @@ def filter_limits(options: list[DecodeOptions]) -> tuple[torch.Tensor, torch.Ten
     return top_k, top_p
 
 
-def in_nucleus(probs: torch.Tensor, tokens: torch.Tensor, top_k: torch.Tensor, top_p: torch.Tensor) -> torch.Tensor:
-    """(R,) bool: whether row r's token is among its kept tokens (top_k, top_p: filter_limits'). The rule, the
-    same as ranking by probability: a token is kept when fewer than top_k tokens are likelier and the likelier
-    ones hold less than top_p (so the likeliest is always kept, and the nucleus is the smallest set that
-    reaches top_p). One pass over the vocabulary, no sort: what makes sampling cheap."""
-    likelier = probs > probs.gather(1, tokens.unsqueeze(1))  # (R, V)
-    mass = (probs * likelier).sum(dim=1, dtype=torch.double)  # float64 sum: the boundary does not hang on rounding
-    return (likelier.sum(dim=1) < top_k) & (mass < top_p)
+def refused(probs: torch.Tensor, choices: torch.Tensor, rows: list[int], options: list[DecodeOptions]) -> list[int]:
+    """The rows (of `rows`) whose chosen token is outside their kept tokens (top_k / top_p). The rule, the same
+    as ranking by probability: a token is kept when fewer than top_k tokens are likelier and the likelier ones
+    hold less than top_p (so the likeliest is always kept, and the nucleus is the smallest set that reaches
+    top_p). Most draws are settled by surely_kept from their own probability; the others cost one pass over
+    their rows, no sort: what makes sampling cheap."""
+    chosen = probs.gather(1, choices.unsqueeze(1))[:, 0].tolist()  # (R,) every row's: one op, not a per-row index
+    looked = [r for r in rows if not surely_kept(chosen[r], options[r])]
+    if not looked:
+        return []
+    q = torch.tensor([[chosen[r]] for r in looked], dtype=torch.double)  # (n, 1), float32 values held exactly
+    # How far each likelier token's probability is above the chosen one's, in float64: exact differences of
+    # float32 values, so the boundary does not hang on rounding; the likelier mass is their sum + q * count.
+    above = (probs.index_select(0, torch.tensor(looked)).double() - q).clamp_min_(0)  # (n, V)
+    counts = above.sign().sum(dim=1).tolist()  # how many are likelier (a third of count_nonzero's time)
+    masses = above.sum(dim=1).tolist()
+    return [r for r, c, m, p in zip(looked, counts, masses, q[:, 0].tolist())
+            if not within_limits(c, m + p * c, options[r])]
+
+
+def within_limits(likelier: int, mass: float, option: DecodeOptions) -> bool:
+    """Whether a token with `likelier` likelier tokens holding `mass` is among the option's kept tokens."""
+    return (option.top_k is None or likelier < option.top_k) and (option.top_p is None or mass < option.top_p)
 
 
 SUM_SLACK = 1e-5  # how far a float32 softmax row may sum above 1
 
 
 def surely_kept(chosen: float, option: DecodeOptions) -> bool:
-    """True when in_nucleus would keep a token of probability `chosen` whatever the other tokens hold: the
+    """True when `refused` would keep a token of probability `chosen` whatever the other tokens hold: the
     likelier ones hold at most 1 - p of the mass and number fewer than (1 - p) / p, so p > 1 - top_p and
     p * (top_k + 1) > 1 settle it (most draws at the usual top_p). False: look. Plain floats: a handful of
     rows costs less than a tensor operation."""
@@ -351,7 +387,7 @@ def surely_kept(chosen: float, option: DecodeOptions) -> bool:
 
 
 def restrict(probs: torch.Tensor, options: list[DecodeOptions]) -> torch.Tensor:
-    """probs (R, V) with 0 for every token outside its row's top_k / top_p (in_nucleus's rule, for every token
+    """probs (R, V) with 0 for every token outside its row's top_k / top_p (refused's rule, for every token
     at once, by a sort): the exact distribution `pick` samples from; pick itself rarely needs it."""
     ascending, _ = probs.sort(dim=1)
     below = torch.cat((ascending.new_zeros(probs.size(0), 1, dtype=torch.double),
@@ -394,7 +430,7 @@ REJECTION_TRIES = 8  # draws per row and step before a row's kept tokens are fou
 def pick(probs: torch.Tensor, options: list[DecodeOptions], generators: list[random.Random]) -> list[int]:
     """One token per row from its probabilities restricted to its top_k / top_p tokens (nucleus's distribution).
 
-    By rejection: a token drawn from the whole row is kept if in_nucleus (most are settled by surely_kept
+    By rejection: a token drawn from the whole row is kept if not `refused` (most are settled by surely_kept
     without a pass over the vocabulary), else the row draws again; a kept draw then follows exactly the
     restricted distribution. A nucleus holds at least top_p of the mass, so with top_p 0.9 nine draws in ten
     are kept at once; a row still refused after REJECTION_TRIES draws (a small top_k over a flat
@@ -405,12 +441,7 @@ def pick(probs: torch.Tensor, options: list[DecodeOptions], generators: list[ran
     choices = inverse_cdf(cdf, generators)
     pending = [r for r, o in enumerate(options) if o.top_k is not None or o.top_p is not None]
     for attempt in range(REJECTION_TRIES + 1):
-        chosen = probs[pending, choices[pending]].tolist() if pending else []
-        pending = [r for r, p in zip(pending, chosen) if not surely_kept(p, options[r])]
-        if pending:
-            top_k, top_p = filter_limits([options[r] for r in pending])
-            kept = in_nucleus(probs[pending], choices[pending], top_k, top_p).tolist()
-            pending = [r for r, ok in zip(pending, kept) if not ok]
+        pending = refused(probs, choices, pending, options)
         if not pending or attempt == REJECTION_TRIES:
             break
         choices[pending] = inverse_cdf(cdf[pending], [generators[r] for r in pending])

@@ -10,12 +10,14 @@ import pytest
 from bench.echo_handler import handle
 from bench.serve_bench import (
     CORNELL_WORDS,
+    DECODING_FIELDS,
     FALLBACK_PROMPTS,
     Level,
     find,
     measure,
     random_checkpoint,
     ratio,
+    scenario_cases,
     synthetic_voc,
 )
 from model import from_checkpoint
@@ -90,3 +92,14 @@ def test_rounds_pool_into_one_level_per_scenario_and_concurrency():
     assert [(lv.scenario, lv.clients) for lv in levels] == [("batched", 16), ("sample", 16)]
     assert (levels[0].throughput, levels[0].errors, levels[0].mismatches) == (20.0, 1, 2)
     assert levels[0].percentile(50) == 1.0
+
+
+def test_every_decoding_scenario_sends_the_same_json_and_batched_sends_raw_text():
+    """The decoding ratios compare decoding alone: greedy, beam5 and sample differ only in their option fields."""
+    expected = {"hello there": "hi"}
+    raw = scenario_cases(expected, None)[0].request
+    assert raw["data"] == b"hello there" and raw["headers"]["Content-Type"].startswith("text/plain")
+    bodies = {name: scenario_cases(expected, fields)[0].request["json"] for name, fields in DECODING_FIELDS.items()}
+    assert bodies["greedy"] == {"text": "hello there"}
+    assert all({k: v for k, v in body.items() if k not in DECODING_FIELDS[name]} == bodies["greedy"]
+               for name, body in bodies.items())

@@ -135,6 +135,25 @@ def test_a_beam_request_decodes_the_same_alone_and_beside_others():
     assert together == [run(beam_search, bot, [t], [o])[0] for t, o in zip(texts, options)]
 
 
+def test_the_greedy_lane_shares_the_row_of_the_beam_that_holds_it():
+    """The lane costs a decoder row only once it leaves the beams: the first step (beam and lane both just SOS)
+    decodes one row per request, and no step more than beam_size + 1."""
+    bot = tiny_bot(seed=1)
+    texts, beam = ["hello there", "what is your name", "i am fine"], 3
+    rows_per_step = []
+
+    def counting_step(token, *rest):
+        rows_per_step.append(token.size(1))
+        return bot.step(token, *rest)
+
+    input_seq, lengths = bot.pad([bot.encode(t).ids for t in texts])
+    found = beam_search(bot.encoder, bot.decoder, input_seq, lengths, [DecodeOptions(beam_size=beam)] * 3,
+                        counting_step)
+    assert rows_per_step[0] == len(texts)  # was 2 per request: the beam's SOS row and the lane's
+    assert max(rows_per_step) <= len(texts) * (beam + 1)
+    assert found == run(beam_search, bot, texts, [DecodeOptions(beam_size=beam)] * 3)
+
+
 # ---------------------------------------------------------------- sampling
 
 
