@@ -253,6 +253,7 @@ kserve-store: ## Lay out deploy/kserve/store (config/config.properties, model-st
 # make bench-serve [CHECKPOINT=...] [DATA_PATH=dir] [BENCH_ARGS="--concurrency 1 16"]: its own native TorchServe
 # per scenario (echo, chatbot batch 1, batched; greedy, beam5, sample as JSON); docs/benchmarks.md explains the figures.
 # make bench-quant [CHECKPOINT=...]: int8 and fp16 against float32 on the checkpoint's held-out pairs.
+# make bench-decoding [CHECKPOINT=...]: greedy, beam5 and sample in-process (no TorchServe): time, steps, rows.
 BENCH_ARGS ?=
 
 bench-serve: ## Load-test TorchServe, echo vs chatbot at 1-64 clients (last lines: serve_ratio_vs_echo_c16, ...)
@@ -261,7 +262,10 @@ bench-serve: ## Load-test TorchServe, echo vs chatbot at 1-64 clients (last line
 bench-quant: ## Quantised vs float32 held-out loss and greedy replies (CHECKPOINT=path, default: newest runs/**/best_checkpoint.tar)
 	$(PY) -m bench.quant_quality $(checkpoint_flag) $(data_path_flag)
 
-.PHONY: bench-serve bench-quant
+bench-decoding: ## Greedy, beam-5 and sampling cost in-process: ms, decoder steps and rows per batch (last lines: *_vs_greedy_*)
+	$(PY) -m bench.decoding_cost $(checkpoint_flag) $(data_path_flag)
+
+.PHONY: bench-serve bench-quant bench-decoding
 
 # ---------------------------------------------------------------- reliability
 # make soak [SOAK_ARGS="--clients 64 --seconds 60 --checkpoint runs/x/4000_checkpoint.tar"]: not part of

@@ -6,6 +6,7 @@ from argparse import Namespace
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
+import torch
 
 from bench.echo_handler import handle
 from bench.serve_bench import (
@@ -103,3 +104,19 @@ def test_every_decoding_scenario_sends_the_same_json_and_batched_sends_raw_text(
     assert bodies["greedy"] == {"text": "hello there"}
     assert all({k: v for k, v in body.items() if k not in DECODING_FIELDS[name]} == bodies["greedy"]
                for name, body in bodies.items())
+
+
+def test_decoding_cost_counts_every_decoder_row(tmp_path):
+    """Greedy decodes each row once per token it emits (EOS included) and stops with its longest reply: the
+    counted rows and steps must equal those, counted from the replies themselves."""
+    from bench.decoding_cost import measure as measure_cost
+    from model.decoding import DecodeOptions
+    from serving.tiny import TINY_SENTENCES, make_tiny_checkpoint
+
+    bot = from_checkpoint(torch.load(make_tiny_checkpoint(tmp_path / "tiny.tar"), weights_only=True))
+    batches = [[bot.encode(t).ids for t in TINY_SENTENCES[i:i + 4]] for i in range(0, len(TINY_SENTENCES), 4)]
+    cost = measure_cost(bot, batches, {"greedy": DecodeOptions(max_length=bot.max_length)}, reps=1)["greedy"]
+    lengths = [[len(found[0].ids) for found in bot.generate(batch, [bot.default_options] * len(batch))]
+               for batch in batches]
+    assert cost.rows == cost.tokens == sum(map(sum, lengths))
+    assert cost.steps == sum(map(max, lengths)) and len(cost.milliseconds) == 1
