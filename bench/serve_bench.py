@@ -27,6 +27,9 @@ sizes (hidden 500), else random weights at the tutorial's sizes over the Cornell
 Prompts: the checkpoint's own held-out queries (its run's corpus, at --data-path if it moved), Cornell's
 held-out queries for random weights, else a fixed list when the corpus is not on this machine.
 
+Each server measures its scenarios --rounds times, in turn; the table pools the rounds. A headline ratio is
+the median of its per-round ratios (printed above them): scenarios of one round ran minutes apart at most,
+so this shared 2-core guest's slow and fast minutes cancel within a round instead of moving the ratio.
 The last lines are the headline ratios, all from this one run:
   serve_ratio_vs_echo_c16  batched / echo requests per second at 16 clients
   batching_gain_c16        batched / batch1 requests per second at 16 clients
@@ -48,7 +51,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from importlib.metadata import version
 from pathlib import Path
@@ -257,6 +260,7 @@ class Level:
     errors: int
     mismatches: int
     seconds: float
+    round: int = 0  # which of the --rounds (pooled levels: 0)
 
     @property
     def throughput(self) -> float:
@@ -312,14 +316,15 @@ def run_scenario(scenario: str, workload: Workload, args: argparse.Namespace, wo
                                                         DECODING_FIELDS.get(name)) for name in (scenario, *decoding)],
                 max(args.concurrency), args.server_warmup_seconds)
         levels = []
-        for _ in range(args.rounds):  # rounds interleave the scenarios: a warming server favours none of them
+        for turn in range(args.rounds):  # rounds interleave the scenarios: a warming server favours none of them
             for name in (scenario, *decoding):
                 for clients in args.concurrency:
                     levels.append(measure(name, server.predictions_url,
                                           workload.expected_by_scenario.get(name, expected), clients, args,
                                           DECODING_FIELDS.get(name)))
+                    levels[-1].round = turn
                     logger.info("%s", row(levels[-1]))
-        return pooled(levels), worker_rss_mb(server)
+        return levels, worker_rss_mb(server)
 
 
 def warm_up(url: str, cases: Sequence[Sequence[Case]], clients: int, seconds: float) -> None:
@@ -357,10 +362,33 @@ def find(levels: Sequence[Level], scenario: str, clients: int) -> Level | None:
     return next((lv for lv in levels if lv.scenario == scenario and lv.clients == clients), None)
 
 
-def ratio(levels: Sequence[Level], top: str, bottom: str, clients: int) -> str:
-    """top / bottom requests per second at `clients`, or n/a when either was not run."""
-    a, b = find(levels, top, clients), find(levels, bottom, clients)
-    return f"{a.throughput / b.throughput:.2f}" if a and b and b.throughput > 0 else "n/a"
+def throughput(level: Level) -> float:
+    return level.throughput
+
+
+def median_ms(level: Level) -> float:
+    return level.percentile(50)
+
+
+def round_ratios(levels: Sequence[Level], top: str, bottom: str, clients: int,
+                 figure: Callable[[Level], float] = throughput) -> list[float]:
+    """figure(top) / figure(bottom) at `clients` in each round that measured both (default: requests per second)."""
+    found = []
+    for turn in sorted({lv.round for lv in levels}):
+        mine = [lv for lv in levels if lv.round == turn]
+        a, b = find(mine, top, clients), find(mine, bottom, clients)
+        if a and b and figure(b) > 0:
+            found.append(figure(a) / figure(b))
+    return found
+
+
+def ratio(levels: Sequence[Level], top: str, bottom: str, clients: int,
+          figure: Callable[[Level], float] = throughput) -> str:
+    """The median over rounds of round_ratios, or n/a when either was not run. The scenarios of a round ran
+    within minutes (on one server, back to back for the decoding ones), so a ratio within a round is not moved
+    by how fast this shared machine was that minute, as a ratio of figures pooled over rounds is."""
+    found = round_ratios(levels, top, bottom, clients, figure)
+    return f"{float(np.median(found)):.2f}" if found else "n/a"
 
 
 def plot(levels: Sequence[Level], path: Path, title: str) -> None:
@@ -424,14 +452,14 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
                    help="what to serve (default: all; greedy, beam5 and sample need batched)")
     p.add_argument("--concurrency", type=int, nargs="+", default=[1, 4, 16, 64],
                    help="numbers of concurrent clients (default: 1 4 16 64)")
-    p.add_argument("--seconds", type=float, default=8.0, help="counted seconds per concurrency (default: 8)")
+    p.add_argument("--seconds", type=float, default=5.0, help="counted seconds per concurrency (default: 5)")
     p.add_argument("--warmup-seconds", type=float, default=1.5,
                    help="uncounted seconds before each measurement (default: 1.5)")
     p.add_argument("--server-warmup-seconds", type=float, default=6.0,
                    help="uncounted seconds of every scenario's requests when a server is ready (default: 6)")
-    p.add_argument("--rounds", type=int, default=2,
-                   help="times each scenario is measured on its server, in turn with the others; the figures pool "
-                        "them (default: 2)")
+    p.add_argument("--rounds", type=int, default=4,
+                   help="times each scenario is measured on its server, in turn with the others; the table pools "
+                        "them, a headline ratio is the median of the rounds' (default: 4)")
     p.add_argument("--max-requests", type=int, default=50_000,
                    help="end a measurement after this many requests (default: 50000)")
     p.add_argument("--batch-size", type=int, default=d["batch_size"],
@@ -471,17 +499,24 @@ def report(levels: Sequence[Level], rss: dict[str, list[float]], workload: Workl
     print("worker resident memory: " + ", ".join(f"{s} {' + '.join(f'{m:.0f} MB' for m in v)}"
                                                  for s, v in rss.items()))
     print("\n" + TABLE_HEADER)
-    for level in levels:
+    for level in pooled(levels):
         print(row(level))
-    c1, greedy_c1, beam_c1 = find(levels, "batched", 1), find(levels, "greedy", 1), find(levels, "beam5", 1)
-    print(f"\nserve_ratio_vs_echo_c16: {ratio(levels, 'batched', 'echo', 16)}")
-    print(f"batching_gain_c16: {ratio(levels, 'batched', 'batch1', 16)}")
+    c1 = find(pooled(levels), "batched", 1)
+    serving = [("serve_ratio_vs_echo_c16", "batched", "echo", 16, throughput),
+               ("batching_gain_c16", "batched", "batch1", 16, throughput)]
+    decoding = [("beam5_vs_greedy_c16", "beam5", "greedy", 16, throughput),
+                ("beam5_p50_vs_greedy_c1", "beam5", "greedy", 1, median_ms),
+                ("sample_vs_greedy_c16", "sample", "greedy", 16, throughput)]
+    if not any(lv.scenario in ("beam5", "sample") for lv in levels):
+        decoding = []
+    print("\nper round (the headline is the median): " + "; ".join(
+        f"{name} {' '.join(f'{x:.2f}' for x in round_ratios(levels, *rest))}" for name, *rest in serving + decoding))
+    print()
+    for name, *rest in serving:
+        print(f"{name}: {ratio(levels, *rest)}")
     print(f"p50_ms_c1: {c1.percentile(50):.1f}" if c1 else "p50_ms_c1: n/a")
-    if find(levels, "beam5", 16) or find(levels, "sample", 16) or beam_c1:
-        print(f"beam5_vs_greedy_c16: {ratio(levels, 'beam5', 'greedy', 16)}")
-        p50 = f"{beam_c1.percentile(50) / greedy_c1.percentile(50):.2f}" if greedy_c1 and beam_c1 else "n/a"
-        print(f"beam5_p50_vs_greedy_c1: {p50}")
-        print(f"sample_vs_greedy_c16: {ratio(levels, 'sample', 'greedy', 16)}")
+    for name, *rest in decoding:
+        print(f"{name}: {ratio(levels, *rest)}")
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -513,7 +548,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                                                           decoding if scenario == "batched" else ())
             levels += scenario_levels
     if args.plot and str(args.plot) != ".":
-        plot(levels, args.plot, f"{machine()}\nquantize {args.quantize}, threads {args.threads} "
+        plot(pooled(levels), args.plot, f"{machine()}\nquantize {args.quantize}, threads {args.threads} "
                                 f"({args.threads_alone} alone), batchSize "
                                 f"{args.batch_size}, maxBatchDelay {args.max_batch_delay} ms, workers {args.workers}")
     report(levels, rss, workload, sizes, args)

@@ -120,3 +120,16 @@ def test_decoding_cost_counts_every_decoder_row(tmp_path):
                for batch in batches]
     assert cost.rows == cost.tokens == sum(map(sum, lengths))
     assert cost.steps == sum(map(max, lengths)) and len(cost.milliseconds) == 1
+
+
+def test_a_headline_ratio_is_the_median_of_its_rounds():
+    """Round 1 ran on a slow minute for both scenarios: pooled figures give 0.63, most rounds say 0.5."""
+    from bench.serve_bench import median_ms, round_ratios
+
+    levels = [Level("greedy", 16, [1.0] * 100, 0, 0, 1.0, round=0), Level("sample", 16, [1.0] * 50, 0, 0, 1.0, round=0),
+              Level("greedy", 16, [2.0] * 10, 0, 0, 1.0, round=1), Level("sample", 16, [2.0] * 5, 0, 0, 1.0, round=1),
+              Level("greedy", 16, [1.0] * 90, 0, 0, 1.0, round=2), Level("sample", 16, [3.0] * 72, 0, 0, 1.0, round=2)]
+    assert round_ratios(levels, "sample", "greedy", 16) == [0.5, 0.5, 0.8]
+    assert ratio(levels, "sample", "greedy", 16) == "0.50"
+    assert round_ratios(levels, "sample", "greedy", 16, median_ms) == [1.0, 1.0, 3.0]
+    assert ratio(levels, "sample", "greedy", 64) == "n/a"
