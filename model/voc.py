@@ -81,10 +81,22 @@ class Voc:
         return [self.word2index[word] for word in sentence.split(" ")]
 
     def encode(self, text: str, max_length: int) -> Encoded:
-        """encode(): known words' ids ending in EOS, unknown words dropped; NoKnownWordsError if none is known."""
-        ids, unknown = encode(self, text, max_length)
-        known = sum(1 for w in normalize(text).split() if w in self.word2index)
-        return Encoded(ids, unknown, known > max_length - 1)
+        """Raw text as token ids ending in EOS, following the unknown-word policy.
+
+        Policy (shared by the chat CLI and the TorchServe handler): the text is normalised,
+        words the vocabulary does not know are dropped and returned as unknown_words, and
+        only the first `max_length - 1` known words are kept (the model never saw longer
+        inputs; truncated says so). Text with no known word at all raises NoKnownWordsError.
+        """
+        words = normalize(text).split()
+        known = [w for w in words if w in self.word2index]
+        unknown = [w for w in words if w not in self.word2index]
+        if not known:
+            if not words:
+                raise NoKnownWordsError("the text has no words (only spaces, digits or symbols)", [])
+            raise NoKnownWordsError("none of the words is in the bot's vocabulary", unknown)
+        ids = [self.word2index[w] for w in known[: max_length - 1]]
+        return Encoded(ids + [EOS_token], unknown, len(known) > max_length - 1)
 
     def decode(self, ids: list[int]) -> str:
         """decode(): the reply text up to the first EOS."""
@@ -124,22 +136,9 @@ class NoKnownWordsError(ValueError):
 
 
 def encode(voc: Voc, text: str, max_length: int = MAX_LENGTH) -> tuple[list[int], list[str]]:
-    """Turn raw text into token ids ending in EOS, following the unknown-word policy.
-
-    Policy (shared by the chat CLI and the TorchServe handler): the text is normalised,
-    words the vocabulary does not know are dropped and returned in the second list, and
-    only the first `max_length - 1` known words are kept (the model never saw longer
-    inputs). Text with no known word at all raises NoKnownWordsError.
-    """
-    words = normalize(text).split()
-    known = [w for w in words if w in voc.word2index]
-    unknown = [w for w in words if w not in voc.word2index]
-    if not known:
-        if not words:
-            raise NoKnownWordsError("the text has no words (only spaces, digits or symbols)", [])
-        raise NoKnownWordsError("none of the words is in the bot's vocabulary", unknown)
-    ids = [voc.word2index[w] for w in known[: max_length - 1]]
-    return ids + [EOS_token], unknown
+    """(token ids ending in EOS, dropped unknown words) for raw text: Voc.encode's policy."""
+    found = voc.encode(text, max_length)
+    return found.ids, found.unknown_words
 
 
 def decode(voc: Voc, ids: list[int]) -> str:
