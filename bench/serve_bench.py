@@ -277,13 +277,12 @@ def scenario_cases(expected: dict[str, str], fields: dict | None) -> list[Case]:
                  {"json": {"text": prompt, **fields}}, reply=reply) for prompt, reply in expected.items()]
 
 
-def measure(scenario: str, url: str, expected: dict[str, str], clients: int, args: argparse.Namespace,
-            fields: dict | None = None) -> Level:
-    """serving.load.run_load with `clients` clients; count the requests started after the warm-up and finished in
-    time: 200 replies (right or wrong), errors (any other status, or no answer), mismatches (a wrong 200 reply)."""
+def measure(scenario: str, url: str, cases: Sequence[Case], clients: int, args: argparse.Namespace) -> Level:
+    """serving.load.run_load of `cases` with `clients` clients; count the requests started after the warm-up and
+    finished in time: 200 replies (right or wrong), errors (any other status, or no answer), mismatches (a wrong
+    200 reply)."""
     start = time.monotonic()
-    results = run_load(url, scenario_cases(expected, fields), clients, args.warmup_seconds + args.seconds,
-                       args.max_requests)
+    results = run_load(url, cases, clients, args.warmup_seconds + args.seconds, args.max_requests)
     counted_from = start + args.warmup_seconds
     counted = [r for r in results if r.start >= counted_from and r.end <= counted_from + args.seconds]
     end = max((r.end for r in counted), default=counted_from)
@@ -312,25 +311,24 @@ def run_scenario(scenario: str, workload: Workload, args: argparse.Namespace, wo
     overrides["default_workers_per_model"] = str(args.workers)
     with start_torchserve(workdir / "server", store, config_overrides=overrides) as server:
         wait_until_ready(server, args.workers)  # the launcher waits for one
-        warm_up(server.predictions_url, [scenario_cases(workload.expected_by_scenario.get(name, expected),
-                                                        DECODING_FIELDS.get(name)) for name in (scenario, *decoding)],
-                max(args.concurrency), args.server_warmup_seconds)
+        cases = {name: scenario_cases(workload.expected_by_scenario.get(name, expected), DECODING_FIELDS.get(name))
+                 for name in (scenario, *decoding)}
+        warm_up(server.predictions_url, list(cases.values()), max(args.concurrency), args.server_warmup_seconds)
         levels = []
         for turn in range(args.rounds):  # rounds interleave the scenarios: a warming server favours none of them
-            for name in (scenario, *decoding):
+            for name in cases:
                 for clients in args.concurrency:
-                    levels.append(measure(name, server.predictions_url,
-                                          workload.expected_by_scenario.get(name, expected), clients, args,
-                                          DECODING_FIELDS.get(name)))
+                    levels.append(measure(name, server.predictions_url, cases[name], clients, args))
                     levels[-1].round = turn
                     logger.info("%s", row(levels[-1]))
         return levels, worker_rss_mb(server)
 
 
 def warm_up(url: str, cases: Sequence[Sequence[Case]], clients: int, seconds: float) -> None:
-    """Send every scenario's requests in turn for `seconds` in all, uncounted (the JVM's JIT warm-up)."""
-    for scenario_cases_ in cases:
-        run_load(url, scenario_cases_, clients, seconds / len(cases))
+    """Send every scenario's requests (cases: one list per scenario) in turn for `seconds` in all, uncounted (the
+    JVM's JIT warm-up)."""
+    for one_scenario in cases:
+        run_load(url, one_scenario, clients, seconds / len(cases))
 
 
 def pooled(levels: Sequence[Level]) -> list[Level]:

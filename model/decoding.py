@@ -309,8 +309,8 @@ def beam_tops(states: list[BeamState], firsts: dict[int, int], best: tuple, voca
         top = flat.topk(min(2 * k, flat.size(1)), dim=1)
         beam = top.indices // width  # which alive beam, and its token: a flat index into (alive, V)
         tokens = best_indices.index_select(0, rows)[:, :width].reshape(len(members), -1).gather(1, top.indices)
-        for r, values, indices in zip(members, top.values.tolist(), (beam * vocabulary + tokens).tolist()):
-            tops[r] = (values, indices)
+        for r, totals_r, indices in zip(members, top.values.tolist(), (beam * vocabulary + tokens).tolist()):
+            tops[r] = (totals_r, indices)
     return tops
 
 

@@ -68,7 +68,7 @@ def flaky_server():
 def test_measure_counts_errors_and_mismatches(flaky_server):
     expected = {f"{text}\n": text for text in ("good", "bad", "odd", "fine")}  # as run_scenario asks the echo
     args = Namespace(seconds=1.0, warmup_seconds=0.2, max_requests=400)
-    level = measure("echo", flaky_server, expected, clients=2, args=args)
+    level = measure("echo", flaky_server, scenario_cases(expected, None), clients=2, args=args)
     answered = len(level.latencies_ms)  # 200 replies, right or wrong
     assert answered > 0 and level.errors > 0 and level.mismatches > 0
     assert level.errors == pytest.approx(answered / 3, rel=0.5)  # 1 prompt in 4 fails
