@@ -3,6 +3,7 @@
 # Each variable is the flag of the same name (DATA_PATH is --data-path, CHECKPOINT is --checkpoint).
 
 SHELL := /bin/bash
+REPO_DIR := $(dir $(abspath $(firstword $(MAKEFILE_LIST))))
 PYTHON ?= python3
 VENV ?= .venv
 PY := $(VENV)/bin/python
@@ -46,7 +47,7 @@ $(IMAGE_VENV)/.installed: requirements-image.txt
 	touch $@
 
 test-image-runtime: install $(IMAGE_VENV)/.installed ## Serve the archive on Python 3.9 / torch 2.4 / TorchServe 0.12 and compare replies
-	$(PY) -m serving.image_runtime --python $(IMAGE_VENV)/bin/python
+	$(PY) -m harness.image_runtime --python $(IMAGE_VENV)/bin/python
 
 .PHONY: help install test test-unit test-image-runtime
 
@@ -81,15 +82,12 @@ train-demo: ## Train a small bot (~3 CPU minutes) on the bundled chatterbot corp
 	  --save-every 250 --save-dir runs/demo --device $(DEVICE)
 
 chat: ## Chat with a checkpoint in the terminal (CHECKPOINT=path, default: newest runs/**/best_checkpoint.tar)
-	$(PY) -m train.chat $(checkpoint_flag)
+	$(PY) -m tools.chat $(checkpoint_flag)
 
-bench-train: ## Time the tutorial's step loop against the fast training path (last line: train_speedup)
-	$(PY) -m train.bench_train $(data_path_flag)
-
-.PHONY: data train train-demo chat bench-train
+.PHONY: data train train-demo chat
 
 # ---------------------------------------------------------------- serving
-# make mar [CHECKPOINT=...] -> archive/seq2seq.mar; make serve [TOKEN_AUTH=1] (Docker when an engine
+# make mar [CHECKPOINT=...] -> model-store/seq2seq.mar; make serve [TOKEN_AUTH=1] (Docker when an engine
 # answers, else native; DOCKER_GPUS= for a host without the NVIDIA runtime); make stop.
 # ping/predict/models send the keys of key_file.json when it exists (token mode).
 CHECKPOINT ?=
@@ -97,8 +95,12 @@ checkpoint_flag = $(if $(CHECKPOINT),--checkpoint "$(CHECKPOINT)")
 TEXT ?= Hello there! How are you?
 TOKEN_AUTH ?= 0
 # The served model and its archive: config.properties' load_models=<model>=<archive>.mar, their one definition
-MODEL_NAME := $(shell sed -n 's/^load_models=\([^=]*\)=.*/\1/p' config.properties)
-ARCHIVE_NAME := $(shell sed -n 's/^load_models=[^=]*=\(.*\)[.]mar$$/\1/p' config.properties)
+# (tools/server_config.py reads it, and renders every variant of that file: plain Python, no install needed)
+# by path, so the Makefile also works from another directory (make -f .../Makefile -C checkout)
+SERVER_CONFIG := $(PYTHON) $(REPO_DIR)tools/server_config.py
+MODEL_NAME := $(shell $(SERVER_CONFIG) --print model_name)
+ARCHIVE_NAME := $(shell $(SERVER_CONFIG) --print archive_name)
+MODEL_STORE := model-store
 INFERENCE_URL := http://127.0.0.1:8080
 MANAGEMENT_URL := http://127.0.0.1:8081
 METRICS_URL := http://127.0.0.1:8082
@@ -109,19 +111,20 @@ comma := ,
 # import the `model` package shipped in the archive.
 TS_ENV := env -u PYTHONPATH TMPDIR=$(TS_TMP) TEMP=$(TS_TMP) PATH=$(CURDIR)/$(VENV)/bin:$$PATH
 TS_CONFIG := $(if $(filter 1,$(TOKEN_AUTH)),logs/token-config.properties,config.properties)
+token_flag = $(if $(filter 1,$(TOKEN_AUTH)),--token-auth)
 DOCKER ?= docker
 DOCKER_GPUS ?= --gpus all
 # docker/Dockerfile's `runtime` stage: pytorch/torchserve:0.12.0-gpu plus tokenizers (byte-level BPE models)
 RUNTIME_IMAGE ?= seq2seq-torchserve-runtime:0.12.0
 TS_CONTAINER := seq2seq-torchserve
-DOCKER_CONFIG := $(if $(filter 1,$(TOKEN_AUTH)),logs/token-docker-config.properties,docker/config.properties)
+DOCKER_CONFIG := logs/$(if $(filter 1,$(TOKEN_AUTH)),token-)container-config.properties
 IMAGE ?= seq2seq-torchserve:1.0
 
 # curl option with the key of the "inference" or "management" API, when key_file.json exists
 ts_auth = $$([ -f $(KEY_FILE) ] && echo --oauth2-bearer \
 	$$($(PY) -c 'import json; print(json.load(open("$(KEY_FILE)"))["$(1)"]["key"])'))
 token_hint = $(if $(filter 1,$(TOKEN_AUTH)), --oauth2-bearer INFERENCE_KEY (token mode: keys in $(KEY_FILE)))
-MAR ?= archive/$(ARCHIVE_NAME).mar
+MAR ?= $(MODEL_STORE)/$(ARCHIVE_NAME).mar
 check_mar = [ -f $(MAR) ] || { echo "error: $(MAR) not found: run 'make mar' first" >&2; exit 1; }
 check_java = java_major=$$(java -version 2>&1 | sed -n 's/.* version "\([0-9]*\).*/\1/p' | head -1); \
 	[ "$${java_major:-0}" -ge 17 ] || { echo "error: native TorchServe needs Java 17+ (found: $${java_major:-none});" \
@@ -132,13 +135,13 @@ wait_ready = for i in $$(seq 120); do \
 	  sleep 1; done; \
 	echo "error: $(MODEL_NAME) not ready after 120 s: see $(1)" >&2; exit 1
 native_serve = $(check_java) && mkdir -p $(TS_TMP) && \
-	$(TS_ENV) torchserve --start --ncs --ts-config $(TS_CONFIG) --model-store archive >logs/torchserve.out 2>&1 && \
+	$(TS_ENV) torchserve --start --ncs --ts-config $(TS_CONFIG) --model-store $(MODEL_STORE) >logs/torchserve.out 2>&1 && \
 	$(call wait_ready,logs/torchserve.out$(comma) logs/ts_log.log and logs/model_log.log)
 docker_serve = $(DOCKER) build -q --target runtime -f docker/Dockerfile -t $(RUNTIME_IMAGE) . >/dev/null || exit 1; \
 	$(DOCKER) rm -f $(TS_CONTAINER) >/dev/null 2>&1; \
 	$(DOCKER) run -d --rm --name $(TS_CONTAINER) $(DOCKER_GPUS) \
 	  -p 127.0.0.1:8080:8080 -p 127.0.0.1:8081:8081 -p 127.0.0.1:8082:8082 \
-	  -v "$(CURDIR)/archive:/home/model-server/model-store:ro" \
+	  -v "$(CURDIR)/$(MODEL_STORE):/home/model-server/model-store:ro" \
 	  -v "$(CURDIR)/$(DOCKER_CONFIG):/home/model-server/config.properties:ro" \
 	  -v "$(CURDIR)/handler/metrics.yaml:/home/model-server/metrics.yaml:ro" \
 	  --entrypoint torchserve $(RUNTIME_IMAGE) --start --foreground --ncs --ts-config /home/model-server/config.properties && \
@@ -149,13 +152,13 @@ copy_key_file = for i in $$(seq 60); do \
 	  $(DOCKER) cp $(TS_CONTAINER):/home/model-server/$(KEY_FILE) $(KEY_FILE) 2>/dev/null && break; sleep 1; done; \
 	[ -f $(KEY_FILE) ] && echo "Token mode: keys copied to $(KEY_FILE)"
 
-mar: ## Validate the checkpoint (ours or the tutorial's) and build archive/seq2seq.mar (CHECKPOINT=path, default: newest runs/**/best_checkpoint.tar)
-	$(PY) -m archive.build_mar $(checkpoint_flag)
+mar: ## Validate the checkpoint (ours or the tutorial's) and build model-store/seq2seq.mar (CHECKPOINT=path, default: newest runs/**/best_checkpoint.tar)
+	$(PY) -m tools.build_mar $(checkpoint_flag)
 
-serve: $(if $(filter 1,$(TOKEN_AUTH)),$(TS_CONFIG) $(DOCKER_CONFIG)) ## Serve the archive: Docker (the GPU runtime image, built from docker/Dockerfile) if an engine answers, else native; TOKEN_AUTH=1 for token mode
+serve: $(if $(filter 1,$(TOKEN_AUTH)),$(TS_CONFIG)) ## Serve the archive: Docker (the GPU runtime image, built from docker/Dockerfile) if an engine answers, else native; TOKEN_AUTH=1 for token mode
 	@$(check_mar)
 	@if $(DOCKER) info >/dev/null 2>&1; then \
-	  $(docker_serve); \
+	  mkdir -p logs && $(SERVER_CONFIG) container $(token_flag) -o $(DOCKER_CONFIG) && $(docker_serve); \
 	else \
 	  echo "No container engine answers ('$(DOCKER) info' failed): serving natively instead."; \
 	  $(native_serve); \
@@ -165,14 +168,8 @@ serve-local: $(if $(filter 1,$(TOKEN_AUTH)),$(TS_CONFIG)) ## Serve the archive w
 	@$(check_mar)
 	@$(native_serve)
 
-# Token mode = the same file with authorization on: the one rule every token-mode config is made by.
-token_on = mkdir -p $(dir $(2)) && sed 's/^disable_token_authorization=true/disable_token_authorization=false/' $(1) > $(2)
-
-logs/token-config.properties: config.properties
-	@$(call token_on,$<,$@)
-
-logs/token-docker-config.properties: docker/config.properties
-	@$(call token_on,$<,$@)
+logs/token-config.properties: config.properties tools/server_config.py
+	@$(SERVER_CONFIG) local --token-auth -o $@
 
 stop: ## Stop TorchServe (container and native) and remove stale pid and key files
 	@$(DOCKER) rm -f $(TS_CONTAINER) >/dev/null 2>&1 && echo "Stopped container $(TS_CONTAINER)." || true
@@ -183,7 +180,7 @@ ping: ## Health check: GET :8080/ping
 	@curl -sS $(call ts_auth,inference) $(INFERENCE_URL)/ping
 
 predict: ## Ask the served bot: make predict TEXT="how are you?"
-	@$(PY) -m client.chat_client --url $(INFERENCE_URL) --model $(MODEL_NAME) \
+	@$(PY) -m tools.client --url $(INFERENCE_URL) --model $(MODEL_NAME) \
 	  $$([ -f $(KEY_FILE) ] && echo --token-auth --key-file $(KEY_FILE)) '$(subst ','"'"',$(TEXT))'
 
 models: ## List the models and describe the served one (management API, :8081)
@@ -205,28 +202,23 @@ $(VENV)/.ui-installed: requirements-ui.txt
 	touch $@
 
 ui: $(VENV)/.ui-installed ## Chat in the browser with the served bot: http://127.0.0.1:$(UI_PORT) (UI_PORT=...)
-	$(PY) -m ui.chat_page --url $(INFERENCE_URL) --model $(MODEL_NAME) --port $(UI_PORT) \
+	$(PY) -m tools.chat_page --url $(INFERENCE_URL) --model $(MODEL_NAME) --port $(UI_PORT) \
 	  $$([ -f $(KEY_FILE) ] && echo --token-auth --key-file $(KEY_FILE))
 
 .PHONY: mar serve serve-local stop ping predict models metrics docker-build ui
 
 # ---------------------------------------------------------------- Kubernetes and KServe
 # make k8s: deploy/rendered/{dev,prod}.yaml from the kustomize overlays (kubectl kustomize). Their ConfigMap is
-# docker/config.properties with the management API on the pod's loopback (and, in prod, token mode on).
-# make kserve-store: the storage layout for KServe's TorchServe runtime from archive/seq2seq.mar.
+# the kubernetes variant of config.properties: the container's, management API on the pod's loopback (and, in
+# prod, token mode on). make kserve-store: KServe's storage layout from model-store/seq2seq.mar.
 K8S_ENVS := dev prod
 KSERVE_STORE ?= deploy/kserve/store
-# KServe's runtime talks to TorchServe inside the container: both APIs on its loopback; only the
-# runtime's port 8080 leaves the pod. batchSize 1: TorchServe's KServe envelope reads a batch's first request only.
-KSERVE_SNAPSHOT := {"name":"startup.cfg","modelCount":1,"models":{"$(MODEL_NAME)":{"1.0":{"defaultVersion":true,\
-"marName":"$(ARCHIVE_NAME).mar","minWorkers":1,"maxWorkers":2,"batchSize":1,"maxBatchDelay":1,"responseTimeout":30}}}}
 
-deploy/generated/config.properties: docker/config.properties
-	@mkdir -p $(dir $@)
-	sed 's|^management_address=.*|management_address=http://127.0.0.1:8081|' $< > $@
+deploy/generated/config.properties: config.properties tools/server_config.py
+	@$(SERVER_CONFIG) kubernetes -o $@
 
-deploy/generated/token-config.properties: deploy/generated/config.properties
-	@$(call token_on,$<,$@)
+deploy/generated/token-config.properties: config.properties tools/server_config.py
+	@$(SERVER_CONFIG) kubernetes --token-auth -o $@
 
 k8s: deploy/generated/config.properties deploy/generated/token-config.properties ## Render the Kubernetes manifests: deploy/rendered/{dev,prod}.yaml
 	@mkdir -p deploy/rendered
@@ -236,15 +228,9 @@ k8s: deploy/generated/config.properties deploy/generated/token-config.properties
 
 kserve-store: ## Lay out deploy/kserve/store (config/config.properties, model-store/seq2seq.mar) for KServe
 	@$(check_mar)
-	@mkdir -p $(KSERVE_STORE)/config $(KSERVE_STORE)/model-store
+	@mkdir -p $(KSERVE_STORE)/model-store
 	cp $(MAR) $(KSERVE_STORE)/model-store/$(ARCHIVE_NAME).mar
-	sed -e 's|^inference_address=.*|inference_address=http://127.0.0.1:8085|' \
-	    -e 's|^management_address=.*|management_address=http://127.0.0.1:8085|' \
-	    -e 's|^model_store=.*|model_store=/mnt/models/model-store|' \
-	    -e 's|^allowed_urls=.*|allowed_urls=file:///mnt/models/model-store/[A-Za-z0-9_-]+[.]mar|' \
-	    -e 's|^metrics_config=.*|metrics_config=/home/model-server/metrics.yaml|' \
-	    -e '/^load_models=/d' docker/config.properties > $(KSERVE_STORE)/config/config.properties
-	printf '%s\n' 'service_envelope=kserve' 'model_snapshot=$(KSERVE_SNAPSHOT)' >> $(KSERVE_STORE)/config/config.properties
+	$(PY) -m tools.server_config kserve -o $(KSERVE_STORE)/config/config.properties
 	@echo "wrote $(KSERVE_STORE): copy it to the storage deploy/kserve/inferenceservice.yaml's storageUri names"
 
 .PHONY: k8s kserve-store
@@ -265,18 +251,21 @@ bench-quant: ## Quantised vs float32 held-out loss and greedy replies (CHECKPOIN
 bench-decoding: ## Greedy, beam-5 and sampling cost in-process: ms, decoder steps and rows per batch (last lines: *_vs_greedy_*)
 	$(PY) -m bench.decoding_cost $(checkpoint_flag) $(data_path_flag)
 
-.PHONY: bench-serve bench-quant bench-decoding
+bench-train: ## Time the tutorial's step loop against the fast training path (last line: train_speedup)
+	$(PY) -m bench.train_bench $(data_path_flag)
+
+.PHONY: bench-serve bench-quant bench-decoding bench-train
 
 # ---------------------------------------------------------------- reliability
 # make soak [SOAK_ARGS="--clients 64 --seconds 60 --checkpoint runs/x/4000_checkpoint.tar"]: not part of
 # `make test`. Its own native TorchServe on free ports; every reply checked; exit 1 on any failure.
-# `python -m serving.soak --help` lists the knobs; docs/SECURITY.md says what the tests prove.
+# `python -m harness.soak --help` lists the knobs; docs/SECURITY.md says what the tests prove.
 SOAK_ARGS ?=
 FAILOVER_ARGS ?=
 
 soak: ## Long reliability runs: hostile mix, 64 clients x 60 s, worker SIGKILL; replica failover; 2-process training (SOAK_ARGS=...)
-	$(PY) -m serving.soak $(SOAK_ARGS)
-	$(PY) -m serving.failover $(FAILOVER_ARGS)
+	$(PY) -m harness.soak $(SOAK_ARGS)
+	$(PY) -m harness.failover $(FAILOVER_ARGS)
 	$(PY) -m pytest -q tests/test_ddp.py
 
 .PHONY: soak

@@ -1,1 +1,2 @@
-"""Benchmarks: serving load test (serve_bench) and quantisation quality (quant_quality)."""
+"""Benchmarks: serving load (serve_bench), decoding cost, quantisation and reply quality, word vs BPE tokens,
+training speed (train_bench). Each prints `name: value` last lines."""

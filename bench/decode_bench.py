@@ -21,31 +21,28 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from bench.serve_bench import FALLBACK_PROMPTS, random_checkpoint, synthetic_voc
-from model import Chatbot, from_checkpoint, read_checkpoint
+from bench.workload import FALLBACK_PROMPTS, random_checkpoint, synthetic_voc
+from model import Chatbot, load_chatbot
 
 MODES = ("float32", "int8", "fp16", "bf16")
 
 
 def load_bots(checkpoint: Path | None, modes: Sequence[str], seed: int) -> dict[str, Chatbot]:
     """One chatbot per weight mode, from the checkpoint or from random tutorial-size weights."""
-    if checkpoint is None:
-        ckpt = random_checkpoint(synthetic_voc(FALLBACK_PROMPTS), seed)
-    else:
-        with open(checkpoint, "rb") as f:
-            ckpt = read_checkpoint(f)
+    ckpt = random_checkpoint(synthetic_voc(FALLBACK_PROMPTS), seed) if checkpoint is None else \
+        load_chatbot(checkpoint).checkpoint
     return {mode: make_bot(ckpt, mode) for mode in modes}
 
 
 def make_bot(ckpt: dict, mode: str) -> Chatbot:
-    """The chatbot with `mode` weights: float32, int8 or fp16 (from_checkpoint), bf16 (everything cast)."""
+    """The chatbot with `mode` weights: float32, int8 or fp16 (model.load_chatbot), bf16 (everything cast)."""
     if mode in ("float32", "bf16"):
-        bot = from_checkpoint(ckpt)
+        bot = load_chatbot(ckpt)
         if mode == "bf16":  # weights and activations in bfloat16 (the shared embedding is cast once)
             bot.encoder.to(torch.bfloat16)
             bot.decoder.to(torch.bfloat16)
         return bot
-    return from_checkpoint(ckpt, quantize=mode)
+    return load_chatbot(ckpt, quantize=mode)
 
 
 def time_batches(bots: dict[str, Chatbot], batch_sizes: Sequence[int], reps: int) -> dict[tuple, float]:

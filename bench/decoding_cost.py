@@ -23,9 +23,9 @@ from dataclasses import dataclass, field
 
 import torch
 
-from bench.serve_bench import DECODING_FIELDS, handler_defaults, held_out_prompts
-from model import Chatbot, from_checkpoint, read_checkpoint
-from model.decoding import DecodeOptions, parse_options
+from bench.workload import DECODING_FIELDS, add_quantize_flag, handler_defaults, held_out_prompts
+from model import Chatbot, load_chatbot
+from model.schema import DecodeOptions, parse_options
 from train.runs import add_checkpoint_flags, add_data_path_flag, parse_with_checkpoint
 
 
@@ -97,8 +97,7 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     p.add_argument("--prompts", type=int, default=296, help="held-out prompts (default: 296, 37 batches of 8)")
     p.add_argument("--batch-size", type=int, default=d["batch_size"],
                    help=f"requests per batch (default: model-config's batchSize, {d['batch_size']})")
-    p.add_argument("--quantize", choices=("false", "int8", "fp16"), default=d["quantize"],
-                   help=f"weights, as the handler's option (default: model-config's, {d['quantize']})")
+    add_quantize_flag(p, d["quantize"])
     p.add_argument("--threads", type=int, default=d["threads"],
                    help=f"torch threads, 0 for torch's default (default: model-config's, {d['threads']})")
     p.add_argument("--reps", type=int, default=5, help="timed passes per mode (default: 5)")
@@ -109,10 +108,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
-    with open(args.checkpoint, "rb") as f:
-        ckpt = read_checkpoint(f)
-    bot = from_checkpoint(ckpt, quantize=False if args.quantize == "false" else args.quantize)
-    _, prompts, where = held_out_prompts(ckpt, args.data_path)
+    bot = load_chatbot(args.checkpoint, quantize=args.quantize)
+    _, prompts, where = held_out_prompts(bot, args.data_path)
     encoded = [bot.encode(p).ids for p in prompts[: args.prompts]]
     batches = [encoded[i:i + args.batch_size] for i in range(0, len(encoded), args.batch_size)]
     modes = {m: parse_options(DECODING_FIELDS[m], bot.default_options, {}) for m in args.modes}

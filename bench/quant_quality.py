@@ -19,10 +19,9 @@ from dataclasses import dataclass
 
 import torch
 
-from bench.serve_bench import weights_megabytes
-from model import Chatbot, from_checkpoint, read_checkpoint
-from model.tokenizer import vocabulary_size
-from train.data import Pair, run_data
+from bench.workload import weights_megabytes
+from model import Chatbot, load_chatbot
+from train.data import Pair, checkpoint_data
 from train.engine import evaluate
 from train.runs import add_checkpoint_flags, add_data_path_flag, parse_with_checkpoint
 
@@ -83,9 +82,9 @@ def compare_bots(reference: Chatbot, candidate: Chatbot, mode: str, pairs: Seque
                    same, len(queries), weights_megabytes(reference), weights_megabytes(candidate))
 
 
-def compare(ckpt: dict, mode: str, pairs: Sequence[Pair], batch_size: int = 8) -> Quality:
-    """The checkpoint's float32 chatbot against its `mode` ("int8" or "fp16") one."""
-    return compare_bots(from_checkpoint(ckpt), from_checkpoint(ckpt, quantize=mode), mode, pairs, batch_size)
+def compare(reference: Chatbot, mode: str, pairs: Sequence[Pair], batch_size: int = 8) -> Quality:
+    """A float32 chatbot against its checkpoint's `mode` ("int8" or "fp16") one."""
+    return compare_bots(reference, load_chatbot(reference.checkpoint, quantize=mode), mode, pairs, batch_size)
 
 
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
@@ -104,19 +103,19 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
     torch.set_num_threads(args.threads)
     path = args.checkpoint
-    with open(path, "rb") as f:
-        ckpt = read_checkpoint(f)
+    reference = load_chatbot(path)
+    ckpt = reference.checkpoint
     if "args" not in ckpt:
         print(f"error: {path} has no training arguments, so its held-out split is unknown", file=sys.stderr)
         return 2
-    _, _, pairs = run_data(ckpt, args.data_path)
+    _, pairs = checkpoint_data(ckpt, reference.voc, args.data_path)
     pairs = pairs[: args.limit] if args.limit else pairs
     print(f"checkpoint: {path} (iteration {ckpt['iteration']}, hidden {ckpt['config']['hidden_size']}, "
-          f"{vocabulary_size(ckpt['voc'])} tokens); {len(pairs)} held-out pairs")
+          f"{reference.voc.num_words} tokens); {len(pairs)} held-out pairs")
     results = []
     for mode in args.modes:
         start = time.perf_counter()
-        results.append(compare(ckpt, mode, pairs, args.batch_size))
+        results.append(compare(reference, mode, pairs, args.batch_size))
         print(f"{results[-1].summary()}  [{time.perf_counter() - start:.0f} s]", flush=True)
     return 0 if all(r.passes for r in results) else 1
 

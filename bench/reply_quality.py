@@ -17,10 +17,10 @@ import sys
 from collections import Counter
 from collections.abc import Sequence
 
-from bench.serve_bench import DECODING_FIELDS
-from model import from_checkpoint, read_checkpoint
-from model.decoding import parse_options
-from train.data import run_data
+from bench.workload import DECODING_FIELDS, add_quantize_flag
+from model import load_chatbot
+from model.schema import parse_options
+from train.data import checkpoint_data
 from train.runs import add_checkpoint_flags, add_data_path_flag, parse_with_checkpoint
 
 MODES = {"greedy": DECODING_FIELDS["greedy"], "beam5": DECODING_FIELDS["beam5"], "sample": DECODING_FIELDS["sample"]}
@@ -44,17 +44,14 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     add_checkpoint_flags(p, "a checkpoint with its training settings (train.main writes them)")
     add_data_path_flag(p)
     p.add_argument("--prompts", type=int, default=500, help="held-out prompts to answer (default: 500)")
-    p.add_argument("--quantize", choices=("false", "int8", "fp16"), default="int8",
-                   help="weights, as the handler's option (default: int8, the served default)")
+    add_quantize_flag(p)
     return parse_with_checkpoint(p, argv)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
-    with open(args.checkpoint, "rb") as f:
-        ckpt = read_checkpoint(f)
-    bot = from_checkpoint(ckpt, quantize=False if args.quantize == "false" else args.quantize)
-    _, train, heldout = run_data(ckpt, args.data_path)
+    bot = load_chatbot(args.checkpoint, quantize=args.quantize)
+    train, heldout = checkpoint_data(bot.checkpoint, bot.voc, args.data_path)
     generic = {reply for reply, _ in Counter(response for _, response in train).most_common(5)}
     prompts = list(dict.fromkeys(query for query, _ in heldout))[: args.prompts]
     print(f"checkpoint {args.checkpoint}; {len(prompts)} held-out prompts; generic replies: {sorted(generic)}")

@@ -3,7 +3,7 @@
     python -m bench.serve_bench                    # what `make bench-serve` runs
     python -m bench.serve_bench --scenarios batched --concurrency 1 16 --max-batch-delay 2
 
-Scenarios, each on its own native TorchServe (serving.launcher: free loopback ports, always
+Scenarios, each on its own native TorchServe (harness.launcher: free loopback ports, always
 stopped) with the same config.properties, worker count and batching settings:
   echo     bench/echo_handler.py answers with the body: what TorchServe and this client cost alone
   batch1   the chatbot with batchSize 1
@@ -16,7 +16,7 @@ compare decoding alone, not JSON against raw text. Each server first serves --se
 all its scenarios' requests, uncounted: the frontend's JVM compiles its hot paths in the first seconds,
 which would otherwise count against whichever scenario comes first.
 For each number of concurrent clients, every client thread posts prompts back to back over its
-own keep-alive requests.Session (serving.load.run_load) for --warmup-seconds (not counted), then
+own keep-alive requests.Session (harness.load.run_load) for --warmup-seconds (not counted), then
 --seconds (counted).
 Every reply is checked: a non-200 status or a failed request is an error; a 200 whose text is
 not Chatbot.reply's for the same input (same weights and quantisation, in this process) a mismatch.
@@ -41,12 +41,9 @@ The last lines are the headline ratios, all from this one run:
 from __future__ import annotations
 
 import argparse
-import io
-import itertools
 import logging
 import os
 import platform
-import string
 import subprocess
 import sys
 import tempfile
@@ -61,38 +58,32 @@ import psutil
 import torch
 import yaml
 
-from model import FORMAT, Chatbot, Voc, build_model, default_config, from_checkpoint, normalize, read_checkpoint
+from bench.workload import (
+    DECODING_FIELDS,
+    add_quantize_flag,
+    handler_defaults,
+    held_out_prompts,
+    newest_tutorial_bot,
+    random_checkpoint,
+    synthetic_voc,
+    tables_megabytes,
+    weights_megabytes,
+)
+from harness.launcher import MODEL_NAME, REPO, TorchServe, build_mar, start_torchserve, wait_until_ready
+from harness.load import Case, run_load
+from model import Chatbot, load_chatbot
 from model.checkpoint import serving_subset
-from model.decoding import parse_options
-from model.int8 import GateTable
-from model.tokenizer import vocabulary_size
-from model.voc import EOS_token
-from serving.launcher import MODEL_NAME, REPO, TorchServe, build_mar, start_torchserve, wait_until_ready
-from serving.load import Case, run_load
-from train.runs import add_checkpoint_flags, add_data_path_flag, default_checkpoint
+from model.schema import parse_options
+from tools.server_config import model_config
+from train.runs import add_checkpoint_flags, add_data_path_flag
 
 logger = logging.getLogger("serve_bench")
 
 SCENARIOS = ("echo", "batch1", "batched", "greedy", "beam5", "sample")
-# The decoding scenarios: JSON fields each request sends to the batched server (README's request table)
-DECODING_FIELDS = {"greedy": {}, "beam5": {"beam_size": 5}, "sample": {"temperature": 0.8, "top_p": 0.9, "seed": 1}}
-TUTORIAL_HIDDEN = 500
-CORNELL_WORDS = 7826  # the tutorial's Cornell vocabulary: 7,823 words kept + PAD, SOS, EOS
-HANDLER_CONFIG = REPO / "handler" / "model-config.yaml"
 ECHO_CONFIG = REPO / "bench" / "echo-config.yaml"
 ECHO_HANDLER = REPO / "bench" / "echo_handler.py"
 TEXT_HEADERS = {"Content-Type": "text/plain; charset=utf-8"}
 REQUEST_TIMEOUT_S = 60
-# Cornell-like lines for a machine without the corpus (normalised as the tutorial does).
-FALLBACK_PROMPTS = [
-    "hello .", "how are you ?", "where are you going ?", "what do you mean ?", "i don t know .",
-    "who are you ?", "what s your name ?", "are you okay ?", "what happened ?", "where is he ?",
-    "i love you .", "get out of here !", "what are you doing here ?", "do you want to dance ?",
-    "you re kidding .", "why not ?", "what time is it ?", "how old are you ?", "can you help me ?",
-    "i m sorry .", "what s wrong with you ?", "where have you been ?", "do you know him ?",
-    "let s go .", "i ll call you tomorrow .", "what did she say ?", "is that a threat ?",
-    "you look tired .", "come on !", "thank you very much .", "how did you find me ?", "shut up !",
-]
 
 
 # ---------------------------------------------------------------- checkpoint and prompts
@@ -108,78 +99,23 @@ class Workload:
     expected_by_scenario: dict[str, dict[str, str]] = field(default_factory=dict)  # greedy, beam5, sample: theirs
 
 
-def newest_tutorial_checkpoint(runs: Path) -> Path | None:
-    """train.runs.default_checkpoint if its hidden size is the tutorial's, else None."""
-    found = default_checkpoint(runs)
-    if found is None:
-        return None
-    with open(found, "rb") as f:
-        ckpt = read_checkpoint(f)
-    return found if ckpt["config"]["hidden_size"] == TUTORIAL_HIDDEN else None
-
-
-def random_checkpoint(voc: Voc, seed: int, **config_overrides) -> dict:
-    """Random weights at the tutorial's sizes (or config_overrides') over `voc`; EOS never wins, so
-    replies are max_length long."""
-    config = default_config(**config_overrides)
-    torch.manual_seed(seed)
-    encoder, decoder = build_model(config, voc.num_words)
-    with torch.no_grad():  # untrained logits would stop replies at arbitrary lengths
-        decoder.out.bias[EOS_token] = -1e4
-    return {"format": FORMAT, "config": config, "voc": voc.to_dict(), "encoder": encoder.state_dict(),
-            "decoder": decoder.state_dict(), "iteration": 0, "loss": 0.0}
-
-
-def synthetic_voc(prompts: Sequence[str]) -> Voc:
-    """The prompts' words plus made-up ones, CORNELL_WORDS in all (no corpus on this machine)."""
-    voc = Voc("synthetic")
-    for prompt in prompts:
-        voc.add_sentence(normalize(prompt))
-    filler = ("".join(letters) for letters in itertools.product(string.ascii_lowercase, repeat=4))
-    while voc.num_words < CORNELL_WORDS:
-        voc.add_word(next(filler))
-    return voc
-
-
-def held_out_prompts(ckpt: dict | None, data_path: str | None) -> tuple[Voc | None, list[str], str]:
-    """(vocabulary, held-out queries in corpus order without repeats, where they come from): the checkpoint's own
-    run's (train.data.run_data), else Cornell's as the tutorial's recipe splits it, else FALLBACK_PROMPTS when
-    that corpus is not there."""
-    from train.config import DEFAULT_CORNELL_PATH, stored_settings
-    from train.data import load_data, run_data
-
-    try:
-        if ckpt is not None and ckpt.get("args"):
-            voc, _, heldout = run_data(ckpt, data_path)
-            where = f"held-out queries of its {ckpt['args'].get('corpus')} run"
-        else:
-            voc, _, heldout = load_data(stored_settings({"corpus": "cornell",
-                                                         "data_path": data_path or DEFAULT_CORNELL_PATH}))
-            where = "Cornell held-out queries"
-    except OSError:  # the corpus is not on this machine
-        return None, list(FALLBACK_PROMPTS), "fixed Cornell-like list (no corpus found)"
-    return voc, list(dict.fromkeys(query for query, _ in heldout)), where
-
-
-def prepare_workload(args: argparse.Namespace, workdir: Path) -> Workload:
-    """Choose the checkpoint (a serving-only copy in workdir) and the prompts."""
-    path = args.checkpoint or newest_tutorial_checkpoint(args.runs)
-    ckpt = None
-    if path is not None:
-        with open(path, "rb") as f:
-            ckpt = read_checkpoint(f)
-    voc, prompts, where = held_out_prompts(ckpt, args.data_path)
-    if ckpt is None:
-        ckpt = random_checkpoint(voc or synthetic_voc(prompts), args.seed)
-        source = (f"random weights at the tutorial's sizes (hidden 500, 2+2 layers, {ckpt['config']['attn_model']} "
-                  f"attention, {vocabulary_size(ckpt['voc'])} words, seed {args.seed}; EOS disabled)")
+def prepare_workload(args: argparse.Namespace, workdir: Path) -> tuple[Workload, Chatbot]:
+    """Choose the checkpoint (a serving-only copy in workdir) and the prompts; the float32 chatbot it serves."""
+    bot = load_chatbot(args.checkpoint) if args.checkpoint else newest_tutorial_bot(args.runs)
+    voc, prompts, where = held_out_prompts(bot, args.data_path)
+    if bot is None:
+        bot = load_chatbot(random_checkpoint(voc or synthetic_voc(prompts), args.seed))
+        source = (f"random weights at the tutorial's sizes (hidden 500, 2+2 layers, "
+                  f"{bot.checkpoint['config']['attn_model']} attention, {bot.voc.num_words} words, seed {args.seed}; "
+                  "EOS disabled)")
     else:
-        source = f"{path} (iteration {ckpt.get('iteration', '?')}, hidden {ckpt['config']['hidden_size']}, " \
-                 f"{vocabulary_size(ckpt['voc'])} {ckpt['voc'].get('kind', 'word')} tokens)"
+        ckpt = bot.checkpoint
+        source = f"{args.checkpoint or 'the newest checkpoint'} (iteration {ckpt.get('iteration', '?')}, hidden " \
+                 f"{ckpt['config']['hidden_size']}, {bot.voc.num_words} {bot.voc.kind} tokens)"
     source += f"; prompts: {where}"
     served = workdir / "served_checkpoint.tar"  # weights only: smaller, faster-to-build archives
-    torch.save({**serving_subset(ckpt), "args": ckpt.get("args")}, served)  # args: the data split of its prompts
-    return Workload(served, source, prompts)
+    torch.save(serving_subset(bot.checkpoint), served)
+    return Workload(served, source, prompts), bot
 
 
 def reference_replies(workload: Workload, bot: Chatbot, limit: int, scenarios: Sequence[str]) -> None:
@@ -198,24 +134,11 @@ def reference_replies(workload: Workload, bot: Chatbot, limit: int, scenarios: S
             workload.expected_by_scenario[scenario] = {p: bot.reply(p, options).text for p in workload.prompts}
 
 
-def weights_megabytes(bot: Chatbot) -> float:
-    """Size of the encoder and decoder state_dicts as torch.save writes them (the shared embedding once)."""
-    buf = io.BytesIO()
-    torch.save({"encoder": bot.encoder.state_dict(), "decoder": bot.decoder.state_dict()}, buf)
-    return buf.tell() / 1e6
-
-
-def tables_megabytes(bot: Chatbot) -> float:
-    """Memory of the int8 model's first-layer gate tables, built at load and never saved (model/int8.py)."""
-    tables = [m.table for part in (bot.encoder, bot.decoder) for m in part.modules() if isinstance(m, GateTable)]
-    return sum(t.numel() * t.element_size() for t in tables) / 1e6
-
-
 # ---------------------------------------------------------------- archives and servers
 
 def scenario_config(scenario: str, args: argparse.Namespace, workdir: Path) -> Path:
     """The scenario's model-config: its base file with the shared worker, batching and handler settings."""
-    config = yaml.safe_load((ECHO_CONFIG if scenario == "echo" else HANDLER_CONFIG).read_text())
+    config = yaml.safe_load(ECHO_CONFIG.read_text()) if scenario == "echo" else model_config()
     config.update(minWorkers=args.workers, maxWorkers=args.workers, maxBatchDelay=args.max_batch_delay,
                   batchSize=1 if scenario == "batch1" else args.batch_size)
     if scenario != "echo":
@@ -278,7 +201,7 @@ def scenario_cases(expected: dict[str, str], fields: dict | None) -> list[Case]:
 
 
 def measure(scenario: str, url: str, cases: Sequence[Case], clients: int, args: argparse.Namespace) -> Level:
-    """serving.load.run_load of `cases` with `clients` clients; count the requests started after the warm-up and
+    """harness.load.run_load of `cases` with `clients` clients; count the requests started after the warm-up and
     finished in time: 200 replies (right or wrong), errors (any other status, or no answer), mismatches (a wrong
     200 reply)."""
     start = time.monotonic()
@@ -429,16 +352,6 @@ def machine() -> str:
 
 # ---------------------------------------------------------------- CLI
 
-def handler_defaults() -> dict:
-    """Batching, worker and handler defaults from handler/model-config.yaml."""
-    config = yaml.safe_load(HANDLER_CONFIG.read_text())
-    quantize = config["handler"].get("quantize", False)
-    return {"batch_size": config["batchSize"], "max_batch_delay": config["maxBatchDelay"],
-            "workers": config["minWorkers"], "threads": config["handler"].get("threads", 0),
-            "threads_alone": config["handler"].get("threads_alone", 0),
-            "quantize": {True: "int8", False: "false"}.get(quantize, quantize)}
-
-
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     d = handler_defaults()
     p = argparse.ArgumentParser(prog="python -m bench.serve_bench", description=__doc__.splitlines()[0])
@@ -472,9 +385,7 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     p.add_argument("--threads-alone", type=int, default=d["threads_alone"],
                    help=f"handler option threads_alone: torch threads for a batch of one request, 0 for as "
                         f"--threads (default: model-config's, {d['threads_alone']})")
-    p.add_argument("--quantize", choices=("false", "int8", "fp16"), default=d["quantize"],
-                   help=f"handler option quantize; the in-process reference uses the same "
-                        f"(default: model-config's, {d['quantize']})")
+    add_quantize_flag(p, d["quantize"])
     p.add_argument("--seed", type=int, default=0, help="seed of the random weights (default: 0)")
     p.add_argument("--plot", type=Path, default=REPO / "docs" / "serve_bench.png",
                    help="PNG to write, '' for none (default: docs/serve_bench.png)")
@@ -522,18 +433,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     if set(DECODING_FIELDS) & set(args.scenarios) and "batched" not in args.scenarios:
         print("error: the greedy, beam5 and sample scenarios run on the batched server: add batched", file=sys.stderr)
         return 2
-    args.quantize = False if args.quantize == "false" else args.quantize
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
     args.load_before = ", ".join(f"{x:.2f}" for x in os.getloadavg())  # this run's own load comes after
     logger.info("load average before: %s", args.load_before)
     with tempfile.TemporaryDirectory(prefix="serve_bench_") as tmp:
-        workload = prepare_workload(args, Path(tmp))
-        with open(workload.checkpoint, "rb") as f:
-            ckpt = read_checkpoint(f)
-        bot = from_checkpoint(ckpt, quantize=args.quantize)
+        workload, float_bot = prepare_workload(args, Path(tmp))
+        bot = load_chatbot(float_bot.checkpoint, quantize=args.quantize)
         reference_replies(workload, bot, args.prompts, args.scenarios)
-        sizes = f"float32 {weights_megabytes(from_checkpoint(ckpt)):.1f} MB"
-        if args.quantize:
+        sizes = f"float32 {weights_megabytes(float_bot):.1f} MB"
+        if args.quantize != "false":
             sizes += f", {args.quantize} {weights_megabytes(bot):.1f} MB"
             tables = tables_megabytes(bot)
             if tables:

@@ -25,8 +25,8 @@ from pathlib import Path
 
 import torch
 
-from model import NoKnownWordsError, from_checkpoint, read_checkpoint
-from train.data import Pair, load_corpus, run_data
+from model import NoKnownWordsError, load_chatbot
+from train.data import Pair, checkpoint_data, load_corpus
 from train.engine import make_batch, teacher_forced_loss
 from train.runs import add_data_path_flag
 
@@ -82,12 +82,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     torch.set_num_threads(1)
     rows = []
     for i, path in enumerate(args.checkpoints):
-        with open(path, "rb") as f:
-            ckpt = read_checkpoint(f)
-        bot = from_checkpoint(ckpt)  # float32: the weights as trained
+        bot = load_chatbot(path)  # float32: the weights as trained
         name = args.names[i] if args.names else bot.voc.kind
-        _, _, heldout = run_data(ckpt, args.data_path)
-        prompts = sample_queries(ckpt["args"], args.data_path, args.prompts, args.seed)
+        _, heldout = checkpoint_data(bot.checkpoint, bot.voc, args.data_path)
+        prompts = sample_queries(bot.checkpoint["args"], args.data_path, args.prompts, args.seed)
         rows.append((name, path, len(heldout), bits_per_byte(bot, heldout), *coverage(bot, prompts)))
     print("| model | checkpoint | held-out pairs | bits per byte | answerable | no word dropped | not cut |")
     print("|---|---|---:|---:|---:|---:|---:|")

@@ -1,4 +1,5 @@
-"""TorchServe handler for the seq2seq chatbot: one batched greedy decode per TorchServe batch.
+"""TorchServe handler for the seq2seq chatbot: each TorchServe batch decoded together, one batched search per
+decoding mode (greedy, beam, sampling), each request isolated from the others.
 
 Wire format (one HTTP request = one entry of the batch):
 
@@ -62,7 +63,6 @@ from wire import (  # noqa: E402
     BODY_FIELDS,
     JSON_TYPE,
     TEXT_TYPE,
-    Answer,
     BadRequest,
     ChatRequest,
     ErrorKind,
@@ -71,13 +71,14 @@ from wire import (  # noqa: E402
 )
 
 import model  # noqa: E402
-from model import CheckpointError, NoKnownWordsError, from_checkpoint, read_checkpoint  # noqa: E402
-from model.decoding import InvalidOption, options_from_config, parse_options  # noqa: E402
+from model import CheckpointError, NoKnownWordsError, load_chatbot  # noqa: E402
+from model.checkpoint import quantize_mode  # noqa: E402
+from model.schema import InvalidOption, Reply, options_from_config, parse_options  # noqa: E402
 
 logger = logging.getLogger(__name__)
 
-DEFAULT_MAX_CHARS = 1000
-Outcome = Union[ChatRequest, Answer, BadRequest]  # what each stage hands the next, per request
+# What each stage hands the next, per request: the request (with its Reply once decoded) or why it has none
+Outcome = Union[ChatRequest, BadRequest]
 
 # Custom metrics: name -> type. They must also be declared in handler/metrics.yaml,
 # with dimensions [ModelName] (+ [Reason] for bad requests, [le] for buckets), or TorchServe drops them.
@@ -147,6 +148,15 @@ def log_failure(what: str, error: Exception, level: int = logging.ERROR) -> None
     logger.log(level, "%s: %s at %s", what, type(error).__name__, where)
 
 
+def required_option(options: dict, name: str) -> int:
+    """An integer the model-config's handler section must set (its one definition); a clear error when it does
+    not."""
+    if name not in options:
+        raise ValueError(f"the model-config's handler section has no {name}: rebuild the archive with "
+                         "handler/model-config.yaml (make mar)")
+    return int(options[name])
+
+
 def guarded(stage: str, idx: int, work: Callable[[], Outcome]) -> Outcome:
     """work(), or the BadRequest it raised, or a request-scoped 500 for any other exception."""
     try:
@@ -174,21 +184,20 @@ class Seq2seqHandler(BaseHandler):
         gpu_id = properties.get("gpu_id")
         use_gpu = torch.cuda.is_available() and gpu_id is not None
         self.device = torch.device(f"cuda:{gpu_id}" if use_gpu else "cpu")
-        quantize = options.get("quantize", False)
+        quantize = quantize_mode(options.get("quantize"))  # None (float32), "int8" or "fp16"
         if quantize and use_gpu:
             logger.warning("quantize: %s is ignored on the GPU (quantisation is CPU-only)", quantize)
-            quantize = False
+            quantize = None
         threads = int(options.get("threads", 0))
         if threads > 0 and not use_gpu:  # TorchServe leaves torch at one thread per core in every worker
             torch.set_num_threads(threads)
         self.threads = torch.get_num_threads()
         self.threads_alone = int(options.get("threads_alone", 0)) or self.threads
-        self.max_chars = int(options.get("max_chars", DEFAULT_MAX_CHARS))
+        self.max_chars = required_option(options, "max_chars")
         self.model_pt_path = os.path.join(properties["model_dir"], self.manifest["model"]["serializedFile"])
         try:
-            with open(self.model_pt_path, "rb") as f:
-                self.chatbot = from_checkpoint(read_checkpoint(f), device=self.device, quantize=quantize)
-        except (OSError, CheckpointError) as e:
+            self.chatbot = load_chatbot(self.model_pt_path, device=self.device, quantize=quantize)
+        except CheckpointError as e:
             # One clear line per try: TorchServe retries a failed worker with back-off until the
             # model-config's maxRetryTimeoutInSec, and its own log only says "Backend worker process died".
             logger.error("cannot load the chatbot from %s: %s: %s (rebuild the archive with `make mar`, "
@@ -229,12 +238,11 @@ class Seq2seqHandler(BaseHandler):
         request = parse_body(*find_body(self.context, idx, row), self.max_chars)
         request.options = parse_options(request.option_values, self.defaults, self.limits)
         logger.debug("request %d (%s): %r", idx, "json" if request.as_json else "raw", request.text)
-        encoded = self.chatbot.encode(request.text)
-        request.ids, request.unknown_words, request.truncated = encoded.ids, encoded.unknown_words, encoded.truncated
+        request.encoded = self.chatbot.encode(request.text)
         return request
 
     def inference(self, requests: list[Outcome], *args, **kwargs) -> list[Outcome]:
-        """Decode every usable request in ONE batched call: an Answer (or its error) takes its place."""
+        """Decode every usable request in ONE batched call: each gets its Reply, or the error that replaces it."""
         good = [idx for idx, r in enumerate(requests) if isinstance(r, ChatRequest)]
         if not good:
             return requests
@@ -243,23 +251,26 @@ class Seq2seqHandler(BaseHandler):
         start = time.perf_counter()
         found = self.decode_batch([requests[idx] for idx in good], good)
         seconds = time.perf_counter() - start
+        replies = [f for f in found if isinstance(f, Reply)]
         self.observe("seq2seq_decode_seconds", seconds)
         self.observe_counts("seq2seq_batch_size", [len(good)])
-        self.observe_counts("seq2seq_reply_words", [len(f[0][0].split()) for f in found if isinstance(f, list)])
-        self.observe("seq2seq_requests_decoded_total", sum(isinstance(f, list) for f in found))
+        self.observe_counts("seq2seq_reply_words", [len(r.text.split()) for r in replies])
+        self.observe("seq2seq_requests_decoded_total", len(replies))
         # DEBUG: at INFO this line would cost as much as the metrics, every batch
         logger.debug("batch of %d: %d decoded together in %.1f ms", len(requests), len(good), seconds * 1000)
         outcomes = list(requests)
-        for idx, replies in zip(good, found):
-            outcomes[idx] = Answer(requests[idx], replies) if isinstance(replies, list) else replies
+        for idx, reply in zip(good, found):
+            if isinstance(reply, Reply):
+                requests[idx].reply = reply
+            else:
+                outcomes[idx] = reply
         return outcomes
 
-    def decode(self, batch: list[ChatRequest]) -> list[list[tuple[str, float]]]:
-        """Each request's (reply, score) pairs, best first: one batched search per decoding mode."""
-        found = self.chatbot.generate([r.ids for r in batch], [r.options for r in batch])
-        return [[(self.chatbot.text(c), c.score) for c in candidates] for candidates in found]
+    def decode(self, batch: list[ChatRequest]) -> list[Reply]:
+        """Each request's Reply: one batched search per decoding mode."""
+        return self.chatbot.answer([r.encoded for r in batch], [r.options for r in batch])
 
-    def decode_batch(self, batch: list[ChatRequest], indices: list[int]) -> list[list | BadRequest]:
+    def decode_batch(self, batch: list[ChatRequest], indices: list[int]) -> list[Reply | BadRequest]:
         """Replies for the batch in one call; if that call raises, each request alone, so only a bad one fails."""
         try:
             return self.decode(batch)
@@ -279,8 +290,8 @@ class Seq2seqHandler(BaseHandler):
         """Set request idx's status and headers and return its body, always encodable as UTF-8 (the worker
         encodes it; a lone surrogate there would kill the worker)."""
         try:
-            if isinstance(outcome, Answer):
-                return self.reply_body(idx, outcome).encode("utf-8", "replace").decode("utf-8")
+            if isinstance(outcome, ChatRequest) and outcome.reply is not None:
+                return self.reply_body(idx, outcome, outcome.reply).encode("utf-8", "replace").decode("utf-8")
         except Exception as e:
             log_failure(f"request {idx} failed while writing its reply", e)
             outcome = internal_error("writing the reply")
@@ -289,19 +300,18 @@ class Seq2seqHandler(BaseHandler):
             outcome = internal_error("answering")
         return self.error_body(idx, outcome)
 
-    def reply_body(self, idx: int, answer: Answer) -> str:
+    def reply_body(self, idx: int, request: ChatRequest, reply: Reply) -> str:
         """Status 200 and the reply: a line of text (unknown words in a header) or JSON."""
-        request, text = answer.request, answer.replies[0][0]
-        self.observe("seq2seq_unknown_words_total", len(request.unknown_words))
+        self.observe("seq2seq_unknown_words_total", len(reply.unknown_words))
         headers = {}
-        if not request.as_json and request.unknown_words:
-            headers["X-Unknown-Words"] = ",".join(request.unknown_words)
-        if not request.as_json and request.truncated:
+        if not request.as_json and reply.unknown_words:
+            headers["X-Unknown-Words"] = ",".join(reply.unknown_words)
+        if not request.as_json and reply.truncated:
             headers["X-Truncated"] = "true"
         self.set_response(idx, 200, JSON_TYPE if request.as_json else TEXT_TYPE, headers)
         if request.as_json:  # UTF-8 as it is (a Chinese reply reads as Chinese); respond() made it encodable
-            return json.dumps(answer.body(), ensure_ascii=False) + "\n"
-        return text + "\n"  # a line, so `curl -T hello.txt` leaves the prompt on the next line
+            return json.dumps(reply.body(), ensure_ascii=False) + "\n"
+        return reply.text + "\n"  # a line, so `curl -T hello.txt` leaves the prompt on the next line
 
     def error_body(self, idx: int, error: BadRequest) -> str:
         """The error's status and JSON body for request idx (headers a stage may have set are dropped)."""

@@ -1,8 +1,8 @@
 """The handler's wire format: typed request and outcome values, and the one table of error kinds.
 
 A request's way through the handler: `parse_body` turns what TorchServe's worker decoded into a
-ChatRequest or raises BadRequest; the decode turns a ChatRequest into a reply; the response is
-built from one of them. Every stage runs per request behind a guard (`seq2seq_handler`), so
+ChatRequest or raises BadRequest; the decode gives the ChatRequest its model.schema.Reply; the
+response is built from the one or the other. Every stage runs per request behind a guard (`seq2seq_handler`), so
 whatever one request's bytes make any code raise, only that request gets an error.
 
 Shipped beside the handler in the .mar; pure Python 3.9 (no torch, no TorchServe).
@@ -63,33 +63,15 @@ def internal_error(stage: str) -> BadRequest:
 
 @dataclass
 class ChatRequest:
-    """One usable request: its text, whether the reply goes back as JSON, and its decoding fields."""
+    """One usable request: its text, whether the reply goes back as JSON, its decoding fields, and what the handler
+    adds on its way: the checked options, the encoded text, the Reply."""
 
     text: str
     as_json: bool = False
     option_values: dict = field(default_factory=dict)  # the JSON body's fields beside "text", unchecked
-    unknown_words: list[str] = field(default_factory=list)
-    truncated: bool = False  # the text was cut to the model's max_length tokens, set by the handler
-    ids: list[int] = field(default_factory=list)  # the encoded text, set by the handler
-    options: Any = None  # model.decoding.DecodeOptions, set by the handler
-
-
-@dataclass
-class Answer:
-    """The decoded replies to a ChatRequest: (text, mean token log-probability) pairs, best first."""
-
-    request: ChatRequest
-    replies: list
-
-    def body(self) -> dict:
-        """The JSON reply: {"reply", "score", "unknown_words", "truncated"}, and "replies" when more than one was
-        asked."""
-        text, score = self.replies[0]
-        body = {"reply": text, "score": round(score, 4), "unknown_words": self.request.unknown_words,
-                "truncated": self.request.truncated}
-        if self.request.options is not None and self.request.options.num_replies > 1:
-            body["replies"] = [{"reply": t, "score": round(s, 4)} for t, s in self.replies]
-        return body
+    options: Any = None  # model.schema.DecodeOptions
+    encoded: Any = None  # model.voc.Encoded: token ids, dropped unknown words, whether the text was cut
+    reply: Any = None  # model.schema.Reply
 
 
 def media_type(value: str | None) -> tuple[str, dict]:

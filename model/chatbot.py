@@ -1,4 +1,9 @@
-"""A ready-to-talk chatbot: text in, replies out, one batched decode per decoding mode and call."""
+"""A ready-to-talk chatbot: text in, Replies out, one batched decode per decoding mode and call.
+
+The one path from text to reply, for the chat CLI, the benchmarks and the TorchServe handler alike:
+`encode` each text (the unknown-word and length policy), then `answer` the encoded texts of a batch
+together. `reply_batch` does both for callers that need no per-request isolation.
+"""
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
@@ -8,25 +13,11 @@ from typing import Any
 import torch
 from torch import nn
 
-from .decoding import SEARCHES, Candidate, DecodeOptions
+from .decoding import SEARCHES, Candidate
+from .schema import DecodeOptions, Reply
 from .voc import Encoded, NoKnownWordsError, PAD_token
 
-
-@dataclass
-class Reply:
-    """The bot's answer to one input: `text`, or `error` when the input could not be used.
-
-    score: the reply's mean token log-probability; replies: every (text, score) asked for
-    (num_replies), best first, the first being (text, score); truncated: the input was cut to the
-    model's max_length tokens.
-    """
-
-    text: str = ""
-    unknown_words: list[str] = field(default_factory=list)
-    truncated: bool = False
-    error: str | None = None
-    score: float | None = None
-    replies: list[tuple[str, float]] = field(default_factory=list)
+NO_KNOWN_WORDS = "NoKnownWords"  # Reply.error_type of a text with no known word (the wire's 422)
 
 
 @dataclass(eq=False)
@@ -34,7 +25,8 @@ class Chatbot:
     """Vocabulary (word or BPE: model/tokenizer.py) + encoder + decoder in eval mode, decoding whole batches.
 
     step: what greedy search calls for one decoder step (default: the decoder itself; see
-    seq2seq.trace_step for a faster copy on the CPU).
+    seq2seq.trace_step for a faster copy on the CPU). checkpoint: the dict it was rebuilt from
+    (model.checkpoint.load_chatbot), for what a caller reads beside the weights (iteration, losses, run settings).
     """
 
     voc: Any  # model/voc.py's Voc or model/tokenizer.py's BpeTokenizer
@@ -43,6 +35,7 @@ class Chatbot:
     max_length: int
     device: torch.device
     step: Callable | None = None
+    checkpoint: dict = field(default_factory=dict)
 
     @property
     def default_options(self) -> DecodeOptions:
@@ -54,23 +47,18 @@ class Chatbot:
         return self.reply_batch([text], None if options is None else [options])[0]
 
     def reply_batch(self, texts: Sequence[str], options: Sequence[DecodeOptions] | None = None) -> list[Reply]:
-        """One Reply per text, in order; texts with no known word get an error, the rest are decoded together."""
+        """One Reply per text, in order; texts with no known word get an error, the rest are answered together."""
         options = list(options) if options is not None else [self.default_options] * len(texts)
-        replies = [Reply() for _ in texts]
-        encoded = []  # (position in batch, token ids)
+        replies: list[Reply | None] = [None] * len(texts)
+        usable = []  # (position in batch, encoded text)
         for i, text in enumerate(texts):
             try:
-                found = self.encode(text)
-                replies[i].unknown_words, replies[i].truncated = found.unknown_words, found.truncated
-                encoded.append((i, found.ids))
+                usable.append((i, self.encode(text)))
             except NoKnownWordsError as e:
-                replies[i].error = str(e)
-                replies[i].unknown_words = e.unknown_words
-        if encoded:
-            found = self.generate([ids for _, ids in encoded], [options[i] for i, _ in encoded])
-            for (i, _), candidates in zip(encoded, found):
-                replies[i].replies = [(self.text(c), c.score) for c in candidates]
-                replies[i].text, replies[i].score = replies[i].replies[0]
+                replies[i] = Reply(unknown_words=e.unknown_words, error=str(e), error_type=NO_KNOWN_WORDS)
+        answered = self.answer([e for _, e in usable], [options[i] for i, _ in usable]) if usable else []
+        for (i, _), reply in zip(usable, answered):
+            replies[i] = reply
         return replies
 
     def encode(self, text: str) -> Encoded:
@@ -78,9 +66,16 @@ class Chatbot:
         NoKnownWordsError when a word vocabulary knows none of its words."""
         return self.voc.encode(text, self.max_length)
 
-    def text(self, candidate: Candidate) -> str:
-        """A candidate's reply text."""
-        return self.voc.decode(candidate.ids)
+    def answer(self, batch: Sequence[Encoded], options: Sequence[DecodeOptions]) -> list[Reply]:
+        """The Reply to each encoded text, decoded together (one batched search per decoding mode)."""
+        found = self.generate([e.ids for e in batch], options)
+        return [self.to_reply(e, o, candidates) for e, o, candidates in zip(batch, options, found)]
+
+    def to_reply(self, encoded: Encoded, options: DecodeOptions, candidates: list[Candidate]) -> Reply:
+        """A Reply from a text's candidates, best first."""
+        replies = [(self.voc.decode(c.ids), c.score) for c in candidates]
+        text, score = replies[0]
+        return Reply(text, score, replies, encoded.unknown_words, encoded.truncated, num_replies=options.num_replies)
 
     def generate(self, batch: list[list[int]], options: Sequence[DecodeOptions]) -> list[list[Candidate]]:
         """Each encoded input's candidates, best first: requests are grouped by decoding mode (greedy, beam,

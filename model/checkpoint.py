@@ -1,4 +1,5 @@
-"""The one owner of the checkpoint format: reading, validating, converting, the serving subset, rebuilding.
+"""The one owner of the checkpoint format and its one loader: `load_chatbot(path)` reads, converts and
+validates a checkpoint once, builds its tokenizer once, and rebuilds a ready Chatbot for a device and weight mode.
 
 Two formats are read, both with torch.load(weights_only=True):
 - the project's self-describing one (FORMAT, written by train.main): config, voc (the tutorial's
@@ -8,15 +9,17 @@ Two formats are read, both with torch.load(weights_only=True):
   'de_opt', 'loss', 'voc_dict', 'embedding'}), converted on reading: the sizes and the attention
   model are read off the tensors' shapes and names, the vocabulary keeps the tutorial's word order,
   and max_length (not recorded) is the tutorial's MAX_LENGTH unless given.
-Everything downstream (chat CLI, make mar, the handler, training's --resume, the benchmarks) sees
-the project's format only.
+Everything downstream (chat CLI, make mar, the handler, training's --resume, the benchmarks) calls
+load_chatbot and sees the project's format only (Chatbot.checkpoint). Reading the file through
+torch.load is the one file access of the `model` package.
 """
 from __future__ import annotations
 
+import os
 import pickle
 import re
 import warnings
-from typing import IO
+from typing import IO, Union
 
 import torch
 from torch import nn
@@ -25,7 +28,7 @@ from .chatbot import Chatbot
 from .config import CONFIG_KEYS, default_config
 from .int8 import quantize_int8, tabulate_input_gates
 from .seq2seq import Attn, EncoderRNN, LuongAttnDecoderRNN, trace_step
-from .tokenizer import vocabulary_from_dict, vocabulary_size
+from .tokenizer import vocabulary_from_dict
 from .voc import MAX_LENGTH, SPECIAL_WORDS, Voc
 
 FORMAT = "seq2seq-chatbot/1"
@@ -34,7 +37,8 @@ REQUIRED_KEYS = ("config", "voc", "encoder", "decoder")
 TUTORIAL_KEYS = ("en", "de", "voc_dict")
 # What serving reads (make mar keeps only these: optimiser states are two thirds of a training checkpoint)
 SERVING_KEYS = ("format", "config", "voc", "encoder", "decoder", "iteration", "loss", "heldout_loss", "converted_from")
-QUANTIZE_MODES = ("int8", "fp16")  # the `quantize` option's names; True means "int8"
+QUANTIZE_MODES = ("int8", "fp16")  # the `quantize` option's names; True means "int8", False or "false" float32
+Source = Union[str, "os.PathLike[str]", IO[bytes], dict]  # what load_chatbot reads
 
 
 class CheckpointError(ValueError):
@@ -51,11 +55,12 @@ def build_model(config: dict, num_words: int) -> tuple[EncoderRNN, LuongAttnDeco
     return encoder, decoder
 
 
-def read_checkpoint(f: IO[bytes], max_length: int | None = None) -> dict:
-    """torch.load a checkpoint from an open binary file (tensors and plain data only), in the project's format.
+def read_checkpoint(f: str | os.PathLike | IO[bytes], max_length: int | None = None) -> dict:
+    """torch.load a checkpoint (a path or an open binary file; tensors and plain data only) in the project's format.
 
     A tutorial checkpoint is converted (max_length: its reply and input limit, default MAX_LENGTH);
     anything else, or a format this version does not know, raises CheckpointError naming what is wrong.
+    The contents are checked by check_checkpoint.
     """
     try:
         ckpt = torch.load(f, map_location="cpu", weights_only=True)
@@ -66,9 +71,7 @@ def read_checkpoint(f: IO[bytes], max_length: int | None = None) -> dict:
         ) from e
     except Exception as e:  # garbage bytes raise anything from EOFError to KeyError
         raise CheckpointError(f"not a readable checkpoint (truncated or not a torch file): {one_line(e, 200)}") from e
-    ckpt = to_project_format(ckpt, max_length)
-    validate_checkpoint(ckpt)
-    return ckpt
+    return to_project_format(ckpt, max_length)
 
 
 def to_project_format(ckpt: object, max_length: int | None = None) -> dict:
@@ -153,28 +156,14 @@ def serving_subset(ckpt: dict) -> dict:
     return {key: ckpt[key] for key in SERVING_KEYS if key in ckpt}
 
 
-def load_model(ckpt: dict) -> tuple:
-    """(vocabulary: Voc or BpeTokenizer, encoder, decoder) with the checkpoint's weights, on the CPU in
-    training mode (for --resume)."""
-    validate_checkpoint(ckpt)
-    voc = vocabulary_from_dict(ckpt["voc"])
-    encoder, decoder = build_model(ckpt["config"], voc.num_words)
-    try:
-        encoder.load_state_dict(ckpt["encoder"])
-        decoder.load_state_dict(ckpt["decoder"])
-    except RuntimeError as e:
-        raise CheckpointError(f"weights do not fit the model config: {one_line(e, 300)}") from e
-    return voc, encoder, decoder
-
-
 def one_line(error: Exception, limit: int) -> str:
     """An exception's message on one line, without terminal colour codes, cut to `limit` characters."""
     text = re.sub(r"\x1b\[[0-9;]*m", "", str(error))
     return " ".join(text.split())[:limit]
 
 
-def validate_checkpoint(ckpt: object) -> None:
-    """Raise CheckpointError with a clear message unless `ckpt` can rebuild a chatbot."""
+def check_structure(ckpt: object) -> None:
+    """CheckpointError unless `ckpt` has the keys, config and attention model of a project checkpoint."""
     if not isinstance(ckpt, dict):
         raise CheckpointError(f"a checkpoint must be a dict, got {type(ckpt).__name__}")
     missing = [k for k in REQUIRED_KEYS if k not in ckpt]
@@ -185,10 +174,18 @@ def validate_checkpoint(ckpt: object) -> None:
         raise CheckpointError(f"checkpoint config is missing: {', '.join(missing)}")
     if ckpt["config"]["attn_model"] not in Attn.METHODS:
         raise CheckpointError(f"unknown attention model {ckpt['config']['attn_model']!r}")
+
+
+def checkpoint_vocabulary(ckpt: dict):
+    """The checkpoint's vocabulary (Voc or BpeTokenizer), built once; CheckpointError when it cannot be read."""
     try:
-        num_words = vocabulary_size(ckpt["voc"])
+        return vocabulary_from_dict(ckpt["voc"])
     except Exception as e:  # no tokenizers package, a BPE JSON it cannot read, an unknown kind
         raise CheckpointError(f"the checkpoint's vocabulary cannot be read: {one_line(e, 200)}") from e
+
+
+def check_shapes(ckpt: dict, num_words: int) -> None:
+    """CheckpointError unless the embedding and output layer fit a vocabulary of num_words tokens."""
     for part, key in (("encoder", "embedding.weight"), ("decoder", "out.weight")):
         weight = ckpt[part].get(key)
         if weight is None or weight.shape != (num_words, ckpt["config"]["hidden_size"]):
@@ -199,17 +196,48 @@ def validate_checkpoint(ckpt: object) -> None:
             )
 
 
-def from_checkpoint(ckpt: dict, device: torch.device | str = "cpu", quantize: bool | str = False) -> Chatbot:
-    """Rebuild vocabulary, encoder, decoder and greedy searcher from a checkpoint dict alone.
+def rebuild(ckpt: dict, voc) -> tuple[EncoderRNN, LuongAttnDecoderRNN]:
+    """Encoder and decoder with the checkpoint's weights, on the CPU."""
+    encoder, decoder = build_model(ckpt["config"], voc.num_words)
+    try:
+        encoder.load_state_dict(ckpt["encoder"])
+        decoder.load_state_dict(ckpt["decoder"])
+    except RuntimeError as e:
+        raise CheckpointError(f"weights do not fit the model config: {one_line(e, 300)}") from e
+    return encoder, decoder
 
-    quantize (CPU only) stores the GRU and Linear weights in fewer bytes: True or "int8" (int8
-    weights and per-row int8 inputs, model/int8.py), "fp16" (float16 weights, float32 maths);
-    False keeps float32. int8 decodes a text bit for bit the same alone or in any batch (fp16 does on some
-    CPUs only; float32's MKL kernels may round a row differently beside other rows).
+
+def load_chatbot(source: Source, device: torch.device | str = "cpu", quantize: bool | str | None = False,
+                 max_length: int | None = None) -> Chatbot:
+    """The one loader: a checkpoint (a path or open file, ours or the tutorial's, or a dict already in memory)
+    as a ready Chatbot in eval mode on `device`, its dict in Chatbot.checkpoint.
+
+    Reads, converts and validates once, builds the tokenizer once. quantize (CPU only) stores the GRU and
+    Linear weights in fewer bytes: True or "int8" (int8 weights and per-row int8 inputs, model/int8.py),
+    "fp16" (float16 weights, float32 maths); False or "false" keeps float32. int8 decodes a text bit for bit
+    the same alone or in any batch (fp16 does on some CPUs only; float32's MKL kernels may round a row
+    differently beside other rows). max_length: a tutorial checkpoint's length limit (default MAX_LENGTH).
+    Anything unusable raises CheckpointError naming the file and what is wrong.
     """
-    mode = quantize_mode(quantize)
-    voc, encoder, decoder = load_model(to_project_format(ckpt))
-    device = torch.device(device)
+    name = source if isinstance(source, (str, os.PathLike)) else getattr(source, "name", None)
+    where = f"{name}: " if isinstance(name, (str, os.PathLike)) else ""
+    try:
+        ckpt = to_project_format(source, max_length) if isinstance(source, dict) else \
+            read_checkpoint(source, max_length)
+        check_structure(ckpt)
+        voc = checkpoint_vocabulary(ckpt)
+        check_shapes(ckpt, voc.num_words)
+        encoder, decoder = rebuild(ckpt, voc)
+    except OSError as e:
+        raise CheckpointError(f"cannot open checkpoint {name}: {e.strerror or e}") from e
+    except CheckpointError as e:
+        raise CheckpointError(f"{where}{e}") from e
+    return ready_chatbot(ckpt, voc, encoder, decoder, torch.device(device), quantize_mode(quantize))
+
+
+def ready_chatbot(ckpt: dict, voc, encoder: nn.Module, decoder: nn.Module, device: torch.device,
+                  mode: str | None) -> Chatbot:
+    """The Chatbot of rebuilt modules: on `device`, in eval mode, with `mode` weights and a traced CPU step."""
     encoder.to(device).eval()
     decoder.to(device).eval()
     if mode is not None:
@@ -217,12 +245,12 @@ def from_checkpoint(ckpt: dict, device: torch.device | str = "cpu", quantize: bo
             raise CheckpointError("quantisation (int8 or fp16 weights) runs on the CPU only")
         encoder, decoder = quantize_model(encoder, mode), quantize_model(decoder, mode)
     step = trace_step(decoder) if device.type == "cpu" else None
-    return Chatbot(voc, encoder, decoder, ckpt["config"]["max_length"], device, step)
+    return Chatbot(voc, encoder, decoder, ckpt["config"]["max_length"], device, step, ckpt)
 
 
 def quantize_mode(quantize: bool | str | None) -> str | None:
-    """The weight mode a `quantize` option names: None (float32), "int8" or "fp16"."""
-    if quantize is None or quantize is False:
+    """The weight mode a `quantize` option names: None (float32: None, False or "false"), "int8" or "fp16"."""
+    if quantize is None or quantize is False or quantize == "false":
         return None
     name = "int8" if quantize is True else quantize
     if name not in QUANTIZE_MODES:

@@ -1,8 +1,6 @@
-"""How a reply is decoded: the per-request options, and batched greedy, beam and sampling search.
+"""Batched greedy, beam and sampling search; the options they follow are model/schema.py's DecodeOptions.
 
-One definition of the options (OPTIONS) serves the handler's JSON fields, the chat CLI's and the
-client's flags (`--beam-size` for `beam_size`) and the model-config's defaults. A batch of requests
-with mixed options is decoded in one call per mode (Chatbot.generate groups them):
+A batch of requests with mixed options is decoded in one call per mode (Chatbot.generate groups them):
 
 - greedy (beam_size 1, no sampling option): seq2seq.greedy_decode, bit for bit as before;
 - beam (beam_size > 1, or greedy with no_repeat_ngram_size): every request's beams are rows of one
@@ -16,68 +14,13 @@ from __future__ import annotations
 
 import random
 from collections.abc import Callable
-from dataclasses import dataclass, fields, replace
+from dataclasses import dataclass
 
 import torch
 
+from .schema import DecodeOptions
 from .seq2seq import greedy_decode, source_mask
 from .voc import EOS_token, SOS_token
-
-
-@dataclass(frozen=True)
-class Option:
-    """One decoding option: its type, smallest and largest value (None: no bound), and what it does."""
-
-    name: str
-    kind: type
-    low: float | None
-    high: float | None
-    help: str
-    low_open: bool = False  # low itself is not allowed (temperature > 0)
-
-
-OPTIONS = {o.name: o for o in (
-    Option("max_length", int, 1, None, "longest reply in tokens, EOS included (default: the model's max_length)"),
-    Option("beam_size", int, 1, None, "beams per request: 1 is greedy, more is beam search"),
-    Option("num_replies", int, 1, None, "replies to return: the n best beams, or n samples (at most beam_size "
-                                        "for beams)"),
-    Option("temperature", float, 0.0, 100.0, "sampling temperature (setting it turns sampling on)", low_open=True),
-    Option("top_k", int, 1, None, "sample from the k likeliest tokens only (turns sampling on)"),
-    Option("top_p", float, 0.0, 1.0, "sample from the smallest set of tokens whose probability reaches p "
-                                     "(nucleus; turns sampling on)", low_open=True),
-    Option("seed", int, 0, 2**63 - 1, "seed of the sampling generators: the same seed gives the same replies"),
-    Option("no_repeat_ngram_size", int, 0, None, "never repeat an n-gram of this many tokens in a reply (0: off)"),
-)}
-SAMPLING_OPTIONS = ("temperature", "top_k", "top_p")
-
-
-class InvalidOption(ValueError):
-    """A decoding option a request may not have; `field` names it."""
-
-    def __init__(self, field: str, message: str):
-        super().__init__(f"{field}: {message}")
-        self.field = field
-
-
-@dataclass(frozen=True)
-class DecodeOptions:
-    """How one request is decoded (None: not set)."""
-
-    max_length: int = 10
-    beam_size: int = 1
-    num_replies: int = 1
-    temperature: float | None = None
-    top_k: int | None = None
-    top_p: float | None = None
-    seed: int | None = None
-    no_repeat_ngram_size: int = 0
-
-    @property
-    def mode(self) -> str:
-        """'greedy', 'beam' or 'sample'."""
-        if any(getattr(self, name) is not None for name in SAMPLING_OPTIONS):
-            return "sample"
-        return "beam" if self.beam_size > 1 or self.no_repeat_ngram_size else "greedy"
 
 
 @dataclass(frozen=True)
@@ -86,64 +29,6 @@ class Candidate:
 
     ids: list
     score: float
-
-
-def check_value(option: Option, value: object, high: float | None = None) -> float | int:
-    """`value` if it is of the option's type and within its range (high overrides the option's); else InvalidOption."""
-    high = option.high if high is None else high
-    is_number = isinstance(value, (int, float)) and not isinstance(value, bool)
-    if option.kind is int and not (isinstance(value, int) and not isinstance(value, bool)):
-        raise InvalidOption(option.name, f"must be an integer in {allowed(option, high)}, not {value!r:.40}")
-    if option.kind is float and not is_number:
-        raise InvalidOption(option.name, f"must be a number in {allowed(option, high)}, not {value!r:.40}")
-    too_low = option.low is not None and (value <= option.low if option.low_open else value < option.low)
-    if too_low or (high is not None and value > high) or value != value:  # value != value: NaN
-        raise InvalidOption(option.name, f"{value!r:.40} is out of range: allowed {allowed(option, high)}")
-    return option.kind(value)
-
-
-def allowed(option: Option, high: float | None) -> str:
-    """'1..10', '(0, 100]', '>= 0' for an error message."""
-    if high is None:
-        return f">= {option.low}" if not option.low_open else f"> {option.low}"
-    return f"({option.low}, {high}]" if option.low_open else f"{option.low}..{high}"
-
-
-def parse_options(values: dict, defaults: DecodeOptions, limits: dict) -> DecodeOptions:
-    """DecodeOptions from a request's fields over `defaults`; InvalidOption for an unknown field or bad value.
-
-    limits: the largest max_length, beam_size and num_replies a request may ask for.
-    """
-    for name in values:
-        if name not in OPTIONS:
-            raise InvalidOption(name, f"unknown option; the options are {', '.join(OPTIONS)}")
-    checked = {name: check_value(OPTIONS[name], value, limits.get(name)) for name, value in values.items()
-               if value is not None or name in SAMPLING_OPTIONS + ("seed",)}
-    options = replace(defaults, **checked)
-    return check_combination(options, limits)
-
-
-def check_combination(options: DecodeOptions, limits: dict) -> DecodeOptions:
-    """The rules between options: beams and sampling do not mix; num_replies within what the mode can give."""
-    if options.mode == "sample" and options.beam_size > 1:
-        raise InvalidOption("beam_size", "beam search and sampling (temperature, top_k, top_p) cannot be combined")
-    most = options.beam_size if options.mode != "sample" else limits.get("num_replies", options.num_replies)
-    if options.num_replies > most:
-        raise InvalidOption("num_replies", f"{options.num_replies} is more than "
-                                           f"{'beam_size' if options.mode != 'sample' else 'the limit'} ({most})")
-    return options
-
-
-def options_from_config(section: dict, max_length: int) -> tuple[DecodeOptions, dict]:
-    """(defaults, limits) from a model-config `handler:` section; max_length defaults to the model's."""
-    limits = {k: int(v) for k, v in (section.get("limits") or {}).items()}
-    names = {f.name for f in fields(DecodeOptions)}
-    given = {k: v for k, v in section.items() if k in names and v is not None}
-    defaults = DecodeOptions(max_length=max_length)
-    return parse_options(given, defaults, limits), limits
-
-
-# ---------------------------------------------------------------- search
 
 
 def banned_tokens(tokens: list[int], n: int) -> list[int]:

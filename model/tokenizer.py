@@ -17,7 +17,7 @@ so word models serve on an image without it.
 """
 from __future__ import annotations
 
-from .voc import SPECIAL_WORDS, Encoded, EOS_token, PAD_token, SOS_token, Voc
+from .voc import Encoded, EOS_token, PAD_token, SOS_token, Voc
 
 KINDS = ("word", "bpe")
 BPE_SPECIAL_TOKENS = ("<pad>", "<sos>", "<eos>")  # ids PAD_token, SOS_token, EOS_token
@@ -117,10 +117,3 @@ def vocabulary_from_dict(d: dict):
     if kind != "word":
         raise ValueError(f"unknown vocabulary kind {str(kind)[:40]!r}: this version knows {', '.join(KINDS)}")
     return Voc.from_dict(d)
-
-
-def vocabulary_size(d: dict) -> int:
-    """How many tokens the "voc" entry `d` has, without building a tokenizer for a word one."""
-    if d.get("kind", "word") == "bpe":
-        return vocabulary_from_dict(d).num_words
-    return len(SPECIAL_WORDS) + len(d.get("words", []))

@@ -119,6 +119,9 @@ class Voc:
 
     @classmethod
     def from_dict(cls, d: dict) -> Voc:
+        """The Voc that to_dict wrote; ValueError when its words and counts disagree."""
+        if len(d["words"]) != len(d["counts"]):
+            raise ValueError(f"the vocabulary has {len(d['words'])} words but {len(d['counts'])} counts")
         voc = cls(d["name"])
         for word, count in zip(d["words"], d["counts"]):
             voc.add_word(word)

@@ -4,12 +4,12 @@ Fixtures (any test file can use them):
   serving_checkpoint   Path of a tiny random-weight checkpoint (vocabulary: TINY_SENTENCES)
   serving_chatbot      the Chatbot that checkpoint rebuilds: the reference for every reply
   bpe_checkpoint       Path of a tiny random-weight byte-level BPE checkpoint (tokens learnt from BPE_SENTENCES)
-  seq2seq_mar          archive/build_mar.py's .mar for it, in a session model store
+  seq2seq_mar          tools/build_mar.py's .mar for it, in a session model store
   torchserve           one native TorchServe for the session (token auth off), model "my_s2s"
   torchserve_factory   start(**options) -> another TorchServe (token_auth=..., model_config={...});
                        every server it started is stopped at the end of the session
 
-`serving.launcher.start_torchserve(...)` is the context manager behind them: it always stops the Java process and
+`harness.launcher.start_torchserve(...)` is the context manager behind them: it always stops the Java process and
 its Python workers, even when startup or the test fails.
 
 Marker `server`: a test that starts TorchServe (Java), a browser or a load balancer, set here for every test that
@@ -25,9 +25,10 @@ import pytest
 import torch
 import yaml
 
-from model import Voc, build_model, default_config, from_checkpoint, read_checkpoint
-from serving.launcher import REPO, TorchServe, build_mar, start_torchserve
-from serving.tiny import make_tiny_bpe_checkpoint, make_tiny_checkpoint
+from harness.launcher import REPO, TorchServe, build_mar, start_torchserve
+from harness.tiny import make_tiny_bpe_checkpoint, make_tiny_checkpoint
+from model import Voc, build_model, default_config, load_chatbot
+from tools.server_config import model_config
 
 MODEL_SENTENCES = ["hello there .", "how are you ?", "i am fine .", "what is your name ?", "my name is bob .",
              "where are you going ?", "i am going home .", "good night !"]
@@ -58,9 +59,8 @@ def serving_checkpoint(tmp_path_factory) -> Path:
 @pytest.fixture(scope="session")
 def serving_chatbot(serving_checkpoint):
     """What the chat CLI and the handler rebuild from the checkpoint: the reference for replies."""
-    options = yaml.safe_load((REPO / "handler" / "model-config.yaml").read_text()).get("handler", {})
-    with open(serving_checkpoint, "rb") as f:  # the same weight precision the served model uses
-        return from_checkpoint(read_checkpoint(f), quantize=options.get("quantize", False))
+    options = model_config()["handler"]  # the same weight precision the served model uses
+    return load_chatbot(serving_checkpoint, quantize=options.get("quantize", False))
 
 
 @pytest.fixture(scope="session")

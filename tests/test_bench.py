@@ -9,19 +9,9 @@ import pytest
 import torch
 
 from bench.echo_handler import handle
-from bench.serve_bench import (
-    CORNELL_WORDS,
-    DECODING_FIELDS,
-    FALLBACK_PROMPTS,
-    Level,
-    find,
-    measure,
-    random_checkpoint,
-    ratio,
-    scenario_cases,
-    synthetic_voc,
-)
-from model import from_checkpoint
+from bench.serve_bench import Level, find, measure, ratio, scenario_cases
+from bench.workload import CORNELL_WORDS, DECODING_FIELDS, FALLBACK_PROMPTS, random_checkpoint, synthetic_voc
+from model import load_chatbot
 
 
 def test_echo_handler_answers_each_request_with_its_body():
@@ -35,7 +25,7 @@ def test_random_checkpoint_has_tutorial_sizes_and_replies_use_every_step():
     assert len(ckpt["voc"]["words"]) + 3 == CORNELL_WORDS
     assert (ckpt["config"]["hidden_size"], ckpt["config"]["encoder_n_layers"], ckpt["config"]["decoder_n_layers"]) \
         == (500, 2, 2)
-    bot = from_checkpoint(ckpt)
+    bot = load_chatbot(ckpt)
     replies = bot.reply_batch(FALLBACK_PROMPTS[:4])
     assert all(r.error is None and len(r.text.split()) == ckpt["config"]["max_length"] for r in replies)
 
@@ -110,10 +100,10 @@ def test_decoding_cost_counts_every_decoder_row(tmp_path):
     """Greedy decodes each row once per token it emits (EOS included) and stops with its longest reply: the
     counted rows and steps must equal those, counted from the replies themselves."""
     from bench.decoding_cost import measure as measure_cost
-    from model.decoding import DecodeOptions
-    from serving.tiny import TINY_SENTENCES, make_tiny_checkpoint
+    from harness.tiny import TINY_SENTENCES, make_tiny_checkpoint
+    from model.schema import DecodeOptions
 
-    bot = from_checkpoint(torch.load(make_tiny_checkpoint(tmp_path / "tiny.tar"), weights_only=True))
+    bot = load_chatbot(torch.load(make_tiny_checkpoint(tmp_path / "tiny.tar"), weights_only=True))
     batches = [[bot.encode(t).ids for t in TINY_SENTENCES[i:i + 4]] for i in range(0, len(TINY_SENTENCES), 4)]
     cost = measure_cost(bot, batches, {"greedy": DecodeOptions(max_length=bot.max_length)}, reps=1)["greedy"]
     lengths = [[len(found[0].ids) for found in bot.generate(batch, [bot.default_options] * len(batch))]

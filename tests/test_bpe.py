@@ -20,11 +20,11 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from model import BpeTokenizer, from_checkpoint, read_checkpoint
+from harness.launcher import REPO, build_mar, start_torchserve
+from harness.tiny import BPE_SENTENCES, make_tiny_bpe_checkpoint
+from model import BpeTokenizer, load_chatbot
 from model.tokenizer import BPE_SPECIAL_TOKENS, vocabulary_from_dict
 from model.voc import EOS_token, PAD_token, SOS_token
-from serving.launcher import REPO, build_mar, start_torchserve
-from serving.tiny import BPE_SENTENCES, make_tiny_bpe_checkpoint
 from train import main as train_main
 from train.data import prepare_bpe, split_heldout
 
@@ -118,8 +118,7 @@ def test_bpe_pairs_are_filtered_by_token_count_and_the_tokens_never_see_held_out
 
 
 def test_a_bpe_bot_answers_any_language_with_no_unknown_words(bpe_checkpoint):
-    with open(bpe_checkpoint, "rb") as f:
-        bot = from_checkpoint(read_checkpoint(f))
+    bot = load_chatbot(bpe_checkpoint)
     replies = bot.reply_batch(["你好", "I was born in 1984", "zorblax quuxly", "¿cómo estás?"])
     assert all(r.error is None and r.unknown_words == [] and "Ġ" not in r.text for r in replies)
     assert [r.text for r in replies] == [bot.reply(t).text for t in ["你好", "I was born in 1984", "zorblax quuxly",
@@ -159,10 +158,9 @@ def test_resuming_a_bpe_run_keeps_its_tokenizer(chinese_run, tmp_path):
 
 def test_the_chat_cli_answers_chinese_in_chinese_characters(chinese_run):
     path = chinese_run / "best_checkpoint.tar"
-    result = subprocess.run([sys.executable, "-m", "train.chat", "--checkpoint", str(path), "--text", "你好"], cwd=REPO,
+    result = subprocess.run([sys.executable, "-m", "tools.chat", "--checkpoint", str(path), "--text", "你好"], cwd=REPO,
                             capture_output=True, text=True, encoding="utf-8", timeout=120)
-    with open(path, "rb") as f:
-        expected = from_checkpoint(read_checkpoint(f)).reply("你好").text
+    expected = load_chatbot(path).reply("你好").text
     assert result.returncode == 0, result.stderr
     assert result.stdout == expected + "\n" and "Ġ" not in result.stdout and result.stderr == ""
 
@@ -182,8 +180,7 @@ def bpe_server(tmp_path_factory):
 @pytest.mark.server
 def test_torchserve_answers_a_utf8_chinese_file_like_the_in_process_bot(bpe_server, serving_chatbot):
     server, checkpoint = bpe_server
-    with open(checkpoint, "rb") as f:  # the served weight mode: handler/model-config.yaml's default, int8
-        bot = from_checkpoint(read_checkpoint(f), quantize="int8")
+    bot = load_chatbot(checkpoint, quantize="int8")  # the served weight mode: handler/model-config.yaml's default
     reply = requests.put(server.predictions_url, data="你好\n".encode(), timeout=30)  # curl -T hello.txt
     assert reply.status_code == 200 and reply.headers["Content-Type"] == "text/plain; charset=utf-8"
     assert reply.content.decode("utf-8") == bot.reply("你好").text + "\n"
@@ -223,8 +220,7 @@ def stepwise_nats(bot, query: str, reply: str) -> float:
 def test_bits_per_byte_is_the_replies_nll_in_bits_over_their_utf8_bytes(kind, bpe_checkpoint, serving_checkpoint):
     from bench.tokens_compare import bits_per_byte
 
-    with open(bpe_checkpoint if kind == "bpe" else serving_checkpoint, "rb") as f:
-        bot = from_checkpoint(read_checkpoint(f))
+    bot = load_chatbot(bpe_checkpoint if kind == "bpe" else serving_checkpoint)
     pairs = [("how are you ?", "i am fine ."), ("hello there !", "good bye !")]
     if kind == "bpe":
         pairs += [("你好", "我很好，谢谢."), ("I was born in 1984.", "Hola, ¿cómo estás?")]

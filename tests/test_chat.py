@@ -1,4 +1,4 @@
-"""The chat CLI (python -m train.chat): one-shot and interactive forms, unknown words, broken checkpoints."""
+"""The chat CLI (python -m tools.chat): one-shot and interactive forms, unknown words, broken checkpoints."""
 from __future__ import annotations
 
 import os
@@ -8,9 +8,8 @@ import sys
 from pathlib import Path
 
 import pytest
-import torch
 
-from model.checkpoint import from_checkpoint
+from model import load_chatbot
 from train import main as train_main
 
 REPO = Path(__file__).resolve().parent.parent
@@ -33,12 +32,12 @@ def checkpoint(tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="module")
 def bot(checkpoint):
-    return from_checkpoint(torch.load(checkpoint, weights_only=True, map_location="cpu"))
+    return load_chatbot(checkpoint)
 
 
 def chat(*args: str, stdin: str | None = None) -> subprocess.CompletedProcess:
     env = {**os.environ, "PYTHONPATH": str(REPO)}
-    return subprocess.run([sys.executable, "-m", "train.chat", *args], input=stdin, capture_output=True, text=True,
+    return subprocess.run([sys.executable, "-m", "tools.chat", *args], input=stdin, capture_output=True, text=True,
                           cwd=REPO, env=env, timeout=120)
 
 
@@ -93,7 +92,7 @@ def test_interactive_reports_unusable_input_and_ends_at_end_of_input(checkpoint,
 
 
 def test_decoding_flags_choose_the_search_and_print_each_reply_with_its_score(checkpoint, bot):
-    from model.decoding import DecodeOptions
+    from model.schema import DecodeOptions
 
     result = chat("--checkpoint", str(checkpoint), "--text", "hello there", "--beam-size", "3", "--num-replies", "2")
     assert result.returncode == 0, result.stderr
@@ -115,7 +114,7 @@ def test_without_checkpoint_it_talks_to_the_newest_best_checkpoint_under_runs(ch
     os.utime(tmp_path / "runs" / "old" / "best_checkpoint.tar", (1, 1))
     (tmp_path / "runs" / "new").mkdir()
     (tmp_path / "runs" / "new" / "best_checkpoint.tar").write_bytes(checkpoint.read_bytes())
-    result = subprocess.run([sys.executable, "-m", "train.chat", "--text", "hello"], capture_output=True, text=True,
+    result = subprocess.run([sys.executable, "-m", "tools.chat", "--text", "hello"], capture_output=True, text=True,
                             cwd=tmp_path, env={**os.environ, "PYTHONPATH": str(REPO)}, timeout=120)
     assert result.returncode == 0, result.stderr
     assert result.stdout == bot.reply("hello").text + "\n"

@@ -15,8 +15,8 @@ import pytest
 import requests
 import torch
 
-from model import from_checkpoint, read_checkpoint
-from serving.launcher import REPO, build_mar, free_ports, start_torchserve
+from harness.launcher import REPO, build_mar, free_ports, start_torchserve
+from model import load_chatbot
 
 WORDS = "red blue green cat dog bird one two three big small fast slow".split()
 TINY = ["--min-count", "1", "--hidden-size", "16", "--encoder-n-layers", "2", "--decoder-n-layers", "2",
@@ -83,8 +83,7 @@ def test_a_two_process_run_trains_checkpoints_resumes_and_serves(corpus, tmp_pat
     assert [h[0] for h in history] == [60, 120, 180] and history[-1][1] < history[0][1], history  # train loss falls
     best = torch.load(save / "best_checkpoint.tar", weights_only=True)
     assert best["heldout_loss"] == min(h[2] for h in history)
-    with open(save / "best_checkpoint.tar", "rb") as f:
-        bot = from_checkpoint(read_checkpoint(f), quantize="int8")
+    bot = load_chatbot(save / "best_checkpoint.tar", quantize="int8")
     mar = build_mar(save / "best_checkpoint.tar", tmp_path / "store")
     with start_torchserve(tmp_path / "ts", mar.parent) as server:
         reply = requests.post(server.predictions_url, data=b"red cat", headers={"Content-Type": "text/plain"},

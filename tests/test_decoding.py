@@ -14,17 +14,9 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from model import Voc, build_model, default_config, from_checkpoint
-from model.decoding import (
-    OPTIONS,
-    DecodeOptions,
-    InvalidOption,
-    beam_search,
-    greedy,
-    options_from_config,
-    parse_options,
-    sample,
-)
+from model import Voc, build_model, default_config, load_chatbot
+from model.decoding import beam_search, greedy, sample
+from model.schema import OPTIONS, DecodeOptions, InvalidOption, options_from_config, parse_options
 from model.seq2seq import greedy_decode
 from model.voc import EOS_token, SOS_token
 
@@ -44,7 +36,7 @@ def tiny_bot(words=tuple(WORDS), hidden: int = 16, seed: int = 0, quantize=False
     with torch.no_grad():
         for p in [*encoder.parameters(), *decoder.parameters()]:
             p.mul_(scale)
-    return from_checkpoint({"format": "seq2seq-chatbot/1", "config": config, "voc": voc.to_dict(),
+    return load_chatbot({"format": "seq2seq-chatbot/1", "config": config, "voc": voc.to_dict(),
                             "encoder": encoder.state_dict(), "decoder": decoder.state_dict()}, quantize=quantize)
 
 
@@ -242,10 +234,13 @@ def test_valid_options_and_their_modes():
 
 
 def test_the_model_config_gives_defaults_and_limits():
-    defaults, limits = options_from_config({"beam_size": 2, "limits": {"beam_size": 4}, "quantize": "int8"}, 10)
-    assert (defaults.beam_size, defaults.max_length, limits) == (2, 10, {"beam_size": 4})
+    most = {"max_length": 20, "beam_size": 4, "num_replies": 3}
+    defaults, limits = options_from_config({"beam_size": 2, "limits": most, "quantize": "int8"}, 10)
+    assert (defaults.beam_size, defaults.max_length, limits) == (2, 10, most)
     with pytest.raises(InvalidOption, match="beam_size"):
-        options_from_config({"beam_size": 5, "limits": {"beam_size": 4}}, 10)
+        options_from_config({"beam_size": 5, "limits": most}, 10)
+    with pytest.raises(ValueError, match="handler.limits has no num_replies"):  # no fallback restates them
+        options_from_config({"limits": {"max_length": 20, "beam_size": 4}}, 10)
 
 
 def test_every_option_is_a_decode_options_field_with_help():

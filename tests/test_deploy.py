@@ -14,7 +14,8 @@ import kubernetes_validate
 import pytest
 import yaml
 
-from serving.launcher import REPO, read_properties
+from harness.launcher import REPO, read_properties
+from tools.server_config import properties
 
 K8S_VERSION = "1.32.0"
 ENVS = ("dev", "prod")
@@ -62,8 +63,8 @@ def test_a_wrong_field_is_caught_by_the_validation(rendered):
 
 
 @pytest.mark.parametrize("env, token_off", [("dev", "true"), ("prod", "false")])
-def test_the_configmap_is_docker_config_with_management_on_the_pods_loopback(rendered, env, token_off):
-    docker = read_properties(REPO / "docker" / "config.properties")
+def test_the_configmap_is_the_container_config_with_management_on_the_pods_loopback(rendered, env, token_off):
+    docker = properties("container")
     config = config_of(rendered[env])
     changed = {k: (docker.get(k), v) for k, v in config.items() if docker.get(k) != v}
     expected = {"management_address": ("http://0.0.0.0:8081", "http://127.0.0.1:8081")}
@@ -172,6 +173,6 @@ def test_make_kserve_store_lays_out_config_and_model_store_from_the_archive(seq2
     assert config["model_store"] == "/mnt/models/model-store" and config["service_envelope"] == "kserve"
     assert config["inference_address"] == config["management_address"] == "http://127.0.0.1:8085"
     assert "load_models" not in config and '"batchSize":1' in config["model_snapshot"]
-    docker = read_properties(REPO / "docker" / "config.properties")
+    docker = properties("container")
     assert {k: config[k] for k in ("enable_model_api", "max_request_size", "disable_token_authorization")} == \
         {k: docker[k] for k in ("enable_model_api", "max_request_size", "disable_token_authorization")}

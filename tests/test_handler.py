@@ -17,7 +17,7 @@ from ts.utils.util import list_classes_from_module
 from worker import FORM, json_request, make_context, request, run_batch, start_handler
 
 from handler import seq2seq_handler
-from model import from_checkpoint
+from model import load_chatbot
 from model.int8 import Int8GRU
 
 
@@ -161,7 +161,7 @@ def test_quantize_option_serves_the_quantized_model(model_dir, serving_checkpoin
     quantized = start_handler(model_dir, quantize=quantize)
     assert isinstance(plain.chatbot.encoder.gru, torch.nn.GRU)
     assert isinstance(quantized.chatbot.encoder.gru, gru_type)
-    reference = from_checkpoint(torch.load(serving_checkpoint, weights_only=True), quantize=quantize)
+    reference = load_chatbot(torch.load(serving_checkpoint, weights_only=True), quantize=quantize)
     texts = ["hello there", "how are you ?", "do you like music ?"]
     assert [r.body for r in run_batch(quantized, [request(t) for t in texts])] == \
         [r.text + "\n" for r in reference.reply_batch(texts)]
@@ -244,8 +244,8 @@ def test_an_exception_we_did_not_foresee_fails_only_its_own_request(handler, mon
 
 def test_a_reply_that_cannot_be_written_fails_only_its_own_request(handler, monkeypatch):
     reply_body = handler.reply_body
-    monkeypatch.setattr(handler, "reply_body", lambda idx, answer: fail(UnicodeError("x"))
-                        if idx == 1 else reply_body(idx, answer))
+    monkeypatch.setattr(handler, "reply_body", lambda idx, chat, reply: fail(UnicodeError("x"))
+                        if idx == 1 else reply_body(idx, chat, reply))
     responses = run_batch(handler, [request(GOOD[0]), json_request({"text": GOOD[1]}), request(GOOD[2])])
     assert [r.status for r in responses] == [200, 500, 200]
     assert responses[1].content_type == "application/json" and responses[1].json()["type"] == "InternalError"

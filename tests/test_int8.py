@@ -9,8 +9,8 @@ from conftest import tiny_checkpoint
 from torch import nn
 from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
 
-from bench.serve_bench import random_checkpoint, synthetic_voc
-from model import int8, trace_step
+from bench.workload import random_checkpoint, synthetic_voc
+from model import int8, load_chatbot, trace_step
 from model.checkpoint import build_model
 from model.int8 import Int8GRU, Int8Linear, quantize_int8
 
@@ -118,9 +118,8 @@ def test_eager_fallback_gives_the_same_numbers(monkeypatch):
 
 @pytest.mark.parametrize("quantize", [False, "int8", "fp16"])
 def test_traced_step_gives_the_decoders_numbers(quantize):
-    from model import from_checkpoint
 
-    bot = from_checkpoint(tiny_checkpoint("general"), quantize=quantize)
+    bot = load_chatbot(tiny_checkpoint("general"), quantize=quantize)
     assert isinstance(bot.step, torch.jit.ScriptModule)
     texts = ["hello there", "how are you ?", "hi", "what is your name ?"]
     traced = [r.text for r in bot.reply_batch(texts)]
@@ -143,9 +142,8 @@ def random_bot(attn_model: str, quantize):
     """Untrained weights with EOS disabled (bench.serve_bench's): near-tied logits everywhere, so the
     last bit of any number that depended on the batch would show up as a different reply. A hidden
     size that is not a multiple of the SIMD width puts rows at different lanes in different batches."""
-    from model import from_checkpoint
 
-    return from_checkpoint(random_checkpoint(VOC, 0, hidden_size=50, attn_model=attn_model), quantize=quantize)
+    return load_chatbot(random_checkpoint(VOC, 0, hidden_size=50, attn_model=attn_model), quantize=quantize)
 
 
 @pytest.mark.parametrize("attn_model", ["dot", "concat"])
@@ -203,7 +201,7 @@ def test_the_int8_speed_path_is_built_for_int8_weights_alone(quantize):
 
 
 def test_a_gpu_never_gets_quantised_weights():
-    from model import CheckpointError, from_checkpoint
+    from model import CheckpointError
 
     with pytest.raises(CheckpointError, match="CPU only"):
-        from_checkpoint(random_checkpoint(VOC, 0, hidden_size=50), device="meta", quantize="int8")
+        load_chatbot(random_checkpoint(VOC, 0, hidden_size=50), device="meta", quantize="int8")

@@ -18,10 +18,9 @@ from model import (
     NoKnownWordsError,
     Voc,
     encode,
-    from_checkpoint,
     greedy_decode,
+    load_chatbot,
     normalize,
-    read_checkpoint,
 )
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -104,7 +103,7 @@ def test_attention_gives_padding_zero_weight():
 
 @pytest.mark.parametrize("attn_model", Attn.METHODS)
 def test_batch_decoding_equals_single_decoding(attn_model):
-    bot = from_checkpoint(tiny_checkpoint(attn_model))
+    bot = load_chatbot(tiny_checkpoint(attn_model))
     texts = ["hello", "how are you ?", "what is your name ? i am going home", "good night bob",
              "where", "i am fine . my name is bob . good night !"]
     batched, alone = bot.reply_batch(texts), [bot.reply(t) for t in texts]
@@ -115,7 +114,7 @@ def test_batch_decoding_equals_single_decoding(attn_model):
 
 
 def test_greedy_rows_stop_at_their_own_eos():
-    bot = from_checkpoint(tiny_checkpoint(seed=3))
+    bot = load_chatbot(tiny_checkpoint(seed=3))
     # Make EOS the only possible output after the first step by biasing the projection.
     bot.decoder.out.bias.data[EOS_token] = 1e4
     ids = torch.tensor([[3, 4], [EOS_token, 5], [0, EOS_token]])  # (T=3, B=2)
@@ -124,7 +123,7 @@ def test_greedy_rows_stop_at_their_own_eos():
 
 
 def test_batch_with_unusable_texts_still_answers_the_rest():
-    bot = from_checkpoint(tiny_checkpoint())
+    bot = load_chatbot(tiny_checkpoint())
     replies = bot.reply_batch(["", "hello there", "qwerty"])
     assert replies[0].error and replies[2].error and replies[1].error is None
     assert replies[2].unknown_words == ["qwerty"]
@@ -136,9 +135,8 @@ def test_checkpoint_round_trip_with_weights_only():
     buf = io.BytesIO()
     torch.save(ckpt, buf)
     buf.seek(0)
-    loaded = read_checkpoint(buf)
     texts = ["hello", "how are you ?"]
-    assert from_checkpoint(loaded).reply_batch(texts) == from_checkpoint(ckpt).reply_batch(texts)
+    assert load_chatbot(buf).reply_batch(texts) == load_chatbot(ckpt).reply_batch(texts)
 
 
 class Evil:
@@ -151,11 +149,11 @@ class Evil:
     (lambda b: b"hello", "not a readable checkpoint"),
     (lambda b: pickle.dumps({"config": Evil()}), "refused to load"),
 ])
-def test_read_checkpoint_refuses_broken_or_unsafe_files(corrupt, message):
+def test_the_loader_refuses_broken_or_unsafe_files(corrupt, message):
     buf = io.BytesIO()
     torch.save(tiny_checkpoint(), buf)
     with pytest.raises(CheckpointError, match=message):
-        read_checkpoint(io.BytesIO(corrupt(buf.getvalue())))
+        load_chatbot(io.BytesIO(corrupt(buf.getvalue())))
 
 
 def test_torch_saved_arbitrary_object_is_refused():
@@ -163,26 +161,27 @@ def test_torch_saved_arbitrary_object_is_refused():
     torch.save({"config": Evil()}, buf)
     buf.seek(0)
     with pytest.raises(CheckpointError, match="refused to load"):
-        read_checkpoint(buf)
+        load_chatbot(buf)
 
 
 @pytest.mark.parametrize("break_it, message", [
     (lambda c: c.pop("decoder"), "missing keys: decoder"),
     (lambda c: c["config"].pop("hidden_size"), "config is missing: hidden_size"),
     (lambda c: c["config"].update(attn_model="magic"), "unknown attention"),
-    (lambda c: c["voc"]["words"].append("extra"), "vocabulary/weights mismatch"),
+    (lambda c: c["voc"]["words"].append("extra") or c["voc"]["counts"].append(1), "vocabulary/weights mismatch"),
+    (lambda c: c["voc"]["words"].append("extra"), "words but [0-9]+ counts"),
     (lambda c: c["config"].update(encoder_n_layers=3), "weights do not fit"),
 ])
-def test_from_checkpoint_rejects_inconsistent_checkpoints(break_it, message):
+def test_the_loader_rejects_inconsistent_checkpoints(break_it, message):
     ckpt = tiny_checkpoint()
     break_it(ckpt)
     with pytest.raises(CheckpointError, match=message):
-        from_checkpoint(ckpt)
+        load_chatbot(ckpt)
 
 
 def test_quantized_model_replies():
     ckpt = tiny_checkpoint("concat")
-    replies = from_checkpoint(ckpt, quantize=True).reply_batch(["hello", "zzz"])
+    replies = load_chatbot(ckpt, quantize=True).reply_batch(["hello", "zzz"])
     assert replies[0].error is None and replies[1].error
 
 

@@ -13,9 +13,9 @@ import torch
 import yaml
 
 from bench.quant_quality import LOSS_TOLERANCE, MODES, REPLY_AGREEMENT, compare, compare_bots
-from model import from_checkpoint, read_checkpoint
-from serving.launcher import REPO
-from train.data import run_data
+from harness.launcher import REPO
+from model import load_chatbot
+from train.data import checkpoint_data
 from train.main import main as train_main
 
 ITERATIONS = 300
@@ -40,13 +40,12 @@ def trained(tmp_path_factory) -> dict:
     finally:
         torch.set_num_threads(threads)
     assert status == 0
-    with open(save_dir / f"{ITERATIONS}_checkpoint.tar", "rb") as f:
-        return read_checkpoint(f)
+    return load_chatbot(save_dir / f"{ITERATIONS}_checkpoint.tar")
 
 
 @pytest.fixture(scope="module")
 def heldout(trained):
-    return run_data(trained)[2]
+    return checkpoint_data(trained.checkpoint, trained.voc)[1]
 
 
 def test_model_config_quantises_by_default():
@@ -62,17 +61,17 @@ def test_shipped_quantisation_keeps_float32_quality(trained, heldout):
 
 def test_the_gates_reject_a_degraded_model(trained, heldout):
     """The comparison is not vacuous: noise of the size of the output weights fails it."""
-    degraded = from_checkpoint(trained)
+    degraded = load_chatbot(trained.checkpoint)
     with torch.no_grad():
         weight = degraded.decoder.out.weight
         weight.add_(torch.randn(weight.shape, generator=torch.Generator().manual_seed(0)) * weight.std())
-    assert not compare_bots(from_checkpoint(trained), degraded, "noisy", heldout).passes
+    assert not compare_bots(load_chatbot(trained.checkpoint), degraded, "noisy", heldout).passes
 
 
 @pytest.mark.parametrize("mode", MODES)
 def test_replies_do_not_depend_on_the_other_texts_of_a_batch(trained, heldout, mode):
     """int8 quantises each row on its own and fp16 keeps float32 activations: alone == in any batch."""
-    bot = from_checkpoint(trained, quantize=mode)
+    bot = load_chatbot(trained.checkpoint, quantize=mode)
     queries = [query for query, _ in heldout[:48]]
     alone = [bot.reply(q).text for q in queries]
     assert [r.text for r in bot.reply_batch(queries)] == alone

@@ -1,5 +1,5 @@
 """Two TorchServe replicas behind a real HAProxy with /ping health checks; one is killed under load
-(serving/failover.py; `make soak` runs the longer version). Skipped without Debian's haproxy, except
+(harness/failover.py; `make soak` runs the longer version). Skipped without Debian's haproxy, except
 under CI=true, where .ci/run installs it."""
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ import shutil
 
 import pytest
 
-from serving import failover
+from harness import failover
 
 
 @pytest.mark.skipif(shutil.which("haproxy") is None and os.environ.get("CI") != "true",

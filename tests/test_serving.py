@@ -1,7 +1,7 @@
-"""Serving end to end: archive.build_mar, the configs, the Makefile, and a real native TorchServe.
+"""Serving end to end: tools.build_mar, the configs, the Makefile, and a real native TorchServe.
 
 One TorchServe per mode (token auth off for the session, on for one test), on free ports,
-serving the .mar that archive.build_mar builds from a tiny checkpoint (see conftest.py).
+serving the .mar that tools.build_mar builds from a tiny checkpoint (see conftest.py).
 """
 from __future__ import annotations
 
@@ -22,16 +22,17 @@ import requests
 import torch
 import yaml
 
-from serving.launcher import REPO, read_properties
-from serving.tiny import TINY_SENTENCES
+from harness.launcher import REPO, read_properties
+from harness.tiny import TINY_SENTENCES
+from tools.server_config import properties
 
-BUILD_MAR = ("-m", "archive.build_mar")
-CLIENT = ("-m", "client.chat_client")
+BUILD_MAR = ("-m", "tools.build_mar")
+CLIENT = ("-m", "tools.client")
 HELLO = REPO / "hello.txt"
 
 
 def run(*command: str, **kwargs) -> subprocess.CompletedProcess:
-    kwargs.setdefault("cwd", REPO)  # `-m client.chat_client` imports from the repo root
+    kwargs.setdefault("cwd", REPO)  # `-m tools.client` imports from the repo root
     return subprocess.run([str(c) for c in command], capture_output=True, text=True, timeout=120, **kwargs)
 
 
@@ -121,14 +122,15 @@ def test_build_mar_without_any_checkpoint_says_what_to_do(tmp_path):
 
 def test_the_served_names_are_defined_once_in_config_properties():
     """my_s2s and seq2seq come from load_models (the Makefile reads the same line); no code spells them out."""
-    from serving.launcher import ARCHIVE_NAME, MODEL_NAME, served_model
+    from tools.server_config import ARCHIVE_NAME, MODEL_NAME, served_model
 
-    assert (MODEL_NAME, ARCHIVE_NAME) == served_model(REPO / "config.properties") == \
-        served_model(REPO / "docker" / "config.properties")
+    assert (MODEL_NAME, ARCHIVE_NAME) == served_model(REPO / "config.properties")
+    assert all(properties(variant)["load_models"] == f"{MODEL_NAME}={ARCHIVE_NAME}.mar"
+               for variant in ("container", "kubernetes"))
     code = [p for p in REPO.rglob("*.py") if not {".venv", ".venv-image", "tests"} & set(p.relative_to(REPO).parts)]
     code.append(REPO / "Makefile")
     spelled = [str(p.relative_to(REPO)) for p in code
-               if re.search(rf"{MODEL_NAME}|[\"'/]{ARCHIVE_NAME}(\.mar)?[\"']", p.read_text())]
+               if re.search(rf"{MODEL_NAME}|[\"'/]{ARCHIVE_NAME}(\.mar)?[\"'](?!:)", p.read_text())]
     assert spelled == []
     assert run("make", "-n", "demo", cwd=REPO).stdout.count(f"/predictions/{MODEL_NAME} -T hello.txt") >= 2
 
@@ -138,13 +140,13 @@ def test_native_config_is_local_and_locked_down():
     for api in ("inference", "management", "metrics"):
         assert re.fullmatch(r"http://127\.0\.0\.1:808[012]", props[f"{api}_address"])
     assert props["metrics_mode"] == "prometheus"
-    assert props["load_models"] == "my_s2s=seq2seq.mar" and props["model_store"] == "archive"
+    assert props["load_models"] == "my_s2s=seq2seq.mar" and props["model_store"] == "model-store"
     assert props["enable_model_api"] == "false" and props["disable_token_authorization"] == "true"
     assert props["allowed_urls"].startswith("file://") and "http" not in props["allowed_urls"]
 
 
-def test_docker_config_differs_only_in_addresses_and_paths():
-    native, docker = read_properties(REPO / "config.properties"), read_properties(REPO / "docker" / "config.properties")
+def test_the_container_config_differs_only_in_addresses_and_paths():
+    native, docker = read_properties(REPO / "config.properties"), properties("container")
     assert native.keys() == docker.keys()
     differing = {k for k in native if native[k] != docker[k]}
     assert differing == {"inference_address", "management_address", "metrics_address", "metrics_config",
@@ -160,14 +162,15 @@ def test_make_n_serve_shows_the_docker_command_publishing_on_loopback_only():
     assert "seq2seq-torchserve-runtime:0.12.0 --start" in docker_run and "--gpus all" in docker_run
     for port in (8080, 8081, 8082):
         assert f"-p 127.0.0.1:{port}:{port}" in docker_run
-    assert "/archive:/home/model-server/model-store" in docker_run
-    assert "/docker/config.properties:/home/model-server/config.properties" in docker_run
-    assert "torchserve --start --ncs --ts-config config.properties --model-store archive" in shown  # the fallback
+    assert "/model-store:/home/model-server/model-store" in docker_run
+    assert "tools.server_config container" in shown  # the container's config is rendered, never edited by hand
+    assert "/logs/container-config.properties:/home/model-server/config.properties" in docker_run
+    assert "torchserve --start --ncs --ts-config config.properties --model-store model-store" in shown  # the fallback
 
 
 def test_make_mar_passes_ckpt_to_build_mar():
     shown = run("make", "-n", "mar", "CHECKPOINT=runs/x/7_checkpoint.tar", cwd=REPO).stdout
-    assert '-m archive.build_mar --checkpoint "runs/x/7_checkpoint.tar"' in shown
+    assert '-m tools.build_mar --checkpoint "runs/x/7_checkpoint.tar"' in shown
 
 
 def test_dockerfile_is_pinned_and_lints_clean():
@@ -362,7 +365,7 @@ def test_client_one_shot_prints_the_reply_and_reports_unknown_words_like_the_cli
 
 
 def test_client_decoding_flags_are_the_json_fields(torchserve, serving_chatbot):
-    from model.decoding import DecodeOptions
+    from model.schema import DecodeOptions
 
     result = run(sys.executable, *CLIENT, "--url", torchserve.url("inference"), "--beam-size", "4", "--num-replies",
                  "2", "how are you ?")

@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from model.chatbot import Chatbot
-from model.checkpoint import build_model, default_config, from_checkpoint, read_checkpoint
+from model.checkpoint import build_model, default_config, load_chatbot
 from model.voc import Voc
 from train import main as train_main
 from train.data import load_data
@@ -174,8 +174,7 @@ def test_checkpoint_round_trip_weights_only(corpus, tmp_path):
     train_main.train(run, args, pairs, heldout, torch.device("cpu"), save_dir)
 
     ckpt = load(save_dir / "5_checkpoint.tar")
-    with open(save_dir / "5_checkpoint.tar", "rb") as f:
-        assert read_checkpoint(f)["iteration"] == 5
+    assert load_chatbot(save_dir / "5_checkpoint.tar").checkpoint["iteration"] == 5
     assert ckpt["config"] == train_main.model_config(args)
     assert ckpt["voc"] == voc.to_dict()
     for key in ("encoder_optimizer", "decoder_optimizer", "history", "rng", "args"):
@@ -186,7 +185,7 @@ def test_checkpoint_round_trip_weights_only(corpus, tmp_path):
 
     texts = ["red cat", "one two three", "big dog unknownword", "zzz"]
     live = Chatbot(voc, run.encoder.eval(), run.decoder.eval(), args.max_length, torch.device("cpu"))
-    assert from_checkpoint(ckpt).reply_batch(texts) == live.reply_batch(texts)
+    assert load_chatbot(ckpt).reply_batch(texts) == live.reply_batch(texts)
 
 
 def test_resume_gives_the_same_weights_as_an_uninterrupted_run(corpus, tmp_path):

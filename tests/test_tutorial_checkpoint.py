@@ -20,9 +20,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from model import CheckpointError, from_checkpoint, read_checkpoint
+from harness.launcher import REPO, build_mar, start_torchserve
+from model import CheckpointError, load_chatbot
 from model.checkpoint import TUTORIAL_FORMAT
-from serving.launcher import REPO, build_mar, start_torchserve
 
 PAD_token, SOS_token, EOS_token = 0, 1, 2
 MAX_LENGTH = 10
@@ -227,12 +227,11 @@ KNOWN_TEXTS = [" ".join(s.split()[i:j]) for s in SENTENCES for i in range(3) for
 
 def test_a_converted_tutorial_checkpoint_replies_as_the_tutorials_greedy_decoder(tutorial):
     attn_model, path, searcher, voc = tutorial
-    with open(path, "rb") as f:
-        ckpt = read_checkpoint(f)
+    bot = load_chatbot(path)  # float32
+    ckpt = bot.checkpoint
     assert ckpt["converted_from"] == TUTORIAL_FORMAT
     assert (ckpt["config"]["attn_model"], ckpt["config"]["hidden_size"], ckpt["config"]["encoder_n_layers"],
             ckpt["config"]["decoder_n_layers"]) == (attn_model, 16, 2, 2)
-    bot = from_checkpoint(ckpt)  # float32
     texts = sorted(set(KNOWN_TEXTS))
     expected = [tutorial_reply(searcher, voc, t) for t in texts]
     assert [r.text for r in bot.reply_batch(texts)] == expected
@@ -244,15 +243,13 @@ def test_an_unknown_word_follows_our_policy_where_the_tutorial_raised(tutorial):
     _, path, searcher, voc = tutorial
     with pytest.raises(KeyError):
         evaluate(searcher, voc, normalizeString("how are you zorblax ?"))
-    with open(path, "rb") as f:
-        reply = from_checkpoint(read_checkpoint(f)).reply("how are you zorblax ?")
+    reply = load_chatbot(path).reply("how are you zorblax ?")
     assert reply.unknown_words == ["zorblax"] and reply.text == tutorial_reply(searcher, voc, "how are you ?")
 
 
 def test_the_tutorials_word_order_and_counts_are_kept(tutorial):
     _, path, _, voc = tutorial
-    with open(path, "rb") as f:
-        ckpt = read_checkpoint(f)
+    ckpt = load_chatbot(path).checkpoint
     assert ckpt["voc"]["words"] == [voc.index2word[i] for i in range(3, voc.num_words)]
     assert ckpt["voc"]["counts"] == [voc.word2count[w] for w in ckpt["voc"]["words"]]
 
@@ -277,8 +274,8 @@ def tutorial_file(tmp_path: Path, change) -> Path:
 ])
 def test_a_file_in_neither_format_or_with_shapes_that_disagree_gets_one_line_naming_it(tmp_path, change, message):
     path = tutorial_file(tmp_path, change)
-    with pytest.raises(CheckpointError) as error, open(path, "rb") as f:
-        read_checkpoint(f)
+    with pytest.raises(CheckpointError) as error:
+        load_chatbot(path)
     assert message in str(error.value) and "\n" not in str(error.value)
 
 
@@ -288,7 +285,7 @@ def run(*args: str, **kwargs) -> subprocess.CompletedProcess:
 
 def test_the_chat_cli_talks_to_a_tutorial_checkpoint(tutorial):
     _, path, searcher, voc = tutorial
-    result = run("-m", "train.chat", "--checkpoint", str(path), "--text", "how are you ?")
+    result = run("-m", "tools.chat", "--checkpoint", str(path), "--text", "how are you ?")
     assert result.returncode == 0, result.stderr
     assert result.stdout == tutorial_reply(searcher, voc, "how are you ?") + "\n"
 
@@ -303,8 +300,7 @@ def test_make_mar_converts_a_tutorial_checkpoint_and_the_server_answers_curl_T(t
         archive.extract("4000_checkpoint.tar", tmp_path / "unpacked")
     packed = torch.load(tmp_path / "unpacked" / "4000_checkpoint.tar", weights_only=True)
     assert packed["format"] == "seq2seq-chatbot/1" and "en" not in packed and "encoder_optimizer" not in packed
-    with open(path, "rb") as f:
-        served = from_checkpoint(read_checkpoint(f), quantize="int8")  # the model-config's weights
+    served = load_chatbot(path, quantize="int8")  # the model-config's weights
     with start_torchserve(tmp_path / "ts", mar.parent) as server:
         reply = requests.post(server.predictions_url, data=(REPO / "hello.txt").read_bytes(), timeout=30)
     assert reply.status_code == 200 and reply.text == served.reply((REPO / "hello.txt").read_text()).text + "\n"

@@ -1,4 +1,4 @@
-"""The chat page (ui/chat_page.py) in a real browser against a real TorchServe.
+"""The chat page (tools/chat_page.py) in a real browser against a real TorchServe.
 
 Headless Debian Chromium driven by Selenium through chromedriver: the test types into the page's
 textbox, presses Enter and waits for the bot's message in the DOM. Skipped, with the reason, when
@@ -19,7 +19,7 @@ from pathlib import Path
 import pytest
 import requests
 
-from serving.launcher import REPO, free_ports
+from harness.launcher import REPO, free_ports
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 CHROMEDRIVER = shutil.which("chromedriver")
@@ -33,10 +33,10 @@ TIMEOUT_S = 30
 
 
 def start_page(inference_url: str, tmp_path: Path) -> tuple[subprocess.Popen, str]:
-    """python -m ui.chat_page on a free loopback port; (process, page URL) once it answers."""
+    """python -m tools.chat_page on a free loopback port; (process, page URL) once it answers."""
     port = free_ports(1)[0]
     log = open(tmp_path / f"chat_page_{port}.log", "w")  # noqa: SIM115 (closed with the process)
-    process = subprocess.Popen([sys.executable, "-m", "ui.chat_page", "--url", inference_url, "--port", str(port)],
+    process = subprocess.Popen([sys.executable, "-m", "tools.chat_page", "--url", inference_url, "--port", str(port)],
                                cwd=REPO, stdout=log, stderr=subprocess.STDOUT)
     url = f"http://127.0.0.1:{port}/"
     deadline = time.monotonic() + 90
@@ -98,8 +98,8 @@ def say(driver, text: str) -> str:
 
 @needs_gradio
 def test_controls_send_only_the_options_that_are_set():
-    from model.decoding import OPTIONS
-    from ui.chat_page import UNSET, fields
+    from model.schema import OPTIONS
+    from tools.chat_page import UNSET, fields
     assert fields([UNSET[name] for name in OPTIONS]) == {}
     values = {**UNSET, "beam_size": 4.0, "num_replies": 2.0, "seed": 7.0}
     assert fields([values[name] for name in OPTIONS]) == {"beam_size": 4, "num_replies": 2, "seed": 7}
@@ -107,16 +107,17 @@ def test_controls_send_only_the_options_that_are_set():
 
 @needs_gradio
 def test_the_page_says_plainly_when_the_model_is_not_loaded_or_no_worker_is_ready():
-    from client.chat_client import Answer
-    from ui.chat_page import render
+    from model.schema import Reply
+    from tools.chat_page import render
 
-    missing = render(Answer(404, {"code": 404, "type": "ModelNotFoundException", "message": "Model not found: my_s2s"}),
-                     "my_s2s")
+    missing = render(Reply.from_body({"code": 404, "type": "ModelNotFoundException",
+                                      "message": "Model not found: my_s2s"}, 404), "my_s2s")
     assert missing.startswith("**The model my_s2s is not loaded on the server**") and "make serve" in missing
-    busy = render(Answer(503, {"code": 503, "type": "ServiceUnavailableException", "message": "no worker"}), "my_s2s")
+    busy = render(Reply.from_body({"code": 503, "type": "ServiceUnavailableException", "message": "no worker"}, 503),
+                  "my_s2s")
     assert busy.startswith("**The server has no worker ready for my_s2s**")
-    replies = render(Answer(200, {"reply": "hi", "score": -1.0, "unknown_words": ["zorblax"],
-                                  "replies": [{"reply": "hi", "score": -1.0}, {"reply": "hello", "score": -1.5}]}), "m")
+    replies = render(Reply.from_body({"reply": "hi", "score": -1.0, "unknown_words": ["zorblax"], "replies": [
+        {"reply": "hi", "score": -1.0}, {"reply": "hello", "score": -1.5}]}, 200), "m")
     assert replies == "hi  (-1.000)\n\nhello  (-1.500)\n\n*unknown words dropped: zorblax*"
 
 
@@ -148,7 +149,7 @@ def test_the_decoding_controls_are_on_the_page(browser, page):
     browser.find_element(By.XPATH, "//button[contains(., 'Decoding options')]").click()
     time.sleep(0.5)
     text = browser.find_element(By.TAG_NAME, "body").text
-    from model.decoding import OPTIONS
+    from model.schema import OPTIONS
     assert all(name in text for name in OPTIONS), text
 
 

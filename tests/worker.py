@@ -18,7 +18,7 @@ from ts.protocol.otf_message_handler import _retrieve_input_data, create_predict
 from ts.service import Service
 
 from handler import seq2seq_handler
-from serving.launcher import MODEL_NAME, REPO
+from harness.launcher import MODEL_NAME, REPO
 
 FORM = "application/x-www-form-urlencoded"
 

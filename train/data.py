@@ -25,7 +25,7 @@ import torch
 import yaml
 
 from model.config import ModelConfig
-from model.tokenizer import BpeTokenizer, vocabulary_from_dict
+from model.tokenizer import BpeTokenizer
 from model.voc import MAX_LENGTH, MIN_COUNT, EOS_token, PAD_token, Voc, normalize
 from train.config import CORPORA, DEFAULT_CORNELL_PATH, DataConfig, add_flags, stored_settings
 
@@ -378,17 +378,21 @@ def same_tokens(voc) -> object:
     return stored.get("json") or stored["words"]
 
 
-def run_data(ckpt: dict, data_path: str | None = None) -> tuple[object, list[Pair], list[Pair]]:
-    """(vocabulary, training pairs, held-out pairs) of the checkpoint's training run, by its stored settings and
-    vocabulary; ValueError when the corpus (at data_path, default the run's) no longer gives that vocabulary."""
-    settings = stored_settings(ckpt.get("args") or {})
-    settings.data_path = data_path or settings.data_path
-    saved = vocabulary_from_dict(ckpt["voc"])
+def run_data(settings: argparse.Namespace, saved) -> tuple[list[Pair], list[Pair]]:
+    """(training pairs, held-out pairs) of a run with these settings and vocabulary `saved` (a checkpoint's, as
+    model.load_chatbot built it); ValueError when the corpus at settings.data_path no longer gives that vocabulary."""
     voc, train, heldout = load_data(settings, saved)
     if same_tokens(voc) != same_tokens(saved):
         raise ValueError(f"the {settings.corpus} corpus at {settings.data_path} does not give the checkpoint's "
                          "vocabulary")
-    return voc, train, heldout
+    return train, heldout
+
+
+def checkpoint_data(ckpt: dict, voc, data_path: str | None = None) -> tuple[list[Pair], list[Pair]]:
+    """run_data for the run a checkpoint was trained by (its stored settings; the corpus at data_path if it moved)."""
+    settings = stored_settings(ckpt.get("args") or {})
+    settings.data_path = data_path or settings.data_path
+    return run_data(settings, voc)
 
 
 # ---------------------------------------------------------------- CLI

@@ -23,9 +23,9 @@ import torch
 from tqdm import tqdm
 from tqdm.contrib.logging import logging_redirect_tqdm
 
-from model.checkpoint import FORMAT, CheckpointError, build_model, load_model, read_checkpoint
+from model.chatbot import Chatbot
+from model.checkpoint import FORMAT, CheckpointError, build_model, load_chatbot
 from model.config import CONFIG_KEYS, ModelConfig
-from model.tokenizer import vocabulary_from_dict
 from train import distributed
 from train.config import (
     DEFAULT_ITERATIONS,
@@ -36,7 +36,7 @@ from train.config import (
     model_settings,
     stored_settings,
 )
-from train.data import Pair, known_pairs, load_data, random_batches, same_tokens
+from train.data import Pair, known_pairs, load_data, random_batches, run_data, same_tokens
 from train.device import pick_device
 from train.engine import (
     Batch,
@@ -118,12 +118,12 @@ def new_run(args: argparse.Namespace, voc: Any, device: torch.device) -> Run:
     return data_parallel(run, device)
 
 
-def resume_run(ckpt: dict, args: argparse.Namespace, device: torch.device) -> Run:
-    """The run saved in `ckpt`: its weights (model.checkpoint.load_model, not the serving constructor),
-    optimiser states and, for the project's own checkpoints, its samplers and RNG states."""
-    voc, encoder, decoder = load_model(ckpt)
-    encoder.to(device).train()
-    decoder.to(device).train()
+def resume_run(bot: Chatbot, args: argparse.Namespace, device: torch.device) -> Run:
+    """The run saved in the checkpoint `bot` was loaded from: its weights (float32, on `device`), optimiser states
+    and, for the project's own checkpoints, its samplers and RNG states."""
+    ckpt, voc, encoder, decoder = bot.checkpoint, bot.voc, bot.encoder, bot.decoder
+    encoder.train()
+    decoder.train()
     optimizers = make_optimizers(encoder, decoder, args.learning_rate, args.decoder_learning_ratio, fused=True)
     optimizers[0].load_state_dict(ckpt["encoder_optimizer"])
     optimizers[1].load_state_dict(ckpt["decoder_optimizer"])
@@ -318,8 +318,8 @@ def setup(args: argparse.Namespace, parser: argparse.ArgumentParser, device: tor
         args.iterations = args.iterations or DEFAULT_ITERATIONS
         voc, pairs, heldout = load_data(args)
         return new_run(args, voc, device), pairs, heldout, Path(args.save_dir or Path("runs") / args.corpus)
-    with open(args.resume, "rb") as f:
-        ckpt = read_checkpoint(f, args.max_length)
+    bot = load_chatbot(args.resume, device, max_length=args.max_length)
+    ckpt = bot.checkpoint
     tutorial = bool(ckpt.get("converted_from"))
     missing = [k for k in (TUTORIAL_RESUME_KEYS if tutorial else RESUME_KEYS) if k not in ckpt]
     if missing:
@@ -331,18 +331,21 @@ def setup(args: argparse.Namespace, parser: argparse.ArgumentParser, device: tor
         apply_resumed_args(args, ckpt["args"], parser)
         args.iterations = args.iterations or ckpt["args"]["iterations"]
         args.data_path = args.data_path or ckpt["args"]["data_path"]
-    saved = vocabulary_from_dict(ckpt["voc"])
+    pairs, heldout = tutorial_data(args, bot.voc) if tutorial else run_data(args, bot.voc)
+    logger.info("resuming from %s at iteration %d%s", args.resume, ckpt["iteration"],
+                " (a PyTorch Chatbot Tutorial checkpoint)" if tutorial else "")
+    return resume_run(bot, args, device), pairs, heldout, Path(args.save_dir or Path(args.resume).parent)
+
+
+def tutorial_data(args: argparse.Namespace, saved) -> tuple[list[Pair], list[Pair]]:
+    """(training, held-out) pairs for a tutorial checkpoint: the corpus's, or where the corpus gives another
+    vocabulary than the checkpoint's (the tutorial saves no data settings), the pairs whose words it knows."""
     voc, pairs, heldout = load_data(args, saved)
     if same_tokens(voc) != same_tokens(saved):
-        if not tutorial:
-            raise ValueError(f"the {args.corpus} corpus at {args.data_path} no longer gives the checkpoint's "
-                             "vocabulary")
         pairs, heldout = (known_pairs(saved, ps) for ps in (pairs, heldout))
         logger.warning("the tutorial checkpoint's vocabulary is not the one %s gives: training on the %d pairs "
                        "(%d held out) whose words it knows", args.data_path, len(pairs), len(heldout))
-    logger.info("resuming from %s at iteration %d%s", args.resume, ckpt["iteration"],
-                " (a PyTorch Chatbot Tutorial checkpoint)" if tutorial else "")
-    return resume_run(ckpt, args, device), pairs, heldout, Path(args.save_dir or Path(args.resume).parent)
+    return pairs, heldout
 
 
 def set_model_args(args: argparse.Namespace, config: dict) -> None:

@@ -1,7 +1,7 @@
 """Serve the built archive on the serving image's runtime (Python 3.9, torch 2.4.0, TorchServe 0.12.0).
 
     make test-image-runtime          # builds .venv-image from requirements-image.txt, then runs this
-    python -m serving.image_runtime --python .venv-image/bin/python
+    python -m harness.image_runtime --python .venv-image/bin/python
 
 The pytorch/torchserve:0.12.0-gpu image that `make serve` runs has that runtime, not this repo's
 Python 3.11 / torch 2.13. For each handler weight mode (int8, fp16, float32) the archive is built
@@ -24,10 +24,10 @@ from pathlib import Path
 import requests
 import yaml
 
-from model import Chatbot, from_checkpoint, read_checkpoint
-from model.decoding import parse_options
-from serving.launcher import REPO, build_mar, start_torchserve
-from serving.tiny import make_tiny_bpe_checkpoint, make_tiny_checkpoint
+from harness.launcher import REPO, build_mar, start_torchserve
+from harness.tiny import make_tiny_bpe_checkpoint, make_tiny_checkpoint
+from model import Chatbot, load_chatbot
+from model.schema import parse_options
 
 WEIGHT_MODES = {"int8": "int8", "fp16": "fp16", "float32": False}  # name -> the handler's `quantize`
 PROMPTS = ["hello there !", "how are you ?", "what is your name ?", "where do you live ?", "do you like music ?",
@@ -81,8 +81,7 @@ def served_replies(url: str, cases: list) -> list[tuple[str, list]]:
 def check_mode(name: str, quantize, checkpoint: Path, python: Path, workdir: Path,
                prompts: list[str] = PROMPTS) -> tuple[int, int, list]:
     """(agreeing, total, the first disagreements) for one weight mode."""
-    with open(checkpoint, "rb") as f:
-        bot = from_checkpoint(read_checkpoint(f), quantize=quantize)
+    bot = load_chatbot(checkpoint, quantize=quantize)
     cases = expected_replies(bot, prompts)
     mar = build_mar(checkpoint, workdir / name / "store", model_config(quantize, workdir / f"{name}.yaml"))
     with start_torchserve(workdir / name / "server", mar.parent, python=python) as server:
@@ -92,7 +91,7 @@ def check_mode(name: str, quantize, checkpoint: Path, python: Path, workdir: Pat
 
 
 def parse_args(argv=None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(prog="python -m serving.image_runtime", description=__doc__.splitlines()[0])
+    p = argparse.ArgumentParser(prog="python -m harness.image_runtime", description=__doc__.splitlines()[0])
     p.add_argument("--python", type=Path, default=REPO / ".venv-image" / "bin" / "python",
                    help="the Python 3.9 environment with torch 2.4.0 and TorchServe 0.12.0 (default: .venv-image)")
     p.add_argument("--checkpoint", type=Path, default=None,

@@ -1,10 +1,10 @@
 """A chat page in the browser (Gradio ChatInterface) that talks to the TorchServe inference API over HTTP.
 
     make ui                                            # after make serve: http://127.0.0.1:7860
-    python -m ui.chat_page --url http://127.0.0.1:8080 --port 7860 [--token-auth]
+    python -m tools.chat_page --url http://127.0.0.1:8080 --port 7860 [--token-auth]
 
 Each message is one POST {"text": ..., <decoding options>} to /predictions/<model>, as
-`python -m client.chat_client` sends it: the page holds no model. Under a reply it names the
+`python -m tools.client` sends it: the page holds no model (and imports no torch). Under a reply it names the
 dropped unknown words; a rejected message shows the server's error (status, type, message) as a
 line of the conversation; an unreachable server or an unloaded model is said so plainly. The
 decoding controls (beam size, temperature, ...) appear when the server accepts the options, their
@@ -18,21 +18,18 @@ import logging
 import os
 import sys
 from collections.abc import Sequence
-from pathlib import Path
 
 import requests
-import yaml
 
-from client.chat_client import Answer, ServerError, add_server_flags, request_reply, server_session
-from client.flags import input_notes, reply_lines
-from model.decoding import OPTIONS
+from model.schema import OPTIONS, Reply, server_limits
+from tools.client import ServerError, add_server_flags, request_reply, server_session
+from tools.flags import input_notes, reply_lines
+from tools.server_config import model_config
 
 os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")  # no calls home: the page is local
 import gradio as gr  # noqa: E402
 
 logger = logging.getLogger(__name__)
-REPO = Path(__file__).resolve().parent.parent
-MODEL_CONFIG = REPO / "handler" / "model-config.yaml"
 # Each control's value that sends nothing (the server's default applies)
 UNSET = {"temperature": 0.0, "top_k": 0, "top_p": 1.0, "seed": -1, "no_repeat_ngram_size": 0, "num_replies": 1,
          "beam_size": 1, "max_length": 0}
@@ -40,8 +37,7 @@ UNSET = {"temperature": 0.0, "top_k": 0, "top_p": 1.0, "seed": -1, "no_repeat_ng
 
 def limits() -> dict:
     """The most a request may ask for, from the archive's model-config (the server's own limits)."""
-    section = (yaml.safe_load(MODEL_CONFIG.read_text()) or {}).get("handler") or {}
-    return {"max_length": 20, "beam_size": 10, "num_replies": 10, **(section.get("limits") or {})}
+    return server_limits(model_config()["handler"])
 
 
 def controls(most: dict) -> list:
@@ -70,21 +66,21 @@ def fields(values: Sequence) -> dict:
     return chosen
 
 
-def render(answer: Answer, model: str) -> str:
+def render(reply: Reply, model: str) -> str:
     """A reply (several with their scores), with the dropped words under it; or the error as one line."""
-    if answer.ok:
-        text = "\n\n".join(reply_lines(answer.replies, "replies" in answer.body)) or "(an empty reply)"
-        for note in input_notes(answer.unknown_words, bool(answer.body.get("truncated"))):
+    if reply.error is None:
+        text = "\n\n".join(reply_lines(reply.replies, reply.num_replies > 1)) or "(an empty reply)"
+        for note in input_notes(reply.unknown_words, reply.truncated):
             text += f"\n\n*{note}*"
         return text
-    if answer.body.get("type") == "ModelNotFoundException":
-        return f"**The model {model} is not loaded on the server** ({answer.body.get('message', '')}): " \
+    if reply.error_type == "ModelNotFoundException":
+        return f"**The model {model} is not loaded on the server** ({reply.error}): " \
                "register it, or start the server with `make serve`."
-    if answer.status == 503:
-        return f"**The server has no worker ready for {model}** ({answer.error}): try again in a moment."
-    text = f"**Error {answer.status} {answer.body.get('type', '')}**: {answer.body.get('message', '')}"
-    if answer.unknown_words:
-        text += f"\n\n*unknown words: {', '.join(answer.unknown_words)}*"
+    if reply.error_type == "ServiceUnavailableException":
+        return f"**The server has no worker ready for {model}** ({reply.error}): try again in a moment."
+    text = f"**Error {reply.status or ''} {reply.error_type}**: {reply.error}"
+    if reply.unknown_words:
+        text += f"\n\n*unknown words: {', '.join(reply.unknown_words)}*"
     return text
 
 
@@ -92,10 +88,10 @@ def supports_options(session: requests.Session, url: str, timeout: float) -> boo
     """Whether the server checks decoding options: an unknown one must get 400 InvalidOption.
     An unreachable server is given the benefit of the doubt (the controls are shown)."""
     try:
-        answer = request_reply(session, url, "hello", timeout, {"no_such_option": 1})
+        reply = request_reply(session, url, "hello", timeout, {"no_such_option": 1})
     except ServerError:
         return True
-    return answer.body.get("type") == "InvalidOption"
+    return reply.error_type == "InvalidOption"
 
 
 def build(session: requests.Session, url: str, model: str, timeout: float, with_controls: bool) -> gr.Blocks:
@@ -117,7 +113,7 @@ def build(session: requests.Session, url: str, model: str, timeout: float, with_
 
 
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(prog="python -m ui.chat_page", description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(prog="python -m tools.chat_page", description=__doc__.splitlines()[0])
     add_server_flags(parser)
     parser.add_argument("--host", default="127.0.0.1", help="address the page listens on (default: loopback only)")
     parser.add_argument("--port", type=int, default=7860, help="port of the page (default: 7860)")

@@ -1,7 +1,7 @@
 """Two native TorchServe replicas behind HAProxy (health checks on /ping); one is killed under load.
 
-    python -m serving.failover --checkpoint runs/demo/best_checkpoint.tar      # make soak runs it
-    python -m serving.failover --clients 8 --seconds 12 --kill-after 4
+    python -m harness.failover --checkpoint runs/demo/best_checkpoint.tar      # make soak runs it
+    python -m harness.failover --clients 8 --seconds 12 --kill-after 4
 
 What a Kubernetes Service over two pods does, on this machine: Debian's haproxy balances round-robin
 over two replicas of the same archive, checks GET /ping every 200 ms and marks a replica down after two
@@ -26,10 +26,10 @@ from pathlib import Path
 
 import psutil
 
-from model import from_checkpoint, read_checkpoint
-from serving.launcher import MODEL_NAME, TorchServe, build_mar, free_ports, start_torchserve
-from serving.load import Case, run_load
-from serving.soak import load_cases, served_quantize
+from harness.launcher import MODEL_NAME, TorchServe, build_mar, free_ports, start_torchserve
+from harness.load import Case, run_load
+from harness.soak import load_cases, served_quantize
+from model import load_chatbot
 from train.runs import add_checkpoint_flags, parse_with_checkpoint
 
 HEALTH_INTERVAL_MS = 200
@@ -162,7 +162,7 @@ def failover(url: str, admin_socket: Path, victim: TorchServe, cases: list[Case]
 
 
 def parse_args(argv=None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(prog="python -m serving.failover", description=__doc__.splitlines()[0])
+    p = argparse.ArgumentParser(prog="python -m harness.failover", description=__doc__.splitlines()[0])
     add_checkpoint_flags(p, "the checkpoint both replicas serve")
     p.add_argument("--clients", type=int, default=16, help="concurrent clients (default: 16)")
     p.add_argument("--seconds", type=float, default=20.0, help="length of the load (default: 20)")
@@ -172,8 +172,7 @@ def parse_args(argv=None) -> argparse.Namespace:
 
 def run(checkpoint: Path, clients: int, seconds: float, kill_after: float, workdir: Path) -> dict:
     """Build the archive, start two replicas and HAProxy, run the failover; its figures."""
-    with open(checkpoint, "rb") as f:
-        chatbot = from_checkpoint(read_checkpoint(f), quantize=served_quantize())
+    chatbot = load_chatbot(checkpoint, quantize=served_quantize())
     cases = [c for c in load_cases(chatbot) if c.status == 200]
     mar = build_mar(checkpoint, workdir / "model-store")
     with ExitStack() as stack:

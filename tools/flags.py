@@ -1,14 +1,19 @@
-"""The decoding flags of the chat CLI and the HTTP client, how both print several replies and what was not read.
+"""What the chat CLI, the HTTP client and the chat page share: decoding flags, how several replies are printed,
+what was not read of a text, and the words that end a chat.
 
-One flag per option of model.decoding.OPTIONS, spelled as its JSON field with dashes
-(`beam_size` -> `--beam-size`), so `python -m train.chat`, `python -m client.chat_client` and a
-JSON request say the same thing the same way.
+One flag per option of model.schema.OPTIONS, spelled as its JSON field with dashes
+(`beam_size` -> `--beam-size`), so `python -m tools.chat`, `python -m tools.client` and a
+JSON request say the same thing the same way. No torch: model.schema is plain Python.
 """
 from __future__ import annotations
 
 import argparse
+import sys
+from typing import TextIO
 
-from model.decoding import OPTIONS
+from model.schema import OPTIONS, Reply
+
+QUIT_WORDS = ("q", "quit")  # typed alone, they end the chat loops
 
 
 def add_decoding_flags(parser: argparse.ArgumentParser) -> None:
@@ -38,3 +43,9 @@ def input_notes(unknown_words: list[str], truncated: bool) -> list[str]:
     if truncated:
         notes.append("the text was cut to the model's max_length tokens")
     return notes
+
+
+def report_notes(reply: Reply, err: TextIO = sys.stderr) -> None:
+    """The shared unknown-word policy, on stderr: which words were dropped, and whether the text was cut."""
+    for note in input_notes(reply.unknown_words, reply.truncated):
+        print(f"({note})", file=err)

@@ -1,5 +1,5 @@
 """Tiny random-weight checkpoints whose replies differ from input to input: what the tests and the serving-image
-runtime check (serving.image_runtime) serve, a word model and a byte-level BPE one."""
+runtime check (harness.image_runtime) serve, a word model and a byte-level BPE one."""
 from __future__ import annotations
 
 from pathlib import Path

@@ -4,7 +4,7 @@
 #
 # Run from anywhere inside a copy of the repo on a machine with a CUDA GPU and a python3 that has
 # torch, tqdm, pyyaml and matplotlib (no venv needed):
-#     bash train/gpu_check.sh
+#     bash bench/gpu_check.sh
 # The Cornell corpus must be inside that copy, at $DATA_PATH (default data/cornell, gitignored).
 # Put it there with `make data` (it links data/cornell to an existing copy when DATA_PATH is set).
 # Tools that copy the working tree to the GPU machine send a link as a link, so carry the two files
@@ -12,10 +12,10 @@
 #
 # Knobs (environment): PYTHON (python3), DATA_PATH (data/cornell), DEVICE (cuda), ITERATIONS (4000),
 # SAVE_EVERY (500), SAVE_DIR (runs/cornell-gpu: checkpoints, ~280 MB each), BENCH_ARGS (extra
-# bench_train flags), TRAIN_ARGS (extra train.main flags). Logs, the loss curve and a summary go to
+# bench.train_bench flags), TRAIN_ARGS (extra train.main flags). Logs, the loss curve and a summary go to
 # $OUT when set, else runs/gpu_check. To dry-run it on a CPU with tiny sizes:
 #     DEVICE=cpu ITERATIONS=4 SAVE_EVERY=2 BENCH_ARGS="--timed-iterations 2 --warmup 1 --hidden-size 32" \
-#     TRAIN_ARGS="--hidden-size 32" bash train/gpu_check.sh
+#     TRAIN_ARGS="--hidden-size 32" bash bench/gpu_check.sh
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -39,7 +39,7 @@ gpu = torch.cuda.get_device_name(0) if torch.cuda.is_available() else "no GPU"
 print(f"python {sys.version.split()[0]}, torch {torch.__version__}, {gpu}")'
 
 echo "== benchmark: tutorial step loop vs fast path ($DEVICE)"
-"$PYTHON" -m train.bench_train --device "$DEVICE" --data-path "$DATA_PATH" "${BENCH_EXTRA[@]}" \
+"$PYTHON" -m bench.train_bench --device "$DEVICE" --data-path "$DATA_PATH" "${BENCH_EXTRA[@]}" \
   2>&1 | tee "$REPORT_DIR/bench.txt"
 
 echo "== full recipe: $ITERATIONS iterations on Cornell ($DEVICE)"

@@ -1,15 +1,15 @@
 """Talk to the chatbot served by TorchServe: one question, or a chat loop.
 
-    python -m client.chat_client "hello there"      # one-shot: prints only the reply
-    python -m client.chat_client                    # '> ' prompt, 'Bot: ...' replies; q, quit or Ctrl-D ends
-    python -m client.chat_client --beam-size 5 --num-replies 3 "hi"   # decoding options, as train.chat's
-    TOKEN_AUTH=1 python -m client.chat_client "hi"  # token mode: send the inference key of key_file.json
+    python -m tools.client "hello there"            # one-shot: prints only the reply
+    python -m tools.client                          # '> ' prompt, 'Bot: ...' replies; q, quit or Ctrl-D ends
+    python -m tools.client --beam-size 5 --num-replies 3 "hi"   # decoding options, as tools.chat's
+    TOKEN_AUTH=1 python -m tools.client "hi"        # token mode: send the inference key of key_file.json
 
-It behaves like the local chat CLI (python -m train.chat), but asks the server: each text is sent
+It behaves like the local chat CLI (python -m tools.chat), but asks the server: each text is sent
 as JSON {"text": ..., <decoding options>} and answered {"reply": ..., "score": ..., "unknown_words":
-[...], "replies": [...]} (handler/seq2seq_handler.py).
-Dropped unknown words are named on stderr, as the CLI does. Exit status: 0 replied, 1 the server
-rejected the text (one-shot), 2 the server could not be reached.
+[...], "replies": [...]} (handler/seq2seq_handler.py), read back as the same model.schema.Reply the
+local CLI prints. Dropped unknown words are named on stderr, as the CLI does. Exit status: 0 replied,
+1 the server rejected the text (one-shot), 2 the server could not be reached. Needs no torch.
 """
 from __future__ import annotations
 
@@ -17,25 +17,19 @@ import argparse
 import json
 import os
 import sys
-from dataclasses import dataclass
 from pathlib import Path
 
 import requests
 
-from client.flags import add_decoding_flags, decoding_fields, input_notes, reply_lines
-from serving.launcher import MODEL_NAME
+from model.schema import Reply
+from tools.flags import QUIT_WORDS, add_decoding_flags, decoding_fields, reply_lines, report_notes
+from tools.server_config import MODEL_NAME, read_properties
 
-QUIT_WORDS = ("q", "quit")  # as in train/chat.py
+INFERENCE_ADDRESS = read_properties()["inference_address"]
 
 
 class ServerError(Exception):
     """The server could not be reached or did not answer as a TorchServe chatbot does."""
-
-
-def report_unknown(answer: Answer) -> None:
-    """Name the dropped unknown words on stderr, and say when the text was cut, exactly as the chat CLI does."""
-    for note in input_notes(answer.unknown_words, bool(answer.body.get("truncated"))):
-        print(f"({note})", file=sys.stderr)
 
 
 def inference_key(key_file: Path) -> str:
@@ -49,35 +43,9 @@ def inference_key(key_file: Path) -> str:
         raise ServerError(f"{key_file} is not a TorchServe key file (no inference key)") from None
 
 
-@dataclass
-class Answer:
-    """What the server said to one text: its HTTP status and JSON body (a reply, or the handler's error)."""
-
-    status: int
-    body: dict
-
-    @property
-    def ok(self) -> bool:
-        return self.status == 200
-
-    @property
-    def replies(self) -> list[tuple[str, float]]:
-        """(reply, score) pairs, best first."""
-        found = [(r["reply"], r["score"]) for r in self.body.get("replies", [])]
-        return found or [(self.body.get("reply", ""), self.body.get("score", 0.0))]
-
-    @property
-    def unknown_words(self) -> list[str]:
-        return list(self.body.get("unknown_words", []))
-
-    @property
-    def error(self) -> str:
-        """'message (422 NoKnownWords)', for a rejected text."""
-        return f"{self.body.get('message', '')} ({self.status} {self.body.get('type', 'Error')})"
-
-
-def request_reply(session: requests.Session, url: str, text: str, timeout: float, fields: dict | None = None) -> Answer:
-    """POST {"text": ..., **fields}; ServerError when nothing answers or the answer is not JSON."""
+def request_reply(session: requests.Session, url: str, text: str, timeout: float, fields: dict | None = None) -> Reply:
+    """POST {"text": ..., **fields}: the Reply, or one whose error says why there is none; ServerError when
+    nothing answers or the answer is not JSON."""
     try:
         response = session.post(url, json={"text": text, **(fields or {})}, timeout=timeout)
     except requests.RequestException as e:
@@ -86,16 +54,21 @@ def request_reply(session: requests.Session, url: str, text: str, timeout: float
         body = response.json()
     except ValueError:
         raise ServerError(f"{url} answered {response.status_code} without JSON: {response.text[:200]}") from None
-    return Answer(response.status_code, body if isinstance(body, dict) else {"message": str(body)[:200]})
+    return Reply.from_body(body, response.status_code)
+
+
+def describe_error(reply: Reply) -> str:
+    """'message (422 NoKnownWords)' for a rejected text."""
+    return f"{reply.error} ({reply.status} {reply.error_type})"
 
 
 def ask(session: requests.Session, url: str, text: str, timeout: float,
-        fields: dict | None = None) -> tuple[bool, str, Answer]:
-    """Send one text (and decoding fields): (True, reply lines, answer), or (False, error message, answer)."""
-    answer = request_reply(session, url, text, timeout, fields)
-    if answer.ok:
-        return True, "\n".join(reply_lines(answer.replies, "replies" in answer.body)), answer
-    return False, answer.error, answer
+        fields: dict | None = None) -> tuple[bool, str, Reply]:
+    """Send one text (and decoding fields): (True, reply lines, reply), or (False, error message, reply)."""
+    reply = request_reply(session, url, text, timeout, fields)
+    if reply.error is None:
+        return True, "\n".join(reply_lines(reply.replies, reply.num_replies > 1)), reply
+    return False, describe_error(reply), reply
 
 
 def chat(session: requests.Session, url: str, timeout: float, fields: dict) -> int:
@@ -105,8 +78,8 @@ def chat(session: requests.Session, url: str, timeout: float, fields: dict) -> i
         line = sys.stdin.readline()
         if not line or line.strip() in QUIT_WORDS:
             return 0
-        ok, message, answer = ask(session, url, line.rstrip("\n"), timeout, fields)
-        report_unknown(answer)
+        ok, message, reply = ask(session, url, line.rstrip("\n"), timeout, fields)
+        report_notes(reply)
         if ok:
             print(f"Bot: {message}", flush=True)
         else:
@@ -115,8 +88,8 @@ def chat(session: requests.Session, url: str, timeout: float, fields: dict) -> i
 
 def add_server_flags(parser: argparse.ArgumentParser) -> None:
     """--url, --model, --token-auth, --key-file, --timeout: where the server is and how to reach it."""
-    parser.add_argument("--url", default=os.environ.get("TS_INFERENCE_URL", "http://127.0.0.1:8080"),
-                        help="TorchServe inference address (env TS_INFERENCE_URL)")
+    parser.add_argument("--url", default=os.environ.get("TS_INFERENCE_URL", INFERENCE_ADDRESS),
+                        help=f"TorchServe inference address (env TS_INFERENCE_URL; default {INFERENCE_ADDRESS})")
     parser.add_argument("--model", default=MODEL_NAME, help=f"registered model name (default: {MODEL_NAME})")
     parser.add_argument("--token-auth", action="store_true", default=os.environ.get("TOKEN_AUTH") == "1",
                         help="send the inference key from --key-file (default on when TOKEN_AUTH=1)")
@@ -134,7 +107,7 @@ def server_session(args: argparse.Namespace) -> tuple[requests.Session, str]:
 
 
 def parse_args(argv=None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(prog="python -m client.chat_client", description=__doc__.split("\n")[0])
+    parser = argparse.ArgumentParser(prog="python -m tools.client", description=__doc__.split("\n")[0])
     parser.add_argument("text", nargs="?", help="one question to ask; without it, chat interactively")
     add_server_flags(parser)
     add_decoding_flags(parser)
@@ -147,11 +120,11 @@ def main(argv=None) -> int:
         session, url = server_session(args)
         if args.text is None:
             return chat(session, url, args.timeout, decoding_fields(args))
-        ok, message, answer = ask(session, url, args.text, args.timeout, decoding_fields(args))
+        ok, message, reply = ask(session, url, args.text, args.timeout, decoding_fields(args))
     except ServerError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
-    report_unknown(answer)
+    report_notes(reply)
     if not ok:
         print(f"error: {message}", file=sys.stderr)
         return 1

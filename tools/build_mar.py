@@ -1,10 +1,10 @@
 """Validate a chatbot checkpoint, then pack it with the handler into a TorchServe archive (.mar).
 
-    python -m archive.build_mar                       # newest runs/**/best_checkpoint.tar (else newest periodic)
-    python -m archive.build_mar --checkpoint runs/x/4000_checkpoint.tar --dry-run
+    python -m tools.build_mar                       # newest runs/**/best_checkpoint.tar (else newest periodic)
+    python -m tools.build_mar --checkpoint runs/x/4000_checkpoint.tar --dry-run
 
-Validation reads the checkpoint exactly as the handler will (read_checkpoint, weights_only=True),
-rebuilds the chatbot and decodes one test reply; any failure is one line on stderr and exit 1.
+Validation loads the checkpoint exactly as the handler will (model.load_chatbot, weights_only=True)
+and decodes one test reply; any failure is one line on stderr and exit 1.
 The archiver flattens directories given to --extra-files, so the `model` package is staged
 inside a temporary folder and that folder is passed: the archive then holds model/*.py.
 Only what serving needs is archived: the optimiser states (about two thirds of a training
@@ -23,9 +23,9 @@ from pathlib import Path
 
 import torch
 
-from model import CheckpointError, from_checkpoint, read_checkpoint
+from model import CheckpointError, load_chatbot
 from model.checkpoint import serving_subset
-from serving.launcher import ARCHIVE_NAME, REPO
+from tools.server_config import ARCHIVE_NAME, REPO, read_properties
 from train.runs import add_checkpoint_flags, chosen_checkpoint
 
 
@@ -38,16 +38,15 @@ def validate_checkpoint_file(path: Path) -> tuple[dict, str]:
     if not path.is_file():
         raise BuildError(f"checkpoint not found: {path}")
     try:
-        with open(path, "rb") as f:
-            ckpt = read_checkpoint(f)
-        chatbot = from_checkpoint(ckpt)
+        chatbot = load_chatbot(path)
         reply = chatbot.reply(chatbot.voc.example_text())
     except CheckpointError as e:
-        raise BuildError(f"{path}: {e}") from e
+        raise BuildError(str(e)) from e
     except Exception as e:  # a checkpoint that loads but cannot decode is just as unusable
         raise BuildError(f"{path}: the model fails on a test reply: {type(e).__name__}: {e}") from e
     if reply.error:
         raise BuildError(f"{path}: the model fails on a test reply: {reply.error}")
+    ckpt = chatbot.checkpoint
     heldout = ckpt.get("heldout_loss")
     origin = ", converted from the PyTorch Chatbot Tutorial's format" if ckpt.get("converted_from") else ""
     return ckpt, (f"{path}: ok ({chatbot.voc.num_words} {chatbot.voc.kind} tokens, iteration "
@@ -116,17 +115,18 @@ def build(args: argparse.Namespace) -> Path:
 
 
 def parse_args(argv=None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(prog="python -m archive.build_mar", description=__doc__.split("\n")[0])
+    parser = argparse.ArgumentParser(prog="python -m tools.build_mar", description=__doc__.split("\n")[0])
     add_checkpoint_flags(parser, "checkpoint .tar, the project's or the PyTorch Chatbot Tutorial's")
     parser.add_argument("--model-name", default=ARCHIVE_NAME,
-                        help=f"archive name, archive/<name>.mar (default: from config.properties' load_models, "
+                        help=f"archive name, model-store/<name>.mar (default: from config.properties' load_models, "
                              f"{ARCHIVE_NAME})")
     parser.add_argument("--version", default="1.0", help="model version recorded in the archive")
     parser.add_argument("--handler", type=Path, default=REPO / "handler" / "seq2seq_handler.py",
                         help="TorchServe handler module")
     parser.add_argument("--config-file", type=Path, default=REPO / "handler" / "model-config.yaml",
                         help="model-config YAML packed into the archive (batching, workers, handler options)")
-    parser.add_argument("--export-path", type=Path, default=REPO / "archive", help="where the .mar goes")
+    parser.add_argument("--export-path", type=Path, default=REPO / read_properties()["model_store"],
+                        help="where the .mar goes (config.properties' model_store)")
     parser.add_argument("--dry-run", action="store_true",
                         help="validate the checkpoint and print the archiver command without running it")
     return parser.parse_args(argv)

@@ -1,12 +1,12 @@
 """Reliability soak against a real native TorchServe: load, hostile requests mixed into good ones, a worker killed.
 
-    python -m serving.soak                                  # make soak: 64 clients x 60 s, kill under 16 x 30 s
-    python -m serving.soak --clients 16 --seconds 10 --kill-seconds 10
-    python -m serving.soak --mixed-only --mixed-seconds 30  # one hostile request in four, 32 clients
-    python -m serving.soak --bad-input-table                # docs/SECURITY.md's bad-input table, as served
+    python -m harness.soak                                  # make soak: 64 clients x 60 s, kill under 16 x 30 s
+    python -m harness.soak --clients 16 --seconds 10 --kill-seconds 10
+    python -m harness.soak --mixed-only --mixed-seconds 30  # one hostile request in four, 32 clients
+    python -m harness.soak --bad-input-table                # docs/SECURITY.md's bad-input table, as served
 
-The server serves the archive that archive/build_mar.py builds from --checkpoint, on free loopback
-ports (serving/launcher.py), so it never clashes with a server of yours on 8080. Every answer is checked
+The server serves the archive that tools/build_mar.py builds from --checkpoint, on free loopback
+ports (harness/launcher.py), so it never clashes with a server of yours on 8080. Every answer is checked
 against Chatbot.reply for its input (the chat CLI's reply, with the model-config's `quantize` option): a
 request counts as an error when its status is wrong or no answer came, and as a mismatch when the status
 is right but the body is not.
@@ -30,16 +30,16 @@ from pathlib import Path
 
 import psutil
 import requests
-import yaml
 
-from model import Chatbot, from_checkpoint, read_checkpoint
+from harness.launcher import TorchServe, build_mar, start_torchserve
+from harness.load import ANY_ANSWER, CLIENT_TIMEOUT_S, JSON_TYPE, Case, Result, run_load, send, summarize
+from model import Chatbot, load_chatbot
 from model.voc import SPECIAL_WORDS
-from serving.launcher import REPO, TorchServe, build_mar, read_properties, start_torchserve
-from serving.load import ANY_ANSWER, CLIENT_TIMEOUT_S, JSON_TYPE, Case, Result, run_load, send, summarize
+from tools.server_config import model_config, read_properties
 from train.runs import add_checkpoint_flags, parse_with_checkpoint
 
 RECOVERY_LIMIT_S = 30  # the service must answer correctly again this soon after a worker is killed
-MAX_REQUEST_SIZE = int(read_properties(REPO / "config.properties")["max_request_size"])
+MAX_REQUEST_SIZE = int(read_properties()["max_request_size"])
 TEXT = {"Content-Type": "text/plain"}
 UNKNOWN_WORD = "zorblax"
 
@@ -106,7 +106,7 @@ def mixed_summary(results: list[Result], good: list[Case]) -> dict:
 
 
 def java_process(server: TorchServe) -> psutil.Process:
-    """The TorchServe frontend (Java) of a server started by serving.launcher."""
+    """The TorchServe frontend (Java) of a server started by harness.launcher."""
     return next(p for p in psutil.Process(server.process.pid).children(recursive=True) if p.name() == "java")
 
 
@@ -273,15 +273,14 @@ def markdown_table(results: list[Result]) -> str:
     return "\n".join(rows)
 
 
-def served_quantize(model_config: Path = REPO / "handler" / "model-config.yaml") -> bool | str:
+def served_quantize() -> bool | str:
     """The handler's `quantize` option in the model-config packed into the archive: the reference
     chatbot must use the same weights as the server."""
-    options = (yaml.safe_load(model_config.read_text()) or {}).get("handler") or {}
-    return options.get("quantize", False)
+    return model_config()["handler"].get("quantize", False)
 
 
 def parse_args(argv=None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(prog="python -m serving.soak", description=__doc__.split("\n")[0])
+    parser = argparse.ArgumentParser(prog="python -m harness.soak", description=__doc__.split("\n")[0])
     add_checkpoint_flags(parser, "the checkpoint to serve")
     parser.add_argument("--clients", type=int, default=64, help="concurrent clients in the load phase")
     parser.add_argument("--seconds", type=float, default=60.0, help="length of the load phase")
@@ -341,8 +340,7 @@ def soak(server: TorchServe, chatbot: Chatbot, args: argparse.Namespace) -> bool
 
 def main(argv=None) -> int:
     args = parse_args(argv)
-    with open(args.checkpoint, "rb") as f:
-        chatbot = from_checkpoint(read_checkpoint(f), quantize=served_quantize())
+    chatbot = load_chatbot(args.checkpoint, quantize=served_quantize())
     with tempfile.TemporaryDirectory(prefix="soak_") as tmp:
         workdir = args.workdir or Path(tmp)
         mar = build_mar(args.checkpoint, workdir / "model-store")

@@ -5,7 +5,7 @@ clip_grad_norm_). Ours: train.engine.train_step (vectorised teacher forcing, los
 tokens only, fused Adam, foreach clipping). Both at the tutorial's sizes on the Cornell
 pairs. The last line printed is `train_speedup: X` (reference median ms per iteration / ours).
 
-    python -m train.bench_train [--data-path data/cornell] [--timed-iterations 40] [--device auto]
+    python -m bench.train_bench [--data-path data/cornell] [--timed-iterations 40] [--device auto]
 """
 from __future__ import annotations
 
@@ -40,7 +40,7 @@ CLIP = OptimConfig.clip  # the tutorial's, for both paths
 
 
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(prog="python -m train.bench_train", description=__doc__.splitlines()[0],
+    p = argparse.ArgumentParser(prog="python -m bench.train_bench", description=__doc__.splitlines()[0],
                                 formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     add_flags(p, DataConfig, only=("data_path", "seed"))
     add_flags(p, ModelConfig, only=("hidden_size",))

@@ -20,27 +20,15 @@ from pathlib import Path
 import psutil
 import requests
 
-REPO = Path(__file__).resolve().parent.parent
+from tools.server_config import ARCHIVE_NAME, MODEL_NAME, REPO, read_properties, render
 
-
-def served_model(config: Path) -> tuple[str, str]:
-    """(model name, archive name) from a config.properties' load_models=<model>=<archive>.mar: the one place
-    both are defined (the classic commands' names); the Makefile reads the same line."""
-    for line in config.read_text().splitlines():
-        if line.startswith("load_models="):
-            model, _, archive = line.removeprefix("load_models=").partition("=")
-            return model, archive.removesuffix(".mar")
-    raise ValueError(f"{config} has no load_models=<model>=<archive>.mar line")
-
-
-MODEL_NAME, ARCHIVE_NAME = served_model(REPO / "config.properties")
 STARTUP_TIMEOUT_S = 120
 STOP_TIMEOUT_S = 30
 
 
 def build_mar(checkpoint: Path, export_path: Path, config_file: Path | None = None) -> Path:
-    """python -m archive.build_mar, as `make mar` runs it; returns the .mar path."""
-    command = [sys.executable, "-m", "archive.build_mar", "--checkpoint", str(checkpoint),
+    """python -m tools.build_mar, as `make mar` runs it; returns the .mar path."""
+    command = [sys.executable, "-m", "tools.build_mar", "--checkpoint", str(checkpoint),
                "--export-path", str(export_path)]
     if config_file is not None:
         command += ["--config-file", str(config_file)]
@@ -59,16 +47,6 @@ def free_ports(count: int) -> list[int]:
     finally:
         for s in sockets:
             s.close()
-
-
-def read_properties(path: Path) -> dict[str, str]:
-    """key=value lines of a .properties file (comments and blanks skipped)."""
-    props = {}
-    for line in path.read_text().splitlines():
-        if line.strip() and not line.lstrip().startswith("#"):
-            key, _, value = line.partition("=")
-            props[key.strip()] = value.strip()
-    return props
 
 
 @dataclass
@@ -153,22 +131,21 @@ class TorchServe:
 
 
 def write_config(server: TorchServe, model_store: Path, overrides: dict[str, str]) -> Path:
-    """The repo's config.properties with this server's ports, paths and options."""
-    props = read_properties(REPO / "config.properties")
-    props.update({
+    """The repo's config.properties (tools.server_config's local variant) with this server's ports, paths and
+    options."""
+    text = render("local", server.token_auth, {
         "inference_address": server.url("inference"),
         "management_address": server.url("management"),
         "metrics_address": server.url("metrics"),
         "model_store": str(model_store),
-        "metrics_config": str(REPO / props["metrics_config"]),
-        "disable_token_authorization": "false" if server.token_auth else "true",
+        "metrics_config": str(REPO / read_properties()["metrics_config"]),
         # gRPC listens too (7070/7071 by default): free ports, so servers never clash.
         "grpc_inference_port": str(server.ports["grpc_inference"]),
         "grpc_management_port": str(server.ports["grpc_management"]),
         **overrides,
     })
     path = server.workdir / "config.properties"
-    path.write_text("".join(f"{key}={value}\n" for key, value in props.items()))
+    path.write_text(text)
     return path
 
 

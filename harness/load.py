@@ -17,7 +17,9 @@ from dataclasses import dataclass
 
 import requests
 
-RESPONSE_TIMEOUT_S = 30  # handler/model-config.yaml responseTimeout: TorchServe restarts a worker stuck longer
+from tools.server_config import model_config
+
+RESPONSE_TIMEOUT_S = model_config()["responseTimeout"]  # TorchServe restarts a worker stuck longer
 CLIENT_TIMEOUT_S = RESPONSE_TIMEOUT_S + 5  # a request that waits longer than this counts as hung
 JSON_TYPE = "application/json"
 ANY_ANSWER = "*"  # Case.kind: a reply, or the handler's JSON error with a 4xx status: both are fine

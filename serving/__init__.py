@@ -1,1 +1,0 @@
-"""Helpers to run TorchServe natively (tests, benchmarks, soak); not shipped in the .mar."""
