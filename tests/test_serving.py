@@ -163,7 +163,7 @@ def test_make_n_serve_shows_the_docker_command_publishing_on_loopback_only():
     for port in (8080, 8081, 8082):
         assert f"-p 127.0.0.1:{port}:{port}" in docker_run
     assert "/model-store:/home/model-server/model-store" in docker_run
-    assert "tools.server_config container" in shown  # the container's config is rendered, never edited by hand
+    assert "tools/server_config.py container" in shown  # the container's config is rendered, never edited by hand
     assert "/logs/container-config.properties:/home/model-server/config.properties" in docker_run
     assert "torchserve --start --ncs --ts-config config.properties --model-store model-store" in shown  # the fallback
 
