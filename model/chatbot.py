@@ -13,6 +13,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from .constraints import ReplyRules
 from .decoding import SEARCHES, Candidate
 from .schema import DecodeOptions, Reply
 from .voc import Encoded, NoKnownWordsError, PAD_token
@@ -25,8 +26,9 @@ class Chatbot:
     """Vocabulary (word or BPE: model/tokenizer.py) + encoder + decoder in eval mode, decoding whole batches.
 
     step: what greedy search calls for one decoder step (default: the decoder itself; see
-    seq2seq.trace_step for a faster copy on the CPU). checkpoint: the dict it was rebuilt from
-    (model.checkpoint.load_chatbot), for what a caller reads beside the weights (iteration, losses, run settings).
+    seq2seq.trace_step for a faster copy on the CPU); rules: the masks every search applies (model/constraints.py).
+    checkpoint: the dict it was rebuilt from (model.checkpoint.load_chatbot), for what a caller reads beside the
+    weights (iteration, losses, run settings).
     """
 
     voc: Any  # model/voc.py's Voc or model/tokenizer.py's BpeTokenizer
@@ -36,6 +38,11 @@ class Chatbot:
     device: torch.device
     step: Callable | None = None
     checkpoint: dict = field(default_factory=dict)
+    rules: ReplyRules | None = None  # what a reply may hold (model/constraints.py), built from voc when None
+
+    def __post_init__(self):
+        if self.rules is None:
+            self.rules = ReplyRules.for_vocabulary(self.voc)
 
     @property
     def default_options(self) -> DecodeOptions:
@@ -87,7 +94,7 @@ class Chatbot:
         for mode, indices in groups.items():
             input_seq, lengths = self.pad([batch[i] for i in indices])
             found = SEARCHES[mode](self.encoder, self.decoder, input_seq, lengths, [options[i] for i in indices],
-                                   self.step)
+                                   self.step, self.rules)
             for i, candidates in zip(indices, found):
                 results[i] = candidates
         return results
@@ -102,3 +109,4 @@ class Chatbot:
         for b, ids in enumerate(batch):
             input_seq[: len(ids), b] = torch.tensor(ids)
         return input_seq.to(self.device), lengths
+

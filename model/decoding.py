@@ -2,13 +2,17 @@
 
 A batch of requests with mixed options is decoded in one call per mode (Chatbot.generate groups them):
 
-- greedy (beam_size 1, no sampling option): seq2seq.greedy_decode, bit for bit as before;
+- greedy (beam_size 1, no sampling option): seq2seq.greedy_decode;
 - beam (beam_size > 1, or greedy with no_repeat_ngram_size): every request's beams are rows of one
   decoder call per step; hypotheses are ranked by their mean token log-probability (EOS counted);
   the greedy path rides along (in the beam that holds it, else as one more row), so the best reply
   never scores below greedy's;
 - sample (temperature, top_k or top_p set): one row per reply, each with its own generator seeded
   from `seed` and the reply's number, so a seeded request gets the same replies alone or in any batch.
+
+Every mode masks each step's logits with model/constraints.py's ReplyRules (no PAD or SOS, EOS only after
+min_length tokens, byte-level replies always whole UTF-8 characters); scores stay the model's own
+log-probabilities of the chosen tokens.
 """
 from __future__ import annotations
 
@@ -18,6 +22,7 @@ from dataclasses import dataclass
 
 import torch
 
+from .constraints import START, BatchMask, ReplyRules
 from .schema import DecodeOptions
 from .seq2seq import greedy_decode, source_mask
 from .voc import EOS_token, SOS_token
@@ -40,12 +45,22 @@ def banned_tokens(tokens: list[int], n: int) -> list[int]:
 
 
 def ban_repeats(logprobs: torch.Tensor, rows: list[list[int]], sizes: list[int]) -> torch.Tensor:
-    """logprobs (R, V) with -inf wherever row r's next token would repeat an n-gram (n = sizes[r])."""
+    """logprobs (R, V) with -inf wherever row r's next token would repeat an n-gram (n = sizes[r]), unless that
+    leaves the row no token at all (ReplyRules' masks are hard rules; a repeat is only unwanted)."""
     for r, (tokens, n) in enumerate(zip(rows, sizes)):
         banned = banned_tokens(tokens, n)
         if banned:
+            kept = logprobs[r, banned].clone()
             logprobs[r, banned] = float("-inf")
+            if not bool(torch.isfinite(logprobs[r]).any()):
+                logprobs[r, banned] = kept
     return logprobs
+
+
+def row_limits(options: list[DecodeOptions], owners: list[int]) -> tuple[torch.Tensor, torch.Tensor]:
+    """(min_lengths, max_lengths) (R,) of each row's request."""
+    return (torch.tensor([options[r].min_length for r in owners]),
+            torch.tensor([options[r].max_length for r in owners]))
 
 
 @dataclass
@@ -55,6 +70,7 @@ class Hyp:
     tokens: list
     total: float
     parent: int = 0
+    state: int = START  # ReplyRules' UTF-8 state after the tokens
 
     def mean(self) -> float:
         return self.total / len(self.tokens)
@@ -63,8 +79,9 @@ class Hyp:
 class BeamState:
     """One request's beam search: alive beams, a greedy lane, and finished candidates."""
 
-    def __init__(self, options: DecodeOptions):
+    def __init__(self, options: DecodeOptions, rules: ReplyRules):
         self.options = options
+        self.rules = rules
         self.k = options.beam_size
         self.alive = [Hyp([], 0.0)] if self.k > 1 else []  # beam_size 1: the greedy lane alone is the search
         self.lane = [Hyp([], 0.0)]  # the greedy path: one more row only while no alive beam holds it
@@ -97,7 +114,8 @@ class BeamState:
                 row, token = divmod(index, vocabulary)
                 if total == float("-inf"):
                     break
-                hyp = Hyp(self.alive[row].tokens + [token], total, first_row + row)
+                parent = self.alive[row]
+                hyp = Hyp(parent.tokens + [token], total, first_row + row, self.rules.next_state(parent.state, token))
                 if token == EOS_token or last:
                     if rank < self.k:
                         self.finished.append(Candidate(hyp.tokens, hyp.mean()))
@@ -108,7 +126,9 @@ class BeamState:
             self.alive = [] if last else alive
         if self.lane:
             token, logprob = lane
-            hyp = Hyp(self.lane[0].tokens + [token], self.lane[0].total + logprob, lane_row)
+            lane_hyp = self.lane[0]
+            hyp = Hyp(lane_hyp.tokens + [token], lane_hyp.total + logprob, lane_row,
+                      self.rules.next_state(lane_hyp.state, token))
             self.lane = [] if token == EOS_token or last else [hyp]
             if not self.lane:
                 self.finished.append(Candidate(hyp.tokens, hyp.mean()))
@@ -133,25 +153,30 @@ class BeamState:
 
 @torch.no_grad()
 def beam_search(encoder, decoder, input_seq: torch.Tensor, input_lengths: torch.Tensor,
-                options: list[DecodeOptions], step: Callable | None = None) -> list[list[Candidate]]:
+                options: list[DecodeOptions], step: Callable | None = None,
+                rules: ReplyRules | None = None) -> list[list[Candidate]]:
     """Batched beam search: (T, B) padded ids -> each request's candidates, best first.
 
     All requests' rows (beams and greedy lanes) go through one decoder call per step.
     """
     step = step or decoder
+    rules = rules or ReplyRules(decoder.output_size)
     encoder_outputs, encoder_hidden = encoder(input_seq, input_lengths)  # (T, B, H), (2L, B, H)
     mask = source_mask(input_lengths, input_seq.size(0), input_seq.device)  # (T, B)
-    states = [BeamState(o) for o in options]
+    states = [BeamState(o, rules) for o in options]
     rows = [(r, h) for r, s in enumerate(states) for h in s.rows()]  # (request, hypothesis), grouped by request
     hidden = encoder_hidden[: decoder.n_layers, [r for r, _ in rows]]  # (L, R, H): the tutorial's initial state
     token = torch.full((1, len(rows)), SOS_token, dtype=torch.long, device=input_seq.device)
     owners, row_inputs = None, None
+    length = 0  # tokens each hypothesis has (all requests start together)
     while rows:
         if owners != [r for r, _ in rows]:  # the rows' requests changed: only then copy their encoder outputs
             owners = [r for r, _ in rows]
-            row_inputs = encoder_outputs[:, owners], mask[:, owners]
+            row_inputs, limits = (encoder_outputs[:, owners], mask[:, owners]), row_limits(options, owners)
         logits, hidden = step(token, hidden, *row_inputs)  # (1, R, V)
         logprobs = torch.log_softmax(logits[0].float(), dim=1).cpu()  # (R, V); totals are Python floats
+        rules.mask(logprobs, torch.tensor([h.state for _, h in rows]), length, *limits)
+        length += 1
         ban_repeats(logprobs, [h.tokens for _, h in rows], [states[r].options.no_repeat_ngram_size for r in owners])
         firsts = request_rows(owners)
         best = logprobs.topk(min(max(2 * states[r].k for r in firsts), logprobs.size(1)), dim=1)  # (R, w): one call
@@ -292,6 +317,7 @@ class SampleRow:
     generator: random.Random
     tokens: list
     total: float = 0.0
+    state: int = START  # ReplyRules' UTF-8 state after the tokens
 
 
 def inverse_cdf(cdf: torch.Tensor, generators: list[random.Random]) -> torch.Tensor:
@@ -338,7 +364,8 @@ def pick(probs: torch.Tensor, options: list[DecodeOptions], generators: list[ran
 
 @torch.no_grad()
 def sample(encoder, decoder, input_seq: torch.Tensor, input_lengths: torch.Tensor,
-           options: list[DecodeOptions], step: Callable | None = None) -> list[list[Candidate]]:
+           options: list[DecodeOptions], step: Callable | None = None,
+           rules: ReplyRules | None = None) -> list[list[Candidate]]:
     """Batched sampling: num_replies rows per request, each drawing from its own seeded generator.
 
     A row's draws depend only on its own logits and generator, so a seeded request samples the
@@ -346,6 +373,7 @@ def sample(encoder, decoder, input_seq: torch.Tensor, input_lengths: torch.Tenso
     Scores are the mean log-probability under the model itself (no temperature or filtering).
     """
     step = step or decoder
+    rules = rules or ReplyRules(decoder.output_size)
     encoder_outputs, encoder_hidden = encoder(input_seq, input_lengths)
     mask = source_mask(input_lengths, input_seq.size(0), input_seq.device)
     rows = []
@@ -362,9 +390,12 @@ def sample(encoder, decoder, input_seq: torch.Tensor, input_lengths: torch.Tenso
         logits, hidden = step(token, hidden, encoder_outputs, mask)  # (1, R, V)
         logits = logits[0].float().cpu()
         logprobs = torch.log_softmax(logits, 1)  # the model's own (log_softmax: half logsumexp's time here)
+        # masked and banned tokens are never drawn (the scores keep the model's own normaliser)
+        logits = rules.mask(logits.clone(), torch.tensor([row.state for row in rows]), len(rows[0].tokens),
+                            *row_limits(options, owners))
         sizes = [options[r].no_repeat_ngram_size for r in owners]
-        if any(sizes):  # banned tokens are never drawn (the scores keep the model's own normaliser)
-            logits = ban_repeats(logits.clone(), [row.tokens for row in rows], sizes)
+        if any(sizes):
+            logits = ban_repeats(logits, [row.tokens for row in rows], sizes)
         row_options = [options[r] for r in owners]
         choices = pick(temperature_probs(logits, row_options), row_options, [row.generator for row in rows])
         chosen = logprobs.gather(1, torch.tensor(choices).unsqueeze(1))[:, 0].tolist()
@@ -372,6 +403,7 @@ def sample(encoder, decoder, input_seq: torch.Tensor, input_lengths: torch.Tenso
         for i, (row, choice, logprob) in enumerate(zip(rows, choices, chosen)):
             row.tokens.append(choice)
             row.total += logprob
+            row.state = rules.next_state(row.state, choice)
             if choice == EOS_token or len(row.tokens) == options[row.request].max_length:
                 results[row.request].append(Candidate(row.tokens, row.total / len(row.tokens)))
             else:
@@ -385,10 +417,14 @@ def sample(encoder, decoder, input_seq: torch.Tensor, input_lengths: torch.Tenso
 
 @torch.no_grad()
 def greedy(encoder, decoder, input_seq: torch.Tensor, input_lengths: torch.Tensor,
-           options: list[DecodeOptions], step: Callable | None = None) -> list[list[Candidate]]:
-    """seq2seq.greedy_decode for the batch (its replies bit for bit), each cut to its own max_length."""
+           options: list[DecodeOptions], step: Callable | None = None,
+           rules: ReplyRules | None = None) -> list[list[Candidate]]:
+    """seq2seq.greedy_decode for the batch under ReplyRules, each reply cut to its own max_length."""
     longest = max(o.max_length for o in options)
-    ids, logprobs = greedy_decode(encoder, decoder, input_seq, input_lengths, longest, step, with_logprobs=True)
+    constrain = BatchMask(rules or ReplyRules(decoder.output_size), [o.min_length for o in options],
+                          [o.max_length for o in options], input_seq.device)
+    ids, logprobs = greedy_decode(encoder, decoder, input_seq, input_lengths, longest, step, with_logprobs=True,
+                                  constrain=constrain)
     results = []
     for row, lp, o in zip(ids.tolist(), logprobs.tolist(), options):
         length = min(o.max_length, row.index(EOS_token) + 1 if EOS_token in row else len(row))

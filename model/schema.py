@@ -36,6 +36,7 @@ OPTIONS = {o.name: o for o in (
                                      "(nucleus; turns sampling on)", low_open=True),
     Option("seed", int, 0, 2**63 - 1, "seed of the sampling generators: the same seed gives the same replies"),
     Option("no_repeat_ngram_size", int, 0, None, "never repeat an n-gram of this many tokens in a reply (0: off)"),
+    Option("min_length", int, 1, None, "shortest reply in tokens: EOS cannot end it sooner (at most max_length)"),
 )}
 SAMPLING_OPTIONS = ("temperature", "top_k", "top_p")
 LIMITED = ("max_length", "beam_size", "num_replies")  # a server caps these (model-config `limits:`)
@@ -61,6 +62,7 @@ class DecodeOptions:
     top_p: float | None = None
     seed: int | None = None
     no_repeat_ngram_size: int = 0
+    min_length: int = 1
 
     @property
     def mode(self) -> str:
@@ -106,7 +108,10 @@ def parse_options(values: dict, defaults: DecodeOptions, limits: dict) -> Decode
 
 
 def check_combination(options: DecodeOptions, limits: dict) -> DecodeOptions:
-    """The rules between options: beams and sampling do not mix; num_replies within what the mode can give."""
+    """The rules between options: beams and sampling do not mix; num_replies within what the mode can give;
+    min_length at most max_length."""
+    if options.min_length > options.max_length:
+        raise InvalidOption("min_length", f"{options.min_length} is more than max_length ({options.max_length})")
     if options.mode == "sample" and options.beam_size > 1:
         raise InvalidOption("beam_size", "beam search and sampling (temperature, top_k, top_p) cannot be combined")
     most = options.beam_size if options.mode != "sample" else limits.get("num_replies", options.num_replies)

@@ -127,11 +127,16 @@ def source_mask(input_lengths: torch.Tensor, max_len: int, device: torch.device)
 @torch.no_grad()
 def greedy_decode(encoder: EncoderRNN, decoder: LuongAttnDecoderRNN, input_seq: torch.Tensor,
                   input_lengths: torch.Tensor, max_length: int, step: Callable | None = None,
-                  with_logprobs: bool = False) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
+                  with_logprobs: bool = False,
+                  constrain: Callable | None = None) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
     """Greedy replies for a whole batch: (T, B) padded ids -> (B, <= max_length) token ids.
 
-    with_logprobs: also return each token's log-probability (B, <= max_length) (0 after EOS); the
-    ids are the same either way.
+    with_logprobs: also return each token's log-probability (B, <= max_length) (0 after EOS), under the
+    model's own distribution; the ids are the same either way.
+
+    constrain: what may be generated (model/constraints.py's BatchMask): called as constrain(logits (n, V),
+    rows (n,), t) to mask each step's logits in place, then constrain.advance(rows, tokens). None: the
+    tutorial's GreedySearchDecoder, any token at any step.
 
     step runs one decoder step, as decoder(token, hidden, encoder_outputs, mask) does (default:
     the decoder itself; trace_step's copy is the same with less Python overhead).
@@ -154,11 +159,16 @@ def greedy_decode(encoder: EncoderRNN, decoder: LuongAttnDecoderRNN, input_seq: 
     token = torch.full((1, batch), SOS_token, dtype=torch.long, device=device)
     for t in range(max_length):
         logits, hidden = step(token, hidden, encoder_outputs, mask)  # (1, n, V)
+        model_logprobs = torch.log_softmax(logits[0].float(), dim=1) if logprobs is not None else None  # (n, V)
+        if constrain is not None:
+            constrain(logits[0], rows, t)
         best = logits.max(dim=2)  # argmax of logits == of softmax; max() is 3x faster than argmax()
         token = best.indices  # (1, n)
         replies[rows, t] = token[0]
+        if constrain is not None:
+            constrain.advance(rows, token[0])
         if logprobs is not None:  # the chosen token's log-probability, as beam search computes it
-            logprobs[rows, t] = torch.log_softmax(logits[0].float(), dim=1).gather(1, token.t())[:, 0].double()
+            logprobs[rows, t] = model_logprobs.gather(1, token.t())[:, 0].double()
         going = token[0] != EOS_token
         if not bool(going.all()):
             if not bool(going.any()):

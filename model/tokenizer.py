@@ -52,6 +52,13 @@ def new_bpe_tokenizer():
     return tokenizer
 
 
+def byte_values() -> dict[str, int]:
+    """GPT-2's ByteLevel alphabet: the character that stands for each byte in a token's string -> the byte."""
+    printable = [*range(ord("!"), ord("~") + 1), *range(ord("¡"), ord("¬") + 1), *range(ord("®"), ord("ÿ") + 1)]
+    others = [b for b in range(256) if b not in printable]
+    return {**{chr(b): b for b in printable}, **{chr(256 + n): b for n, b in enumerate(others)}}
+
+
 class BpeTokenizer:
     """Byte-level BPE tokens with the word vocabulary's interface (see the module docstring)."""
 
@@ -96,9 +103,17 @@ class BpeTokenizer:
         return Encoded(ids[: max_length - 1] + [EOS_token], [], len(ids) > max_length - 1)
 
     def decode(self, ids: list[int]) -> str:
-        """Reply text up to the first EOS (PAD and SOS skipped); bytes that end mid-character become U+FFFD."""
+        """Reply text up to the first EOS (PAD and SOS skipped). Bytes that end mid-character would become
+        U+FFFD, which model/constraints.py keeps any search from generating."""
         end = ids.index(EOS_token) if EOS_token in ids else len(ids)
         return self.tokenizer.decode([i for i in ids[:end] if i not in (PAD_token, SOS_token)])
+
+    def token_bytes(self) -> list[bytes | None]:
+        """Each token's bytes (None for PAD, SOS and EOS): what model/constraints.py checks UTF-8 with."""
+        to_byte = byte_values()
+        specials = (PAD_token, SOS_token, EOS_token)
+        return [None if i in specials else bytes(to_byte[c] for c in self.tokenizer.id_to_token(i))
+                for i in range(self.num_words)]
 
     def to_dict(self) -> dict:
         """Plain types only: the tokenizer's JSON as a string."""

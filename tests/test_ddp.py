@@ -71,13 +71,14 @@ def test_a_ddp_step_of_two_processes_equals_one_step_on_the_whole_batch(corpus, 
 def test_a_two_process_run_trains_checkpoints_resumes_and_serves(corpus, tmp_path):
     save = tmp_path / "run"
     flags = ["--corpus", "tsv", "--data-path", str(corpus), "--batch-size", "16", "--save-every", "60",
-             "--save-dir", str(save), "--print-every", "60", *TINY]
+             "--save-dir", str(save), "--print-every", "60", *TINY,
+             "--best-min-heldout", "1"]  # the held-out rule, as on Cornell (a tiny corpus would serve the latest)
     first = torchrun("-m", "train.main", *flags, "--iterations", "120")
     assert "x 2 processes" in first.stderr
     assert sorted(p.name for p in save.glob("*.tar")) == ["120_checkpoint.tar", "60_checkpoint.tar",
                                                           "best_checkpoint.tar"]
     torchrun("-m", "train.main", "--resume", str(save / "120_checkpoint.tar"), "--iterations", "180",
-             "--device", "cpu")
+             "--device", "cpu", "--best-min-heldout", "1")  # a run flag: not taken from the checkpoint
     resumed = torch.load(save / "180_checkpoint.tar", weights_only=True)
     history = resumed["history"]
     assert [h[0] for h in history] == [60, 120, 180] and history[-1][1] < history[0][1], history  # train loss falls

@@ -18,7 +18,7 @@ from model import Voc, build_model, default_config, load_chatbot
 from model.decoding import beam_search, greedy, sample
 from model.schema import OPTIONS, DecodeOptions, InvalidOption, options_from_config, parse_options
 from model.seq2seq import greedy_decode
-from model.voc import EOS_token, SOS_token
+from model.voc import EOS_token, PAD_token, SOS_token
 
 WORDS = "hello there how are you i am fine what is your name".split()
 LIMITS = {"max_length": 20, "beam_size": 10, "num_replies": 10}
@@ -42,7 +42,7 @@ def tiny_bot(words=tuple(WORDS), hidden: int = 16, seed: int = 0, quantize=False
 
 def run(search, bot, texts, options):
     input_seq, lengths = bot.pad([bot.encode(t).ids for t in texts])
-    return search(bot.encoder, bot.decoder, input_seq, lengths, options, bot.step)
+    return search(bot.encoder, bot.decoder, input_seq, lengths, options, bot.step, bot.rules)
 
 
 @torch.no_grad()
@@ -62,14 +62,16 @@ def sequence_score(bot, text: str, tokens: list[int]) -> float:
 
 def exhaustive_best(bot, text: str, max_length: int) -> tuple[list[int], float]:
     """The best-scoring reply over every sequence of at most max_length tokens that ends at its first EOS
-    (or runs to max_length)."""
-    vocabulary = range(bot.voc.num_words)
+    (or runs to max_length), a reply being text: words only (no PAD or SOS), at least one before EOS."""
+    words = [t for t in range(bot.voc.num_words) if t not in (PAD_token, SOS_token, EOS_token)]
     best = ([], -math.inf)
     for length in range(1, max_length + 1):
-        for body in itertools.product([t for t in vocabulary if t != EOS_token], repeat=length - 1):
-            for last in vocabulary:
+        for body in itertools.product(words, repeat=length - 1):
+            for last in [*words, EOS_token]:
                 if last != EOS_token and length < max_length:
                     continue  # not finished: it goes on in a longer sequence
+                if last == EOS_token and length == 1:
+                    continue  # an empty reply
                 tokens = [*body, last]
                 score = sequence_score(bot, text, tokens)
                 if score > best[1]:

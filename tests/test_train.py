@@ -158,7 +158,7 @@ def test_best_checkpoint_is_the_lowest_heldout_loss_not_the_last(corpus, tmp_pat
     monkeypatch.setattr(train_main, "evaluate", lambda *args, **kwargs: next(losses))
     save_dir = tmp_path / "run"
     assert run_main(["--corpus", "tsv", "--data-path", str(corpus), "--iterations", "30", "--save-every", "10",
-                     "--save-dir", str(save_dir), *TINY]) == 0
+                     "--save-dir", str(save_dir), "--best-min-heldout", "1", *TINY]) == 0
     best = load(save_dir / "best_checkpoint.tar")
     assert (best["iteration"], best["heldout_loss"]) == (20, 1.5)
     assert load(save_dir / "30_checkpoint.tar")["heldout_loss"] == 1.8
@@ -239,3 +239,28 @@ def test_missing_corpus_is_a_clear_error(tmp_path, caplog):
     with caplog.at_level(logging.ERROR):
         assert run_main(["--corpus", "cornell", "--data-path", str(tmp_path / "nowhere"), "--dry-run"]) == 2
     assert "make data" in caplog.text
+
+
+def test_the_served_checkpoint_is_the_lowest_held_out_loss_only_where_held_out_loss_measures_something():
+    from train.main import serving_choice
+
+    history = [[250, 3.0, 2.9], [500, 1.5, 3.1]]  # a small corpus: held-out loss rises as the bot learns
+    assert serving_choice(history, 3.4, 31, 500)[0]  # 31 unseen pairs: the latest checkpoint is served
+    assert "31 held-out pairs are fewer than --best-min-heldout 500" in serving_choice(history, 3.4, 31, 500)[1]
+    assert not serving_choice(history, 3.4, 3000, 500)[0]  # Cornell-sized: the lowest held-out loss stays
+    chosen, why = serving_choice(history, 2.5, 3000, 500)
+    assert chosen and why == "the lowest held-out loss so far (3000 held-out pairs)"
+
+
+def test_extra_pairs_always_train_and_are_never_held_out(tmp_path):
+    from argparse import Namespace
+
+    from train.data import load_data
+
+    extra = tmp_path / "smalltalk.tsv"
+    extra.write_text("zorblax hello\tquuxly hi\nzorblax bye\tquuxly bye\n", encoding="utf-8")
+    settings = Namespace(corpus="chatterbot", data_path=None, language="english", tokenizer="word", vocab_size=0,
+                         min_count=1, heldout_fraction=0.5, seed=0, max_length=10, extra_pairs=str(extra))
+    voc, train, heldout = load_data(settings)
+    assert {("zorblax hello", "quuxly hi"), ("zorblax bye", "quuxly bye")} <= set(train)
+    assert not any("zorblax" in q for q, _ in heldout) and "quuxly" in voc.word2index

@@ -161,6 +161,24 @@ class GreedySearchDecoder(nn.Module):
         return all_tokens
 
 
+class TextOnlyGreedySearchDecoder(GreedySearchDecoder):
+    """The tutorial's searcher with the two rules every project reply follows (model/constraints.py): PAD and
+    SOS are never chosen, and EOS not as the first token (min_length 1: never an empty reply)."""
+
+    def forward(self, input_seq, input_length, max_length):
+        encoder_outputs, encoder_hidden = self.encoder(input_seq, input_length)
+        decoder_hidden = encoder_hidden[:self.decoder.n_layers]
+        decoder_input = torch.ones(1, 1, dtype=torch.long) * SOS_token
+        all_tokens = torch.zeros([0], dtype=torch.long)
+        for step in range(max_length):
+            decoder_output, decoder_hidden = self.decoder(decoder_input, decoder_hidden, encoder_outputs)
+            decoder_output[:, [PAD_token, SOS_token] + ([EOS_token] if step == 0 else [])] = 0.0
+            _, decoder_input = torch.max(decoder_output, dim=1)
+            all_tokens = torch.cat((all_tokens, decoder_input), dim=0)
+            decoder_input = torch.unsqueeze(decoder_input, 0)
+        return all_tokens
+
+
 @torch.no_grad()
 def evaluate(searcher, voc, sentence, max_length=MAX_LENGTH):
     indexes_batch = [indexesFromSentence(voc, sentence)]
@@ -168,6 +186,12 @@ def evaluate(searcher, voc, sentence, max_length=MAX_LENGTH):
     input_batch = torch.LongTensor(indexes_batch).transpose(0, 1)
     tokens = searcher(input_batch, lengths, max_length)
     return [voc.index2word[token.item()] for token in tokens]
+
+
+def tutorial_words(searcher, voc, text: str) -> list[str]:
+    """evaluate's words up to the first EOS, as the tutorial's searcher chose them."""
+    words = evaluate(searcher, voc, normalizeString(text))
+    return words[: words.index("EOS")] if "EOS" in words else words
 
 
 def tutorial_reply(searcher, voc, text: str) -> str:
@@ -233,10 +257,18 @@ def test_a_converted_tutorial_checkpoint_replies_as_the_tutorials_greedy_decoder
     assert (ckpt["config"]["attn_model"], ckpt["config"]["hidden_size"], ckpt["config"]["encoder_n_layers"],
             ckpt["config"]["decoder_n_layers"]) == (attn_model, 16, 2, 2)
     texts = sorted(set(KNOWN_TEXTS))
-    expected = [tutorial_reply(searcher, voc, t) for t in texts]
+    # Wherever the tutorial's reply is text (no PAD or SOS before EOS, not empty), the default options
+    # (greedy, min_length 1) reply with exactly its words
+    words = {t: tutorial_words(searcher, voc, t) for t in texts}
+    textual = [t for t in texts if words[t] and not {"PAD", "SOS"} & set(words[t])]
+    assert len(textual) >= len(texts) // 2, "too few comparable replies to prove parity"
+    assert [r.text for r in bot.reply_batch(textual)] == [" ".join(words[t]) for t in textual]
+    # Everywhere: the tutorial's searcher with the two text rules added
+    ruled = TextOnlyGreedySearchDecoder(searcher.encoder, searcher.decoder)
+    expected = [tutorial_reply(ruled, voc, t) for t in texts]
     assert [r.text for r in bot.reply_batch(texts)] == expected
     assert [bot.reply(t).text for t in texts] == expected
-    assert len(set(expected)) > 3, "a model that says one thing proves nothing"
+    assert all(expected) and len(set(expected)) > 3, "a model that says one thing proves nothing"
 
 
 def test_an_unknown_word_follows_our_policy_where_the_tutorial_raised(tutorial):

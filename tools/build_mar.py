@@ -22,9 +22,11 @@ import tempfile
 from pathlib import Path
 
 import torch
+import yaml
 
 from model import CheckpointError, load_chatbot
 from model.checkpoint import serving_subset
+from model.schema import DecodeOptions, InvalidOption, parse_options, server_limits
 from tools.server_config import ARCHIVE_NAME, REPO, read_properties
 from train.runs import add_checkpoint_flags, chosen_checkpoint
 
@@ -52,7 +54,7 @@ def validate_checkpoint_file(path: Path) -> tuple[dict, str]:
     return ckpt, (f"{path}: ok ({chatbot.voc.num_words} {chatbot.voc.kind} tokens, iteration "
                   f"{ckpt.get('iteration', '?')}, held-out loss "
                   f"{'unknown' if heldout is None else f'{heldout:.4f}'}, {ckpt['config']['attn_model']} attention"
-                  f"{origin})")
+                  f"{origin})" + (f"\nchosen as {ckpt['chosen_by']}" if ckpt.get("chosen_by") else ""))
 
 
 def serving_checkpoint(ckpt: dict, name: str, staging: Path) -> Path:
@@ -75,6 +77,28 @@ def stage_model_package(staging: Path) -> Path:
     for name in HANDLER_MODULES:
         shutil.copy2(REPO / "handler" / name, staging / name)
     return staging
+
+
+def decoding_defaults(config_file: Path, settings: list[str], staging: Path) -> Path:
+    """config_file, or a copy in staging with the handler's decoding defaults set from KEY=VALUE items (checked as
+    a request's options are: an unknown name or a bad value is a BuildError)."""
+    if not settings:
+        return config_file
+    config = yaml.safe_load(config_file.read_text())
+    values = {}
+    for item in settings:
+        name, _, value = item.partition("=")
+        values[name] = yaml.safe_load(value)
+    try:
+        parse_options(values, DecodeOptions(), server_limits(config["handler"]))
+    except (InvalidOption, ValueError) as e:
+        raise BuildError(f"--default: {e}") from None
+    config["handler"].update(values)
+    staging.mkdir(parents=True, exist_ok=True)
+    path = staging / config_file.name
+    path.write_text(yaml.safe_dump(config, sort_keys=False))
+    print(f"decoding defaults set in the archive's model-config: {values}")
+    return path
 
 
 def archiver_command(args: argparse.Namespace, extra_files: Path, serialized_file: Path | None = None) -> list:
@@ -100,6 +124,7 @@ def build(args: argparse.Namespace) -> Path:
     print(summary)
     with tempfile.TemporaryDirectory(prefix="build_mar_") as tmp:
         slim = serving_checkpoint(ckpt, args.checkpoint.name, Path(tmp) / "checkpoint")
+        args.config_file = decoding_defaults(args.config_file, args.default, Path(tmp) / "config")
         command = archiver_command(args, stage_model_package(Path(tmp) / "extra"), slim)
         print("$ " + shlex.join(command))
         if args.dry_run:
@@ -123,6 +148,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--version", default="1.0", help="model version recorded in the archive")
     parser.add_argument("--handler", type=Path, default=REPO / "handler" / "seq2seq_handler.py",
                         help="TorchServe handler module")
+    parser.add_argument("--default", action="append", default=[], metavar="OPTION=VALUE",
+                        help="a decoding default of this archive, over the model-config's (repeatable; e.g. "
+                             "no_repeat_ngram_size=2, which make demo sets)")
     parser.add_argument("--config-file", type=Path, default=REPO / "handler" / "model-config.yaml",
                         help="model-config YAML packed into the archive (batching, workers, handler options)")
     parser.add_argument("--export-path", type=Path, default=REPO / read_properties()["model_store"],

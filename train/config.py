@@ -41,8 +41,11 @@ class DataConfig:
         "help": "BPE tokens to learn, the 256 bytes and PAD/SOS/EOS included (--tokenizer bpe only)"})
     min_count: int = field(default=MIN_COUNT, metadata={
         "help": "trim words seen fewer times than this (--tokenizer word only)"})
+    extra_pairs: str = field(default=None, metadata={
+        "help": "a tsv file of query<TAB>response lines added to the training pairs, never held out (the demo's "
+                "small talk: train/smalltalk/<language>.tsv)", "type": str})
     heldout_fraction: float = field(default=0.05, metadata={
-        "help": "share of pairs held out of training to measure held-out loss"})
+        "help": "share of the corpus's pairs held out of training to measure held-out loss"})
     seed: int = field(default=0, metadata={"help": "seed of the held-out split, weights, batches and dropout"})
 
 
@@ -70,6 +73,9 @@ class RunConfig:
     save_dir: str = field(default=None, metadata={
         "help": "checkpoint folder (default: runs/<corpus>, or the resumed checkpoint's folder)", "type": str})
     save_every: int = field(default=500, metadata={"help": "checkpoint (and held-out evaluation) interval"})
+    best_min_heldout: int = field(default=500, metadata={
+        "help": "held-out pairs needed for best_checkpoint.tar to be the checkpoint of lowest held-out loss; with "
+                "fewer it is the latest one (the loss on a few unseen pairs does not measure progress)"})
     print_every: int = field(default=100, metadata={
         "help": "log the running loss every this many iterations (reading it waits for the device)"})
     device: str = field(default="auto", metadata={

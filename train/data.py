@@ -252,15 +252,17 @@ def short_pairs(tokenizer: BpeTokenizer, pairs: Iterable[Pair], max_length: int)
 
 
 def prepare_bpe(pairs: Sequence[Pair], max_length: int, vocab_size: int, heldout_fraction: float, seed: int,
-                name: str = "bpe", tokenizer: BpeTokenizer | None = None
+                name: str = "bpe", tokenizer: BpeTokenizer | None = None, extra: Sequence[Pair] = ()
                 ) -> tuple[BpeTokenizer, list[Pair], list[Pair]]:
-    """(byte-level BPE, training pairs, held-out pairs): hold out first, learn the BPE from the training side only
-    (unless `tokenizer` is given: a resumed run keeps its own), then keep pairs of fewer than max_length tokens.
+    """(byte-level BPE, training pairs, held-out pairs): hold out first (`extra` pairs always train), learn the BPE
+    from the training side only (unless `tokenizer` is given: a resumed run keeps its own), then keep pairs of
+    fewer than max_length tokens.
 
     No normalising or trimming: the tokenizer's own clean-up (NFC, whitespace) is all, and every text is known.
     """
-    logger.info("Read %d sentence pairs", len(pairs))
+    logger.info("Read %d sentence pairs (and %d extra training pairs)", len(pairs), len(extra))
     train, heldout = split_heldout(pairs, heldout_fraction, seed)
+    train += list(extra)
     if tokenizer is None:
         tokenizer = BpeTokenizer.train((text for pair in train for text in pair), vocab_size, name)
         logger.info("Learnt a byte-level BPE of %d tokens from %d training pairs", tokenizer.num_words, len(train))
@@ -361,13 +363,18 @@ def load_data(settings: argparse.Namespace, saved=None) -> tuple[object, list[Pa
     the training pairs; a word vocabulary is rebuilt from the corpus, as the tutorial does)."""
     resolve_data_path(settings)
     pairs = load_corpus(settings.corpus, settings.data_path, settings.language)
+    extra = load_tsv(settings.extra_pairs) if getattr(settings, "extra_pairs", None) else []
     if settings.tokenizer == "bpe":
         voc, train, heldout = prepare_bpe(pairs, settings.max_length, settings.vocab_size, settings.heldout_fraction,
                                           settings.seed, name=settings.corpus,
-                                          tokenizer=saved if getattr(saved, "kind", None) == "bpe" else None)
+                                          tokenizer=saved if getattr(saved, "kind", None) == "bpe" else None,
+                                          extra=extra)
     else:
-        voc, pairs = prepare(pairs, settings.max_length, settings.min_count, name=settings.corpus)
-        train, heldout = split_heldout(pairs, settings.heldout_fraction, settings.seed)
+        voc, prepared = prepare(pairs + extra, settings.max_length, settings.min_count, name=settings.corpus)
+        extras = set(normalize_pairs(extra))  # they train, never held out
+        train, heldout = split_heldout([p for p in prepared if p not in extras], settings.heldout_fraction,
+                                       settings.seed)
+        train += [p for p in prepared if p in extras]
     logger.info("Split: %d training pairs, %d held out", len(train), len(heldout))
     return voc, train, heldout
 

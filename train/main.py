@@ -294,16 +294,29 @@ def checkpoint(run: Run, args: argparse.Namespace, train_loss: float, heldout: l
     if not distributed.is_main():
         return
     heldout_loss = evaluate(run.encoder, run.decoder, run.voc, heldout, args.batch_size, device)
-    best = all(heldout_loss < h[2] for h in run.history)
+    best, why = serving_choice(run.history, heldout_loss, len(heldout), args.best_min_heldout)
     run.history.append([run.iteration, train_loss, heldout_loss])
     ckpt = checkpoint_dict(run, args, train_loss, heldout_loss, device)
     path = save_checkpoint(ckpt, save_dir)
-    if best:  # what make mar packs by default: later iterations may overfit
-        save_checkpoint(ckpt, save_dir, BEST)
+    if best:  # what make mar packs by default
+        save_checkpoint({**ckpt, "chosen_by": why}, save_dir, BEST)
     plot_history(run.history, save_dir / "loss.png")
     logger.info("iteration %d: train loss %.4f (perplexity %.1f), held-out loss %.4f (perplexity %.1f); saved %s%s",
                 run.iteration, train_loss, safe_exp(train_loss), heldout_loss, safe_exp(heldout_loss), path,
-                f" and {BEST} (the best held-out loss so far)" if best else "")
+                f" and {BEST}, {why}" if best else "")
+
+
+def serving_choice(history: Sequence[Sequence[float]], heldout_loss: float, heldout_pairs: int,
+                   min_pairs: int) -> tuple[bool, str]:
+    """(whether this checkpoint becomes best_checkpoint.tar, why). The lowest held-out loss picks it where the
+    held-out set is large enough to measure progress (Cornell: thousands of pairs; its loss bottoms out before
+    the last iteration); on a small corpus (the demo's 31 unseen chatterbot questions) held-out loss only rises
+    as the bot learns its corpus, so the latest checkpoint is served."""
+    if heldout_pairs >= min_pairs:
+        lowest = all(heldout_loss < h[2] for h in history)
+        return lowest, f"the lowest held-out loss so far ({heldout_pairs} held-out pairs)"
+    return True, (f"the latest checkpoint: {heldout_pairs} held-out pairs are fewer than --best-min-heldout "
+                  f"{min_pairs}, too few for held-out loss to choose")
 
 
 def safe_exp(x: float) -> float:

@@ -1,7 +1,8 @@
 """Where training writes its checkpoints, and how every tool finds one (make mar, chat, soak, benchmarks).
 
 train.main writes runs/<name>/{iteration}_checkpoint.tar every --save-every iterations and
-best_checkpoint.tar whenever the held-out loss is the lowest so far.
+best_checkpoint.tar, the one to serve: the lowest held-out loss so far where the held-out set is large
+enough to measure progress (--best-min-heldout), else the latest (train.main.serving_choice).
 """
 from __future__ import annotations
 
