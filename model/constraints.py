@@ -152,15 +152,23 @@ class BatchMask:
     def __init__(self, rules: ReplyRules, min_lengths: Sequence[int], max_lengths: Sequence[int],
                  device: torch.device | str = "cpu"):
         self.rules = rules
-        self.states = rules.start(len(min_lengths), device)  # (B,)
-        self.min_lengths = torch.tensor(list(min_lengths), device=device)  # (B,)
-        self.max_lengths = torch.tensor(list(max_lengths), device=device)  # (B,)
         self.longest_min = max(min_lengths)
+        # A word vocabulary with one min_length for every row (the usual batch) needs no per-row tensor: each step
+        # is one fill of PAD and SOS (and of EOS before min_length), which keeps the rules' cost out of sight
+        self.per_row = rules.allowed is not None or min(min_lengths) != self.longest_min
+        self.never = rules.never.to(device)
+        if self.per_row:
+            self.states = rules.start(len(min_lengths), device)  # (B,)
+            self.min_lengths = torch.tensor(list(min_lengths), device=device)  # (B,)
+            self.max_lengths = torch.tensor(list(max_lengths), device=device)  # (B,)
 
     def __call__(self, logits: torch.Tensor, rows: torch.Tensor, length: int) -> torch.Tensor:
         """logits (n, V) of batch rows `rows` (n,), masked in place for their token number `length`."""
-        if self.rules.allowed is None and length >= self.longest_min:  # words, past min_length: PAD and SOS only
-            return logits.index_fill_(1, self.rules.never.to(logits.device), float("-inf"))
+        if not self.per_row:
+            logits.index_fill_(1, self.never, float("-inf"))
+            if length < self.longest_min:
+                logits.select(1, EOS_token).fill_(float("-inf"))
+            return logits
         return self.rules.mask(logits, self.states[rows], length, self.min_lengths[rows], self.max_lengths[rows],
                                self.longest_min)
 

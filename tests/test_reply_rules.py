@@ -151,3 +151,13 @@ def test_the_utf8_automaton_accepts_exactly_what_pythons_decoder_does(data):
     except UnicodeDecodeError:
         whole = False
     assert (state in (BOUNDARY, START)) == whole
+
+
+def test_a_word_batch_of_different_min_lengths_gives_each_request_its_own():
+    """Greedy batches of one min_length take the word fast path (no per-row tensors); mixed ones the per-row path:
+    each reply holds its request's min_length and equals the reply alone."""
+    bot = word_bot_that_wants_to_stop()  # EOS first whenever allowed: each reply is exactly min_length long
+    options = [DecodeOptions(max_length=10, min_length=n) for n in (1, 3, 6, 3)]
+    together = bot.reply_batch(["hello there"] * 4, options)
+    assert [len(r.text.split()) for r in together] == [1, 3, 6, 3]
+    assert [r.text for r in together] == [bot.reply("hello there", o).text for o in options]

@@ -264,3 +264,36 @@ def test_extra_pairs_always_train_and_are_never_held_out(tmp_path):
     voc, train, heldout = load_data(settings)
     assert {("zorblax hello", "quuxly hi"), ("zorblax bye", "quuxly bye")} <= set(train)
     assert not any("zorblax" in q for q, _ in heldout) and "quuxly" in voc.word2index
+
+
+def test_extra_pairs_that_preparation_drops_are_named_in_a_warning(tmp_path, caplog):
+    """The tutorial's filter keeps sides of fewer than max_length words: a longer line written to be learnt must
+    not vanish silently (punctuation counts: 'my name is seq. i am a chatbot.' is 10 tokens)."""
+    from argparse import Namespace
+
+    from train.data import load_data
+
+    extra = tmp_path / "smalltalk.tsv"
+    extra.write_text("zorblax hello\tquuxly hi\nzorblax name\tmy name is seq. i am a chatbot.\n", encoding="utf-8")
+    settings = Namespace(corpus="chatterbot", data_path=None, language="english", tokenizer="word", vocab_size=0,
+                         min_count=1, heldout_fraction=0.05, seed=0, max_length=10, extra_pairs=str(extra))
+    with caplog.at_level("WARNING", logger="train.data"):
+        _, train, _ = load_data(settings)
+    assert ("zorblax hello", "quuxly hi") in train
+    assert f"1 of the 2 pairs of {extra} are not trained on: a side has 10 tokens or more" in caplog.text
+
+
+def test_the_bundled_small_talk_is_trained_on_whole(caplog):
+    """Every line of train/smalltalk/<language>.tsv survives the demo recipe's preparation."""
+    from argparse import Namespace
+
+    from train.data import load_data
+
+    for language, tokenizer, max_length in (("english", "word", 10), ("chinese", "bpe", 24)):
+        settings = Namespace(corpus="chatterbot", data_path=None, language=language, tokenizer=tokenizer,
+                             vocab_size=2000, min_count=1, heldout_fraction=0.05, seed=0, max_length=max_length,
+                             extra_pairs=str(Path(__file__).resolve().parent.parent / "train" / "smalltalk" /
+                                             f"{language}.tsv"))
+        with caplog.at_level("WARNING", logger="train.data"):
+            load_data(settings)
+    assert "not trained on" not in caplog.text

@@ -369,12 +369,17 @@ def load_data(settings: argparse.Namespace, saved=None) -> tuple[object, list[Pa
                                           settings.seed, name=settings.corpus,
                                           tokenizer=saved if getattr(saved, "kind", None) == "bpe" else None,
                                           extra=extra)
+        wanted = set(extra)
     else:
         voc, prepared = prepare(pairs + extra, settings.max_length, settings.min_count, name=settings.corpus)
-        extras = set(normalize_pairs(extra))  # they train, never held out
-        train, heldout = split_heldout([p for p in prepared if p not in extras], settings.heldout_fraction,
+        wanted = set(normalize_pairs(extra))  # they train, never held out
+        train, heldout = split_heldout([p for p in prepared if p not in wanted], settings.heldout_fraction,
                                        settings.seed)
-        train += [p for p in prepared if p in extras]
+        train += [p for p in prepared if p in wanted]
+    if wanted - set(train):  # written to be learnt: say so when preparation dropped some
+        logger.warning("%d of the %d pairs of %s are not trained on: a side has %d tokens or more (or a rare word "
+                       "was trimmed); shorten them", len(wanted - set(train)), len(wanted), settings.extra_pairs,
+                       settings.max_length)
     logger.info("Split: %d training pairs, %d held out", len(train), len(heldout))
     return voc, train, heldout
 
