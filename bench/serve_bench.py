@@ -11,10 +11,12 @@ stopped) with the same config.properties, worker count and batching settings:
   greedy   the batched server, every request JSON with no decoding field (greedy)
   beam5    the batched server, every request JSON with {"beam_size": 5}
   sample   the batched server, every request JSON with {"temperature": 0.8, "top_p": 0.9, "seed": 1}
+  openai   the batched server, every request a Chat Completions body on the OpenAI route (greedy, as greedy's);
+           then, one client at a time, streamed requests timed to their first token (TTFT)
 The decoding scenarios (greedy, beam5, sample) send the same prompts as the same JSON, so their ratios
-compare decoding alone, not JSON against raw text. Each server first serves --server-warmup-seconds of
-all its scenarios' requests, uncounted: the frontend's JVM compiles its hot paths in the first seconds,
-which would otherwise count against whichever scenario comes first.
+compare decoding alone, not JSON against raw text; openai against greedy compares the routes alone.
+Each server first serves --server-warmup-seconds of all its scenarios' requests, uncounted: the frontend's JVM
+compiles its hot paths in the first seconds, which would otherwise count against whichever scenario comes first.
 For each number of concurrent clients, every client thread posts prompts back to back over its
 own keep-alive requests.Session (harness.load.run_load) for --warmup-seconds (not counted), then
 --seconds (counted).
@@ -37,10 +39,15 @@ The last lines are the headline ratios, all from this one run:
   beam5_vs_greedy_c16      beam5 / greedy requests per second at 16 clients
   beam5_p50_vs_greedy_c1   beam5 / greedy median latency with one client
   sample_vs_greedy_c16     sample / greedy requests per second at 16 clients
+  openai_vs_json_c16       openai / greedy requests per second at 16 clients (the OpenAI route / the JSON API)
+  openai_p50_ms_c1         the OpenAI route's median latency with one client, non-streamed (ms)
+  openai_ttft_p50_ms_c1    median time to the first token of a streamed request, one client (ms)
 """
 from __future__ import annotations
 
 import argparse
+import itertools
+import json
 import logging
 import os
 import platform
@@ -55,6 +62,7 @@ from pathlib import Path
 
 import numpy as np
 import psutil
+import requests
 import torch
 import yaml
 
@@ -79,7 +87,8 @@ from train.runs import add_checkpoint_flags, add_data_path_flag
 
 logger = logging.getLogger("serve_bench")
 
-SCENARIOS = ("echo", "batch1", "batched", "greedy", "beam5", "sample")
+SCENARIOS = ("echo", "batch1", "batched", "greedy", "beam5", "sample", "openai")
+ON_BATCHED = (*DECODING_FIELDS, "openai")  # measured on the batched scenario's server, in turn
 ECHO_CONFIG = REPO / "bench" / "echo-config.yaml"
 ECHO_HANDLER = REPO / "bench" / "echo_handler.py"
 TEXT_HEADERS = {"Content-Type": "text/plain; charset=utf-8"}
@@ -200,6 +209,43 @@ def scenario_cases(expected: dict[str, str], fields: dict | None) -> list[Case]:
                  {"json": {"text": prompt, **fields}}, reply=reply) for prompt, reply in expected.items()]
 
 
+def chat_cases(expected: dict[str, str], stream: bool = False) -> list[Case]:
+    """One Chat Completions Case per prompt (the OpenAI route), whose reply must be expected[prompt]."""
+    return [Case(prompt, {"json": {"model": MODEL_NAME, "messages": [{"role": "user", "content": prompt}],
+                                   "stream": stream}}, reply=reply) for prompt, reply in expected.items()]
+
+
+def scenario_url(server: TorchServe, name: str) -> str:
+    """Where a scenario's requests go: the OpenAI route for openai, else the JSON and text API."""
+    return f"{server.openai_url}/chat/completions" if name == "openai" else server.predictions_url
+
+
+def first_token(session: requests.Session, url: str, case: Case) -> tuple[float, bool]:
+    """(ms to the first chunk with content, whether the deltas joined are case.reply) of one streamed request."""
+    start, first, deltas = time.monotonic(), None, []
+    with session.post(url, stream=True, timeout=REQUEST_TIMEOUT_S, **case.request) as response:
+        for line in response.iter_lines():
+            if line.startswith(b"data: {"):
+                delta = json.loads(line[6:])["choices"][0]["delta"].get("content") if b'"choices": [{' in line else ""
+                if delta and first is None:
+                    first = time.monotonic()
+                deltas.append(delta or "")
+    return 1000 * ((first or time.monotonic()) - start), "".join(deltas) == case.reply
+
+
+def time_to_first_token(url: str, cases: Sequence[Case], seconds: float) -> tuple[list[float], int]:
+    """(ms to the first token of each streamed request, mismatches): one client, back to back, for `seconds`."""
+    times, mismatches, deadline = [], 0, time.monotonic() + seconds
+    with requests.Session() as session:
+        for case in itertools.cycle(cases):
+            if time.monotonic() > deadline:
+                break
+            ms, right = first_token(session, url, case)
+            times.append(ms)
+            mismatches += not right
+    return times, mismatches
+
+
 def measure(scenario: str, url: str, cases: Sequence[Case], clients: int, args: argparse.Namespace) -> Level:
     """harness.load.run_load of `cases` with `clients` clients; count the requests started after the warm-up and
     finished in time: 200 replies (right or wrong), errors (any other status, or no answer), mismatches (a wrong
@@ -234,24 +280,28 @@ def run_scenario(scenario: str, workload: Workload, args: argparse.Namespace, wo
     overrides["default_workers_per_model"] = str(args.workers)
     with start_torchserve(workdir / "server", store, config_overrides=overrides) as server:
         wait_until_ready(server, args.workers)  # the launcher waits for one
-        cases = {name: scenario_cases(workload.expected_by_scenario.get(name, expected), DECODING_FIELDS.get(name))
+        cases = {name: chat_cases(expected) if name == "openai" else
+                 scenario_cases(workload.expected_by_scenario.get(name, expected), DECODING_FIELDS.get(name))
                  for name in (scenario, *decoding)}
-        warm_up(server.predictions_url, list(cases.values()), max(args.concurrency), args.server_warmup_seconds)
+        urls = {name: scenario_url(server, name) for name in cases}
+        warm_up([(urls[name], cases[name]) for name in cases], max(args.concurrency), args.server_warmup_seconds)
         levels = []
         for turn in range(args.rounds):  # rounds interleave the scenarios: a warming server favours none of them
             for name in cases:
                 for clients in args.concurrency:
-                    levels.append(measure(name, server.predictions_url, cases[name], clients, args))
+                    levels.append(measure(name, urls[name], cases[name], clients, args))
                     levels[-1].round = turn
                     logger.info("%s", row(levels[-1]))
+        if "openai" in cases:
+            args.ttft = time_to_first_token(urls["openai"], chat_cases(expected, stream=True), args.seconds)
         return levels, worker_rss_mb(server)
 
 
-def warm_up(url: str, cases: Sequence[Sequence[Case]], clients: int, seconds: float) -> None:
-    """Send every scenario's requests (cases: one list per scenario) in turn for `seconds` in all, uncounted (the
-    JVM's JIT warm-up)."""
-    for one_scenario in cases:
-        run_load(url, one_scenario, clients, seconds / len(cases))
+def warm_up(targets: Sequence[tuple[str, Sequence[Case]]], clients: int, seconds: float) -> None:
+    """Send every scenario's requests (targets: its URL and cases) in turn for `seconds` in all, uncounted (the
+    frontend's JVM compiles its hot paths in the first seconds)."""
+    for url, cases in targets:
+        run_load(url, cases, clients, seconds / len(targets))
 
 
 def pooled(levels: Sequence[Level]) -> list[Level]:
@@ -360,7 +410,7 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     add_data_path_flag(p)
     p.add_argument("--prompts", type=int, default=300, help="distinct prompts to cycle through (default: 300)")
     p.add_argument("--scenarios", nargs="+", choices=SCENARIOS, default=list(SCENARIOS),
-                   help="what to serve (default: all; greedy, beam5 and sample need batched)")
+                   help="what to serve (default: all; greedy, beam5, sample and openai need batched)")
     p.add_argument("--concurrency", type=int, nargs="+", default=[1, 4, 16, 64],
                    help="numbers of concurrent clients (default: 1 4 16 64)")
     p.add_argument("--seconds", type=float, default=5.0, help="counted seconds per concurrency (default: 5)")
@@ -418,6 +468,8 @@ def report(levels: Sequence[Level], rss: dict[str, list[float]], workload: Workl
                 ("sample_vs_greedy_c16", "sample", "greedy", 16, throughput)]
     if not any(lv.scenario in ("beam5", "sample") for lv in levels):
         decoding = []
+    if any(lv.scenario == "openai" for lv in levels):
+        decoding.append(("openai_vs_json_c16", "openai", "greedy", 16, throughput))
     print("\nper round (the headline is the median): " + "; ".join(
         f"{name} {' '.join(f'{x:.2f}' for x in round_ratios(levels, *rest))}" for name, *rest in serving + decoding))
     print()
@@ -426,12 +478,19 @@ def report(levels: Sequence[Level], rss: dict[str, list[float]], workload: Workl
     print(f"p50_ms_c1: {c1.percentile(50):.1f}" if c1 else "p50_ms_c1: n/a")
     for name, *rest in decoding:
         print(f"{name}: {ratio(levels, *rest)}")
+    openai_c1 = find(pooled(levels), "openai", 1)
+    if openai_c1 and getattr(args, "ttft", None):
+        times, mismatches = args.ttft
+        print(f"openai_streamed_requests_c1: {len(times)} ({mismatches} whose deltas did not join to the reply)")
+        print(f"openai_p50_ms_c1: {openai_c1.percentile(50):.1f}")
+        print(f"openai_ttft_p50_ms_c1: {np.percentile(times, 50):.1f}")
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
-    if set(DECODING_FIELDS) & set(args.scenarios) and "batched" not in args.scenarios:
-        print("error: the greedy, beam5 and sample scenarios run on the batched server: add batched", file=sys.stderr)
+    if set(ON_BATCHED) & set(args.scenarios) and "batched" not in args.scenarios:
+        print("error: the greedy, beam5, sample and openai scenarios run on the batched server: add batched",
+              file=sys.stderr)
         return 2
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
     args.load_before = ", ".join(f"{x:.2f}" for x in os.getloadavg())  # this run's own load comes after
@@ -447,7 +506,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             if tables:
                 sizes += f" (+ {tables:.1f} MB of gate tables, built at load)"
         levels, rss = [], {}
-        decoding = [s for s in args.scenarios if s in DECODING_FIELDS]
+        decoding = [s for s in args.scenarios if s in ON_BATCHED]
         for scenario in [s for s in args.scenarios if s not in decoding]:
             logger.info("scenario %s", scenario)
             scenario_levels, rss[scenario] = run_scenario(scenario, workload, args, Path(tmp),

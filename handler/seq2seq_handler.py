@@ -13,8 +13,13 @@ Wire format (one HTTP request = one entry of the batch):
        (truncated: the text was cut to the model's max_length tokens; unknown_words is always
        empty for a byte-level BPE model, which knows every text)
        (+ "replies": [{"reply", "score"}, ...] when num_replies > 1); the options are
-       model/decoding.py's OPTIONS (max_length, beam_size, num_replies, temperature, top_k,
-       top_p, seed, no_repeat_ngram_size); raw-text requests get the model-config's defaults
+       model/schema.py's OPTIONS (max_length, beam_size, num_replies, temperature, top_k,
+       top_p, seed, no_repeat_ngram_size, min_length); raw-text requests get the model-config's defaults
+
+  OpenAI Chat Completions: POST /predictions/<model>/<version>/v1/chat/completions (TorchServe passes the path
+  after the version in the header url_path), and GET .../v1/models: openai_api.py; "stream": true answers
+  text/event-stream, each token sent as it is decoded (send_intermediate_predict_response) in the same batched
+  search as the rest of the batch.
 
   A text body is read in its Content-Type's charset (default UTF-8; a leading BOM is dropped).
   A rejected request gets its own status and an application/json body
@@ -51,6 +56,7 @@ from http import HTTPStatus
 from typing import Any, Union
 
 import torch
+from ts.handler_utils.utils import send_intermediate_predict_response
 from ts.metrics.metric_type_enum import MetricTypes
 from ts.torch_handler.base_handler import BaseHandler
 
@@ -59,26 +65,35 @@ _HERE = os.path.dirname(os.path.abspath(__file__))
 if _HERE not in sys.path:
     sys.path.insert(0, _HERE)
 
+import openai_api  # noqa: E402
 from wire import (  # noqa: E402
     BODY_FIELDS,
+    FORM_TYPES,
     JSON_TYPE,
     TEXT_TYPE,
+    Answered,
     BadRequest,
     ChatRequest,
     ErrorKind,
     internal_error,
+    load_json,
+    media_type,
     parse_body,
+    to_text,
 )
 
 import model  # noqa: E402
 from model import CheckpointError, NoKnownWordsError, load_chatbot  # noqa: E402
 from model.checkpoint import quantize_mode  # noqa: E402
 from model.schema import InvalidOption, Reply, options_from_config, parse_options  # noqa: E402
+from model.voc import EOS_token  # noqa: E402
 
 logger = logging.getLogger(__name__)
 
-# What each stage hands the next, per request: the request (with its Reply once decoded) or why it has none
-Outcome = Union[ChatRequest, BadRequest]
+# What each stage hands the next, per request: the request (with its Reply once decoded), why it has none, or a
+# response known without decoding
+Outcome = Union[ChatRequest, BadRequest, Answered]
+ROUTES = ("", openai_api.CHAT_PATH, openai_api.MODELS_PATH)  # the url_path values this handler answers
 
 # Custom metrics: name -> type. They must also be declared in handler/metrics.yaml,
 # with dimensions [ModelName] (+ [Reason] for bad requests, [le] for buckets), or TorchServe drops them.
@@ -124,6 +139,12 @@ def request_header(context, idx: int, name: str) -> str:
     return ""
 
 
+def request_path(context, idx: int) -> str:
+    """The path after /predictions/{model}/{version}/ of request idx ('' for /predictions/{model}): TorchServe's
+    frontend sets the header url_path (first empty, then the path; the last value is the one kept)."""
+    return request_header(context, idx, "url_path").strip("/")
+
+
 def find_body(context, idx: int, row: dict) -> tuple[Any, str]:
     """(body as the worker decoded it: bytes, str, parsed JSON or None; its Content-Type) of request `idx`.
 
@@ -138,6 +159,17 @@ def find_body(context, idx: int, row: dict) -> tuple[Any, str]:
             part_type = header.get("content-type") if isinstance(header, dict) else None
             return row[name], (request_header(context, idx, "content-type") if name == "body" else "") or part_type
     return None, request_header(context, idx, "content-type")
+
+
+def input_headers(encoded: Any) -> dict:
+    """X-Unknown-Words (the dropped words, comma-separated) and X-Truncated: true, when they apply to the encoded
+    text (model.voc.Encoded)."""
+    headers = {}
+    if encoded.unknown_words:
+        headers["X-Unknown-Words"] = ",".join(encoded.unknown_words)
+    if encoded.truncated:
+        headers["X-Truncated"] = "true"
+    return headers
 
 
 def log_failure(what: str, error: Exception, level: int = logging.ERROR) -> None:
@@ -228,21 +260,52 @@ class Seq2seqHandler(BaseHandler):
             context.metrics.add_time("HandlerTime", round((time.time() - start) * 1000, 2), None, "ms")
 
     def preprocess(self, data: list[dict]) -> list[Outcome]:
-        """A ChatRequest (text, reply format, token ids) or the BadRequest that rejects it, per batch entry."""
+        """A ChatRequest (text, reply format, token ids), the BadRequest that rejects it or an Answered response,
+        per batch entry; each request's route (its url_path) is kept for its response."""
+        self.paths = [guarded("reading the path", idx, lambda idx=idx: request_path(self.context, idx))
+                      for idx in range(len(data))]
+        self.streams = {}  # batch index -> the Streamed reply of a request with "stream": true
         return [guarded("reading the request", idx, lambda idx=idx, row=row: self.read_request(idx, row))
                 for idx, row in enumerate(data)]
 
-    def read_request(self, idx: int, row: dict) -> ChatRequest:
-        """Parse, check the decoding options of and encode request `idx`; raises BadRequest, InvalidOption or
-        NoKnownWordsError."""
-        request = parse_body(*find_body(self.context, idx, row), self.max_chars)
-        request.options = parse_options(request.option_values, self.defaults, self.limits)
-        logger.debug("request %d (%s): %r", idx, "json" if request.as_json else "raw", request.text)
+    def read_request(self, idx: int, row: dict) -> ChatRequest | Answered:
+        """Parse, check the decoding options of and encode request `idx`, by its route; raises BadRequest,
+        InvalidOption or NoKnownWordsError."""
+        path = self.paths[idx]
+        if isinstance(path, BadRequest) or path not in ROUTES:
+            raise BadRequest(ErrorKind.NOT_FOUND, f"no route {str(path)[:80]!r} after the model's version: this model "
+                             f"answers /predictions/{self.context.model_name} (its JSON and text API) and "
+                             f".../v1/chat/completions, .../v1/models (OpenAI's API)")
+        if path == openai_api.MODELS_PATH:
+            return Answered(json.dumps(openai_api.models_body(self.context.model_name)) + "\n")
+        if path == openai_api.CHAT_PATH:
+            request = self.read_chat(*find_body(self.context, idx, row))
+        else:
+            request = parse_body(*find_body(self.context, idx, row), self.max_chars)
+            request.options = parse_options(request.option_values, self.defaults, self.limits)
+        logger.debug("request %d (%s): %r", idx, path or ("json" if request.as_json else "raw"), request.text)
         request.encoded = self.chatbot.encode(request.text)
+        return request
+
+    def read_chat(self, body: Any, content_type: str) -> ChatRequest:
+        """A Chat Completions request: JSON whatever its Content-Type (the SDKs send application/json); its
+        options' errors name the OpenAI field (n, not num_replies)."""
+        if isinstance(body, (bytes, bytearray, str)):
+            body = load_json(to_text(body, {}))
+        elif body is None and media_type(content_type)[0] in FORM_TYPES:  # curl -d without a Content-Type
+            raise BadRequest(ErrorKind.UNSUPPORTED_MEDIA_TYPE, "the body was sent as a form: send the Chat "
+                             "Completions JSON with -H 'Content-Type: application/json'")
+        request = openai_api.parse_chat(body, self.max_chars, self.context.model_name)
+        try:
+            request.options = parse_options(request.option_values, self.defaults, self.limits)
+        except InvalidOption as e:
+            param = openai_api.option_param(e.field)
+            raise openai_api.invalid(param, str(e).split(": ", 1)[-1]) from None
         return request
 
     def inference(self, requests: list[Outcome], *args, **kwargs) -> list[Outcome]:
         """Decode every usable request in ONE batched call: each gets its Reply, or the error that replaces it."""
+        self.start_streams(requests)
         good = [idx for idx, r in enumerate(requests) if isinstance(r, ChatRequest)]
         if not good:
             return requests
@@ -266,14 +329,19 @@ class Seq2seqHandler(BaseHandler):
                 outcomes[idx] = reply
         return outcomes
 
-    def decode(self, batch: list[ChatRequest]) -> list[Reply]:
-        """Each request's Reply: one batched search per decoding mode."""
-        return self.chatbot.answer([r.encoded for r in batch], [r.options for r in batch])
+    def decode(self, batch: list[ChatRequest], indices: list[int] | None = None) -> list[Reply]:
+        """Each request's Reply: one batched search per decoding mode. indices: the batch's request indices, to
+        stream the tokens of streamed requests as they are chosen (None: nothing is streamed)."""
+        on_token = None
+        if indices is not None and any(idx in self.streams for idx in indices):
+            on_token = lambda i, token: self.stream_token(indices[i], token)  # noqa: E731
+        return self.chatbot.answer([r.encoded for r in batch], [r.options for r in batch], on_token)
 
     def decode_batch(self, batch: list[ChatRequest], indices: list[int]) -> list[Reply | BadRequest]:
-        """Replies for the batch in one call; if that call raises, each request alone, so only a bad one fails."""
+        """Replies for the batch in one call; if that call raises, each request alone, so only a bad one fails
+        (streaming nothing more: a streamed reply's rest is sent when it is known, or its error)."""
         try:
-            return self.decode(batch)
+            return self.decode(batch, indices)
         except Exception as e:
             # WARNING: the request that fails alone is logged at ERROR below; the others get their replies
             log_failure(f"batched decode of {len(batch)} requests failed, decoding them one by one", e,
@@ -281,6 +349,62 @@ class Seq2seqHandler(BaseHandler):
             self.observe("seq2seq_decode_fallbacks_total", 1)
         return [guarded("decoding the reply", idx, lambda request=request: self.decode([request])[0])
                 for idx, request in zip(indices, batch)]
+
+    def start_streams(self, requests: list[Outcome]) -> None:
+        """Open the event stream of every usable request with "stream": true (one that cannot be opened gets its
+        error instead)."""
+        for idx, request in enumerate(requests):
+            if isinstance(request, ChatRequest) and request.completion is not None and request.completion.stream:
+                started = guarded("starting its stream", idx, lambda idx=idx, r=request: self.start_stream(idx, r))
+                if isinstance(started, openai_api.Streamed):
+                    self.streams[idx] = started
+                else:
+                    requests[idx] = started
+
+    def start_stream(self, idx: int, request: ChatRequest) -> openai_api.Streamed:
+        """Open request idx's event stream: status 200, the text/event-stream type and each choice's role chunk."""
+        # the headers go out with the first piece: what the input lost is known before decoding
+        self.set_response(idx, 200, openai_api.EVENT_STREAM, {"Cache-Control": "no-cache",
+                                                              **input_headers(request.encoded)})
+        streamed = openai_api.Streamed(request.completion, self.chatbot.stream())
+        self.send(idx, "".join(openai_api.chunk(request.completion, i, {"role": "assistant", "content": ""})
+                               for i in range(request.options.num_replies)))
+        return streamed
+
+    def stream_token(self, idx: int, token: int) -> None:
+        """Send the text one more token of request idx adds, if it completes any. Never raises: a stream that cannot
+        be sent to stops streaming, and its request alone gets an error at the end."""
+        streamed = self.streams.get(idx)
+        if not isinstance(streamed, openai_api.Streamed) or streamed.failed:
+            return
+        try:
+            delta = streamed.text.push(token)
+            if delta:
+                self.send(idx, openai_api.chunk(streamed.completion, 0, {"content": delta}))
+        except Exception as e:
+            log_failure(f"request {idx} failed while streaming a token", e)
+            streamed.failed = True
+
+    def send(self, idx: int, body: str) -> None:
+        """One intermediate response (a piece of request idx's chunked HTTP response), sent now."""
+        send_intermediate_predict_response({idx: body}, {idx: self.context.get_request_id(idx)},
+                                           "Intermediate Prediction success", 200, self.context)
+
+    def stream_end(self, idx: int, request: ChatRequest, reply: Reply) -> str:
+        """The last piece of a streamed reply: the text not streamed yet (all of it for beams and n > 1, one chunk
+        per token), each choice's finish chunk, the usage chunk if asked for, and [DONE]."""
+        streamed, completion, pieces = self.streams[idx], request.completion, []
+        if streamed.failed:
+            raise RuntimeError("the stream failed")
+        for i, ((text, _), ids) in enumerate(zip(reply.replies, reply.token_ids)):
+            stream = streamed.text if i == 0 and streamed.text.ids else self.chatbot.stream()
+            deltas = [] if stream is streamed.text else [stream.push(token) for token in ids]
+            deltas.append(stream.finish(text))
+            pieces += [openai_api.chunk(completion, i, {"content": d}) for d in deltas if d]
+            pieces.append(openai_api.chunk(completion, i, {}, openai_api.finish_reason(ids, EOS_token)))
+        if completion.include_usage:
+            pieces.append(openai_api.usage_chunk(completion, reply))
+        return "".join(pieces) + openai_api.DONE
 
     def postprocess(self, outcomes: list[Outcome]) -> list[str]:
         """One response body (a line of text or JSON) per request; status and headers set per request index."""
@@ -292,6 +416,9 @@ class Seq2seqHandler(BaseHandler):
         try:
             if isinstance(outcome, ChatRequest) and outcome.reply is not None:
                 return self.reply_body(idx, outcome, outcome.reply).encode("utf-8", "replace").decode("utf-8")
+            if isinstance(outcome, Answered):
+                self.set_response(idx, outcome.status, outcome.content_type, {})
+                return outcome.body
         except Exception as e:
             log_failure(f"request {idx} failed while writing its reply", e)
             outcome = internal_error("writing the reply")
@@ -303,22 +430,35 @@ class Seq2seqHandler(BaseHandler):
     def reply_body(self, idx: int, request: ChatRequest, reply: Reply) -> str:
         """Status 200 and the reply: a line of text (unknown words in a header) or JSON."""
         self.observe("seq2seq_unknown_words_total", len(reply.unknown_words))
-        headers = {}
-        if not request.as_json and reply.unknown_words:
-            headers["X-Unknown-Words"] = ",".join(reply.unknown_words)
-        if not request.as_json and reply.truncated:
-            headers["X-Truncated"] = "true"
+        # the JSON API's body says these; the text and OpenAI routes' headers do
+        headers = {} if request.as_json else input_headers(request.encoded)
+        if request.completion is not None:  # the OpenAI route: a chat.completion, or a stream's last events
+            self.set_response(idx, 200, openai_api.EVENT_STREAM if idx in self.streams else JSON_TYPE, headers)
+            if idx in self.streams:
+                return self.stream_end(idx, request, reply)
+            body = openai_api.completion_body(request.completion, reply, EOS_token)
+            return json.dumps(body, ensure_ascii=False) + "\n"
         self.set_response(idx, 200, JSON_TYPE if request.as_json else TEXT_TYPE, headers)
         if request.as_json:  # UTF-8 as it is (a Chinese reply reads as Chinese); respond() made it encodable
             return json.dumps(reply.body(), ensure_ascii=False) + "\n"
         return reply.text + "\n"  # a line, so `curl -T hello.txt` leaves the prompt on the next line
 
     def error_body(self, idx: int, error: BadRequest) -> str:
-        """The error's status and JSON body for request idx (headers a stage may have set are dropped)."""
-        self.set_response(idx, error.kind.status, JSON_TYPE, {}, drop=("X-Unknown-Words", "X-Truncated"))
+        """The error's status and JSON body for request idx (headers a stage may have set are dropped), in the
+        OpenAI route's shape on that route; a stream already begun (status 200 sent) ends with an error event."""
         self.observe("seq2seq_bad_requests_total", 1, error.kind.type_name)
         self.observe("seq2seq_unknown_words_total", len(error.unknown_words))
+        if idx in getattr(self, "streams", {}):
+            return openai_api.event(openai_api.error_body(error)) + openai_api.DONE
+        self.set_response(idx, error.kind.status, JSON_TYPE, {}, drop=("X-Unknown-Words", "X-Truncated"))
+        if self.route(idx).startswith("v1/"):
+            return json.dumps(openai_api.error_body(error)) + "\n"
         return json.dumps(error.body()) + "\n"
+
+    def route(self, idx: int) -> str:
+        """Request idx's url_path ('' when unknown)."""
+        paths = getattr(self, "paths", [])
+        return paths[idx] if idx < len(paths) and isinstance(paths[idx], str) else ""
 
     def set_response(self, idx: int, status: int, content_type: str, headers: dict, drop: tuple = ()) -> None:
         """Status, Content-Type and headers of HTTP request idx. Under TorchServe's KServe envelope a batch entry

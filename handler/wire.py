@@ -29,6 +29,7 @@ class ErrorKind(Enum):
     MALFORMED_JSON = ("MalformedJSON", 400)
     MISSING_TEXT = ("MissingText", 400)
     INVALID_OPTION = ("InvalidOption", 400)
+    NOT_FOUND = ("NotFound", 404)  # a path after the model version that names no route
     INPUT_TOO_LONG = ("InputTooLong", 413)
     UNSUPPORTED_MEDIA_TYPE = ("UnsupportedMediaType", 415)
     NO_KNOWN_WORDS = ("NoKnownWords", 422)
@@ -72,6 +73,16 @@ class ChatRequest:
     options: Any = None  # model.schema.DecodeOptions
     encoded: Any = None  # model.voc.Encoded: token ids, dropped unknown words, whether the text was cut
     reply: Any = None  # model.schema.Reply
+    completion: Any = None  # openai_api.Completion when it came by the OpenAI route
+
+
+@dataclass
+class Answered:
+    """A request answered without decoding (the OpenAI route's model list): its status, Content-Type and body."""
+
+    body: str
+    content_type: str = JSON_TYPE
+    status: int = 200
 
 
 def media_type(value: str | None) -> tuple[str, dict]:

@@ -10,12 +10,15 @@ environment; every reply to a fixed prompt set (raw text, JSON, and the decoding
 compared with what this runtime's Chatbot gives for it. Exit status 0 when every reply agrees.
 A byte-level BPE model (tokens from `tokenizers`, which requirements-image.txt adds, as
 docker/Dockerfile's runtime stage does) is served the same way in the default weight mode, on
-prompts in several languages: `agreement_bpe_int8`.
-Last lines: `agreement_<mode>: N/M` per weight mode.
+prompts in several languages: `agreement_bpe_int8`. Each prompt is also asked on the OpenAI-compatible route
+with "stream": true (TorchServe 0.12's intermediate responses from the image's Python): its deltas must join to
+the raw-text reply.
+Last lines: `agreement_<mode>: N/M` per weight mode, then `openai_stream_<mode>: N/M`.
 """
 from __future__ import annotations
 
 import argparse
+import json
 import subprocess
 import sys
 import tempfile
@@ -24,7 +27,7 @@ from pathlib import Path
 import requests
 import yaml
 
-from harness.launcher import REPO, build_mar, start_torchserve
+from harness.launcher import MODEL_NAME, REPO, build_mar, start_torchserve
 from harness.tiny import make_tiny_bpe_checkpoint, make_tiny_checkpoint
 from model import Chatbot, load_chatbot
 from model.schema import parse_options
@@ -78,16 +81,32 @@ def served_replies(url: str, cases: list) -> list[tuple[str, list]]:
     return got
 
 
+def streamed_replies(base_url: str, prompts: list[str]) -> list[str]:
+    """The deltas of a streamed Chat Completion (the served defaults) joined, per prompt."""
+    joined = []
+    with requests.Session() as session:
+        for prompt in prompts:
+            body = {"model": MODEL_NAME, "messages": [{"role": "user", "content": prompt}], "stream": True}
+            text = session.post(f"{base_url}/chat/completions", json=body, timeout=60).content.decode("utf-8")
+            events = [json.loads(line[6:]) for line in text.split("\n\n") if line.startswith("data: {")]
+            joined.append("".join(e["choices"][0]["delta"].get("content", "") for e in events if e.get("choices")))
+    return joined
+
+
 def check_mode(name: str, quantize, checkpoint: Path, python: Path, workdir: Path,
-               prompts: list[str] = PROMPTS) -> tuple[int, int, list]:
-    """(agreeing, total, the first disagreements) for one weight mode."""
+               prompts: list[str] = PROMPTS) -> tuple[int, int, list, int]:
+    """(agreeing, total, the first disagreements, streamed replies that agree) for one weight mode."""
     bot = load_chatbot(checkpoint, quantize=quantize)
     cases = expected_replies(bot, prompts)
     mar = build_mar(checkpoint, workdir / name / "store", model_config(quantize, workdir / f"{name}.yaml"))
     with start_torchserve(workdir / name / "server", mar.parent, python=python) as server:
         got = served_replies(server.predictions_url, cases)
+        streamed = streamed_replies(server.openai_url, prompts)
     wrong = [(c[0], c[1], c[2], g[0]) for c, g in zip(cases, got) if (c[2], c[3]) != g]
-    return len(cases) - len(wrong), len(cases), wrong[:3]
+    agree = len(cases) - len(wrong)
+    plain = [c[2] for c in cases if not c[1]]  # the default-options reply of each prompt, in order
+    wrong += [(p, "stream", e, s) for p, e, s in zip(prompts, plain, streamed) if e != s]
+    return agree, len(cases), wrong[:3], sum(e == s for e, s in zip(plain, streamed))
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -118,12 +137,14 @@ def main(argv=None) -> int:
         if args.bpe:
             bpe = make_tiny_bpe_checkpoint(Path(tmp) / "bpe_checkpoint.tar")
             results["bpe_int8"] = check_mode("bpe_int8", "int8", bpe, args.python, Path(tmp), BPE_PROMPTS)
-    for name, (agree, total, wrong) in results.items():
+    for name, (agree, total, wrong, streamed) in results.items():
         for prompt, fields, expected, got in wrong:
             print(f"{name}: {prompt!r} {fields}: expected {expected!r}, served {got!r}")
-        ok &= agree == total
-    for name, (agree, total, _) in results.items():
+        ok &= agree == total and streamed == len(PROMPTS if name != "bpe_int8" else BPE_PROMPTS)
+    for name, (agree, total, _, _) in results.items():
         print(f"agreement_{name}: {agree}/{total}")
+    for name, (_, _, _, streamed) in results.items():
+        print(f"openai_stream_{name}: {streamed}/{len(PROMPTS if name != 'bpe_int8' else BPE_PROMPTS)}")
     return 0 if ok else 1
 
 

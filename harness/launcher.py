@@ -20,7 +20,7 @@ from pathlib import Path
 import psutil
 import requests
 
-from tools.server_config import ARCHIVE_NAME, MODEL_NAME, REPO, read_properties, render
+from tools.server_config import ARCHIVE_NAME, MODEL_NAME, MODEL_VERSION, REPO, read_properties, render
 
 STARTUP_TIMEOUT_S = 120
 STOP_TIMEOUT_S = 30
@@ -66,6 +66,11 @@ class TorchServe:
     @property
     def predictions_url(self) -> str:
         return self.url("inference", f"/predictions/{MODEL_NAME}")
+
+    @property
+    def openai_url(self) -> str:
+        """The OpenAI-compatible API's base URL (an SDK's base_url)."""
+        return self.url("inference", f"/predictions/{MODEL_NAME}/{MODEL_VERSION}/v1")
 
     def keys(self) -> dict:
         """key_file.json (token mode): {"inference": {"key": ...}, "management": {...}, "API": {...}}."""

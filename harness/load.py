@@ -65,7 +65,10 @@ def is_correct(case: Case, response: requests.Response) -> bool:
         return False
     if case.status == 200:
         if response.headers.get("Content-Type", "").startswith(JSON_TYPE):
-            return response.json().get("reply") == case.reply
+            body = response.json()
+            if "choices" in body:  # the OpenAI route's chat.completion
+                return body["choices"][0]["message"]["content"] == case.reply
+            return body.get("reply") == case.reply
         # the bytes as UTF-8, not .text: without a charset requests guesses one (UTF-16 for some short ASCII)
         return response.content.decode("utf-8", "replace") == case.reply + "\n"
     if case.kind is None:  # refused by the frontend before any handler saw it

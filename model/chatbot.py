@@ -73,18 +73,25 @@ class Chatbot:
         NoKnownWordsError when a word vocabulary knows none of its words."""
         return self.voc.encode(text, self.max_length)
 
-    def answer(self, batch: Sequence[Encoded], options: Sequence[DecodeOptions]) -> list[Reply]:
-        """The Reply to each encoded text, decoded together (one batched search per decoding mode)."""
-        found = self.generate([e.ids for e in batch], options)
+    def answer(self, batch: Sequence[Encoded], options: Sequence[DecodeOptions],
+               on_token: Callable[[int, int], None] | None = None) -> list[Reply]:
+        """The Reply to each encoded text, decoded together (one batched search per decoding mode).
+
+        on_token: called as on_token(i, token) with each token of batch[i] as it is chosen, for requests of one
+        reply decoded greedily or by sampling (model/decoding.py's `listen`); TextStream turns them into text.
+        """
+        found = self.generate([e.ids for e in batch], options, on_token)
         return [self.to_reply(e, o, candidates) for e, o, candidates in zip(batch, options, found)]
 
     def to_reply(self, encoded: Encoded, options: DecodeOptions, candidates: list[Candidate]) -> Reply:
         """A Reply from a text's candidates, best first."""
         replies = [(self.voc.decode(c.ids), c.score) for c in candidates]
         text, score = replies[0]
-        return Reply(text, score, replies, encoded.unknown_words, encoded.truncated, num_replies=options.num_replies)
+        return Reply(text, score, replies, encoded.unknown_words, encoded.truncated, num_replies=options.num_replies,
+                     token_ids=[list(c.ids) for c in candidates], prompt_tokens=len(encoded.ids))
 
-    def generate(self, batch: list[list[int]], options: Sequence[DecodeOptions]) -> list[list[Candidate]]:
+    def generate(self, batch: list[list[int]], options: Sequence[DecodeOptions],
+                 on_token: Callable[[int, int], None] | None = None) -> list[list[Candidate]]:
         """Each encoded input's candidates, best first: requests are grouped by decoding mode (greedy, beam,
         sample) and each group is decoded in one batched search."""
         groups: dict[str, list[int]] = {}
@@ -93,11 +100,16 @@ class Chatbot:
         results: list[list[Candidate]] = [[] for _ in batch]
         for mode, indices in groups.items():
             input_seq, lengths = self.pad([batch[i] for i in indices])
+            listen = None if on_token is None else (lambda r, token, indices=indices: on_token(indices[r], token))
             found = SEARCHES[mode](self.encoder, self.decoder, input_seq, lengths, [options[i] for i in indices],
-                                   self.step, self.rules)
+                                   self.step, self.rules, listen)
             for i, candidates in zip(indices, found):
                 results[i] = candidates
         return results
+
+    def stream(self) -> TextStream:
+        """A TextStream over this bot's vocabulary: one reply's text as its tokens arrive."""
+        return TextStream(self.voc)
 
     def pad(self, batch: list[list[int]]) -> tuple[torch.Tensor, torch.Tensor]:
         """(T, B) padded ids on the model's device and (B,) lengths for a batch of encoded inputs."""
@@ -110,3 +122,35 @@ class Chatbot:
             input_seq[: len(ids), b] = torch.tensor(ids)
         return input_seq.to(self.device), lengths
 
+
+class TextStream:
+    """One reply's text as its tokens arrive: push(token) gives the text those tokens add that is final.
+
+    A byte-level token can end inside a character: its bytes decode to a trailing U+FFFD, which is held back until
+    the character's last byte arrives (ReplyRules finish every character before EOS). The pieces joined are the
+    reply's text: a word reply's words are joined by spaces, a byte-level reply's bytes decoded as a whole.
+    """
+
+    def __init__(self, voc: Any):
+        self.voc = voc
+        self.ids: list[int] = []
+        self.sent = ""
+
+    def push(self, token: int) -> str:
+        """The new final text after one more token ('' when it adds none yet, EOS included)."""
+        self.ids.append(token)
+        return self.advance(self.voc.decode(self.ids).rstrip("\ufffd"))
+
+    def finish(self, text: str) -> str:
+        """What is left to send of the reply's whole text (held-back characters, or all of it if nothing was
+        pushed); ValueError if what was sent does not begin it (the reply was decoded anew and differs)."""
+        if not text.startswith(self.sent):
+            raise ValueError("the streamed text is not the beginning of the reply")
+        return self.advance(text)
+
+    def advance(self, text: str) -> str:
+        """text's part after what was sent, if text extends it."""
+        if len(text) <= len(self.sent) or not text.startswith(self.sent):
+            return ""
+        new, self.sent = text[len(self.sent):], text
+        return new

@@ -13,6 +13,11 @@ A batch of requests with mixed options is decoded in one call per mode (Chatbot.
 Every mode masks each step's logits with model/constraints.py's ReplyRules (no PAD or SOS, EOS only after
 min_length tokens, byte-level replies always whole UTF-8 characters); scores stay the model's own
 log-probabilities of the chosen tokens.
+
+Each search takes `listen`: None, or a function called as listen(request, token) with each token of a request
+that asks for one reply, the step it is chosen (how the server streams a reply). Greedy search and sampling
+know their tokens as they go; beam search knows them only when it ends, so it calls nobody (its caller
+streams its candidates then).
 """
 from __future__ import annotations
 
@@ -154,7 +159,7 @@ class BeamState:
 @torch.no_grad()
 def beam_search(encoder, decoder, input_seq: torch.Tensor, input_lengths: torch.Tensor,
                 options: list[DecodeOptions], step: Callable | None = None,
-                rules: ReplyRules | None = None) -> list[list[Candidate]]:
+                rules: ReplyRules | None = None, listen: Callable | None = None) -> list[list[Candidate]]:
     """Batched beam search: (T, B) padded ids -> each request's candidates, best first.
 
     All requests' rows (beams and greedy lanes) go through one decoder call per step.
@@ -365,7 +370,7 @@ def pick(probs: torch.Tensor, options: list[DecodeOptions], generators: list[ran
 @torch.no_grad()
 def sample(encoder, decoder, input_seq: torch.Tensor, input_lengths: torch.Tensor,
            options: list[DecodeOptions], step: Callable | None = None,
-           rules: ReplyRules | None = None) -> list[list[Candidate]]:
+           rules: ReplyRules | None = None, listen: Callable | None = None) -> list[list[Candidate]]:
     """Batched sampling: num_replies rows per request, each drawing from its own seeded generator.
 
     A row's draws depend only on its own logits and generator, so a seeded request samples the
@@ -404,6 +409,8 @@ def sample(encoder, decoder, input_seq: torch.Tensor, input_lengths: torch.Tenso
             row.tokens.append(choice)
             row.total += logprob
             row.state = rules.next_state(row.state, choice)
+            if listen is not None and options[row.request].num_replies == 1:
+                listen(row.request, choice)
             if choice == EOS_token or len(row.tokens) == options[row.request].max_length:
                 results[row.request].append(Candidate(row.tokens, row.total / len(row.tokens)))
             else:
@@ -418,18 +425,29 @@ def sample(encoder, decoder, input_seq: torch.Tensor, input_lengths: torch.Tenso
 @torch.no_grad()
 def greedy(encoder, decoder, input_seq: torch.Tensor, input_lengths: torch.Tensor,
            options: list[DecodeOptions], step: Callable | None = None,
-           rules: ReplyRules | None = None) -> list[list[Candidate]]:
+           rules: ReplyRules | None = None, listen: Callable | None = None) -> list[list[Candidate]]:
     """seq2seq.greedy_decode for the batch under ReplyRules, each reply cut to its own max_length."""
     longest = max(o.max_length for o in options)
     constrain = BatchMask(rules or ReplyRules(decoder.output_size), [o.min_length for o in options],
                           [o.max_length for o in options], input_seq.device)
+    on_step = None if listen is None else step_listener(listen, options)
     ids, logprobs = greedy_decode(encoder, decoder, input_seq, input_lengths, longest, step, with_logprobs=True,
-                                  constrain=constrain)
+                                  constrain=constrain, on_step=on_step)
     results = []
     for row, lp, o in zip(ids.tolist(), logprobs.tolist(), options):
         length = min(o.max_length, row.index(EOS_token) + 1 if EOS_token in row else len(row))
         results.append([Candidate(row[:length], sum(lp[:length]) / length)])
     return results
+
+
+def step_listener(listen: Callable, options: list[DecodeOptions]) -> Callable:
+    """greedy_decode's on_step(rows, tokens, t) as listen(request, token) calls, none past a request's own
+    max_length (the batch decodes up to the longest)."""
+    def on_step(rows: torch.Tensor, tokens: torch.Tensor, t: int) -> None:
+        for r, token in zip(rows.tolist(), tokens.tolist()):
+            if t < options[r].max_length:
+                listen(r, token)
+    return on_step
 
 
 SEARCHES = {"greedy": greedy, "beam": beam_search, "sample": sample}

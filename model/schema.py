@@ -147,8 +147,9 @@ class Reply:
 
     score: the reply's mean token log-probability; replies: every (text, score) found of the num_replies asked
     for, best first, the first being (text, score); truncated: the input was cut to the model's max_length tokens;
-    status: the HTTP status it came with (None in process). The same type whether the bot runs in this process
-    (model.chatbot) or behind the server (tools.client).
+    status: the HTTP status it came with (None in process); token_ids: each reply's token ids (EOS included when
+    the reply ended there rather than at max_length), prompt_tokens: the input's (in process only). The
+    same type whether the bot runs in this process (model.chatbot) or behind the server (tools.client).
     """
 
     text: str = ""
@@ -160,6 +161,8 @@ class Reply:
     error_type: str | None = None
     num_replies: int = 1
     status: int | None = None
+    token_ids: list = field(default_factory=list)
+    prompt_tokens: int = 0
 
     def body(self) -> dict:
         """The JSON API's reply: {"reply", "score", "unknown_words", "truncated"}, and "replies" when several were

@@ -127,8 +127,8 @@ def source_mask(input_lengths: torch.Tensor, max_len: int, device: torch.device)
 @torch.no_grad()
 def greedy_decode(encoder: EncoderRNN, decoder: LuongAttnDecoderRNN, input_seq: torch.Tensor,
                   input_lengths: torch.Tensor, max_length: int, step: Callable | None = None,
-                  with_logprobs: bool = False,
-                  constrain: Callable | None = None) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
+                  with_logprobs: bool = False, constrain: Callable | None = None,
+                  on_step: Callable | None = None) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
     """Greedy replies for a whole batch: (T, B) padded ids -> (B, <= max_length) token ids.
 
     with_logprobs: also return each token's log-probability (B, <= max_length) (0 after EOS), under the
@@ -137,6 +137,9 @@ def greedy_decode(encoder: EncoderRNN, decoder: LuongAttnDecoderRNN, input_seq: 
     constrain: what may be generated (model/constraints.py's BatchMask): called as constrain(logits (n, V),
     rows (n,), t) to mask each step's logits in place, then constrain.advance(rows, tokens). None: the
     tutorial's GreedySearchDecoder, any token at any step.
+
+    on_step: called as on_step(rows (n,), tokens (n,), t) with each step's chosen tokens, as they are chosen (a
+    streamed reply's tokens); None: nothing is called.
 
     step runs one decoder step, as decoder(token, hidden, encoder_outputs, mask) does (default:
     the decoder itself; trace_step's copy is the same with less Python overhead).
@@ -167,6 +170,8 @@ def greedy_decode(encoder: EncoderRNN, decoder: LuongAttnDecoderRNN, input_seq: 
         replies[rows, t] = token[0]
         if constrain is not None:
             constrain.advance(rows, token[0])
+        if on_step is not None:
+            on_step(rows, token[0], t)
         if logprobs is not None:  # the chosen token's log-probability, as beam search computes it
             logprobs[rows, t] = model_logprobs.gather(1, token.t())[:, 0].double()
         going = token[0] != EOS_token

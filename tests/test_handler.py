@@ -86,8 +86,8 @@ def test_mixed_batch_answers_each_request_on_its_own(handler, serving_chatbot):
 def test_the_good_requests_of_a_batch_are_decoded_in_one_call(handler, monkeypatch):
     calls = []
     generate = handler.chatbot.generate
-    monkeypatch.setattr(handler.chatbot, "generate", lambda batch, options: calls.append(batch) or
-                        generate(batch, options))
+    monkeypatch.setattr(handler.chatbot, "generate", lambda batch, options, *listener: calls.append(batch) or
+                        generate(batch, options, *listener))
     run_batch(handler, [request(GOOD[0]), request(""), json_request({"text": GOOD[1]}), request("zorblax")])
     assert calls == [[handler.chatbot.encode(GOOD[0]).ids, handler.chatbot.encode(GOOD[1]).ids]]
 
@@ -219,8 +219,8 @@ def poison(handler, monkeypatch, bad_text: str, where: str):
     bad_ids = handler.chatbot.encode(bad_text).ids
     if where == "decode":
         generate = handler.chatbot.generate
-        monkeypatch.setattr(handler.chatbot, "generate", lambda batch, options: fail(RuntimeError("boom"))
-                            if bad_ids in batch else generate(batch, options))
+        monkeypatch.setattr(handler.chatbot, "generate", lambda batch, options, *listener: fail(RuntimeError("boom"))
+                            if bad_ids in batch else generate(batch, options, *listener))
     else:
         encode = handler.chatbot.encode
         monkeypatch.setattr(handler.chatbot, "encode", lambda text: fail(KeyError(text))

@@ -161,22 +161,30 @@ class GreedySearchDecoder(nn.Module):
         return all_tokens
 
 
+class TextOnlyDecoder(nn.Module):
+    """The tutorial's decoder with the two rules every project reply follows (model/constraints.py): PAD and SOS
+    are never chosen, and EOS not as the first token (min_length 1: never an empty reply)."""
+
+    def __init__(self, decoder):
+        super().__init__()
+        self.decoder, self.n_layers, self.step = decoder, decoder.n_layers, 0
+
+    def forward(self, *args):
+        output, hidden = self.decoder(*args)
+        output[:, [PAD_token, SOS_token] + ([EOS_token] if self.step == 0 else [])] = 0.0
+        self.step += 1
+        return output, hidden
+
+
 class TextOnlyGreedySearchDecoder(GreedySearchDecoder):
-    """The tutorial's searcher with the two rules every project reply follows (model/constraints.py): PAD and
-    SOS are never chosen, and EOS not as the first token (min_length 1: never an empty reply)."""
+    """The tutorial's searcher, unchanged, over TextOnlyDecoder."""
+
+    def __init__(self, encoder, decoder):
+        super().__init__(encoder, TextOnlyDecoder(decoder))
 
     def forward(self, input_seq, input_length, max_length):
-        encoder_outputs, encoder_hidden = self.encoder(input_seq, input_length)
-        decoder_hidden = encoder_hidden[:self.decoder.n_layers]
-        decoder_input = torch.ones(1, 1, dtype=torch.long) * SOS_token
-        all_tokens = torch.zeros([0], dtype=torch.long)
-        for step in range(max_length):
-            decoder_output, decoder_hidden = self.decoder(decoder_input, decoder_hidden, encoder_outputs)
-            decoder_output[:, [PAD_token, SOS_token] + ([EOS_token] if step == 0 else [])] = 0.0
-            _, decoder_input = torch.max(decoder_output, dim=1)
-            all_tokens = torch.cat((all_tokens, decoder_input), dim=0)
-            decoder_input = torch.unsqueeze(decoder_input, 0)
-        return all_tokens
+        self.decoder.step = 0
+        return super().forward(input_seq, input_length, max_length)
 
 
 @torch.no_grad()

@@ -8,7 +8,7 @@ from __future__ import annotations
 import io
 import json
 import struct
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import yaml
@@ -64,9 +64,41 @@ class Response:
     content_type: str
     headers: dict
     body: str
+    pieces: list = field(default_factory=list)  # the intermediate (streamed) bodies sent before `body`, in order
+    sent_headers: dict = field(default_factory=dict)  # a stream's headers: the first piece's (the client's)
 
     def json(self):
         return json.loads(self.body)
+
+    @property
+    def streamed(self) -> str:
+        """The whole streamed body: its intermediate pieces, then the last one."""
+        return "".join(self.pieces) + self.body
+
+
+class WorkerSocket:
+    """The worker's socket to the frontend: collects what send_intermediate_predict_response sends."""
+
+    def __init__(self):
+        self.sent = bytearray()
+
+    def sendall(self, data: bytes) -> None:
+        self.sent += data
+
+    def pieces(self) -> dict[str, list[tuple[dict, str]]]:
+        """{request id: [(its headers, body), ...]} of every intermediate response sent, decoded as the frontend
+        decodes a worker's message."""
+        stream, found = io.BytesIO(bytes(self.sent)), {}
+        read_int = lambda: struct.unpack("!i", stream.read(4))[0]  # noqa: E731
+        read_bytes = lambda: stream.read(read_int())  # noqa: E731
+        while stream.tell() < len(self.sent):
+            read_int(), read_bytes()  # the message's code and text
+            while (length := read_int()) != -1:
+                request_id = stream.read(length).decode()
+                read_bytes(), read_int(), read_bytes()  # content type, status, phrase
+                headers = {read_bytes().decode(): read_bytes().decode() for _ in range(read_int())}
+                found.setdefault(request_id, []).append((headers, read_bytes().decode("utf-8")))
+        return found
 
 
 def make_context(model_dir: Path, handler_options: dict | None = None, gpu: int | None = None) -> Context:
@@ -91,11 +123,18 @@ def run_batch(handler, entries: list[dict]) -> list[Response]:
     context = handler.context
     context.request_processor, context.request_ids = headers, request_ids
     context.metrics.set_request_ids(request_ids)
+    context.cl_socket = WorkerSocket()
     bodies = handler.handle(inputs, context)
     assert len(bodies) == len(entries)
     create_predict_response(bodies, request_ids, "Prediction success", 200, context)  # what the worker sends
+    pieces = context.cl_socket.pieces()
+    for request_id, sent in pieces.items():  # a stream's pieces are marked as such; it is not answered twice
+        assert all(headers.get("ts_stream_next") == "true" for headers, _ in sent), request_id
+        assert context.get_response_headers(int(request_id.split("-")[1])).get("ts_stream_next") == "false"
     return [Response(context.get_response_status(i)[0], context.get_response_content_type(i),
-                     dict(context.get_response_headers(i)), body.decode("utf-8") if isinstance(body, bytes) else body)
+                     dict(context.get_response_headers(i)), body.decode("utf-8") if isinstance(body, bytes) else body,
+                     [body for _, body in pieces.get(f"req-{i}", [])], next(iter(pieces.get(f"req-{i}", [])),
+                                                                            ({}, ""))[0])
             for i, body in enumerate(bodies)]
 
 

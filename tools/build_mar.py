@@ -27,7 +27,7 @@ import yaml
 from model import CheckpointError, load_chatbot
 from model.checkpoint import serving_subset
 from model.schema import DecodeOptions, InvalidOption, parse_options, server_limits
-from tools.server_config import ARCHIVE_NAME, REPO, read_properties
+from tools.server_config import ARCHIVE_NAME, MODEL_VERSION, REPO, read_properties
 from train.runs import add_checkpoint_flags, chosen_checkpoint
 
 
@@ -65,7 +65,7 @@ def serving_checkpoint(ckpt: dict, name: str, staging: Path) -> Path:
     return path
 
 
-HANDLER_MODULES = ("wire.py",)  # handler/ modules the handler imports, unpacked beside it
+HANDLER_MODULES = ("wire.py", "openai_api.py")  # handler/ modules the handler imports, unpacked beside it
 
 
 def stage_model_package(staging: Path) -> Path:
@@ -145,7 +145,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--model-name", default=ARCHIVE_NAME,
                         help=f"archive name, model-store/<name>.mar (default: from config.properties' load_models, "
                              f"{ARCHIVE_NAME})")
-    parser.add_argument("--version", default="1.0", help="model version recorded in the archive")
+    parser.add_argument("--version", default=MODEL_VERSION,
+                        help="model version recorded in the archive (the OpenAI-compatible API's base URL holds it)")
     parser.add_argument("--handler", type=Path, default=REPO / "handler" / "seq2seq_handler.py",
                         help="TorchServe handler module")
     parser.add_argument("--default", action="append", default=[], metavar="OPTION=VALUE",

@@ -73,6 +73,9 @@ def served_model(config: Path = SOURCE) -> tuple[str, str]:
 
 
 MODEL_NAME, ARCHIVE_NAME = served_model()
+# The archive's model version (tools/build_mar.py --version): a path after it is a route of the handler's own,
+# so the OpenAI-compatible API's base URL is /predictions/<model>/<version>/v1
+MODEL_VERSION = "1.0"
 
 
 def model_config(path: Path = MODEL_CONFIG) -> dict:

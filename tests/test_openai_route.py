@@ -1,0 +1,184 @@
+"""The OpenAI Chat Completions route in-process: TorchServe's own worker code frames the requests (url_path header,
+as the frontend sets it) and decodes what the handler streams. The real server and the official SDK are in
+test_openai_sdk.py; here, the wire details the SDK hides.
+"""
+from __future__ import annotations
+
+import json
+import shutil
+
+import pytest
+from worker import json_request, request, run_batch, start_handler
+
+from model import load_chatbot
+from model.schema import DecodeOptions
+from tools.server_config import MODEL_NAME
+
+CHAT = {"url_path": "v1/chat/completions"}
+
+
+def chat(body: object) -> dict:
+    """A batch entry POSTed to .../v1/chat/completions."""
+    return request(json.dumps(body), "application/json", headers=CHAT)
+
+
+def ask(text: str, **fields) -> dict:
+    return chat({"model": MODEL_NAME, "messages": [{"role": "user", "content": text}], **fields})
+
+
+def events(body: str) -> list:
+    """The server-sent events of a stream: parsed JSON, and the closing '[DONE]'."""
+    blocks = [block for block in body.split("\n\n") if block]
+    assert all(block.startswith("data: ") and "\n" not in block for block in blocks), body
+    return [block[6:] if block == "data: [DONE]" else json.loads(block[6:]) for block in blocks]
+
+
+@pytest.fixture
+def handler(tmp_path, serving_checkpoint):
+    shutil.copy(serving_checkpoint, tmp_path / "1_checkpoint.tar")
+    return start_handler(tmp_path)
+
+
+@pytest.fixture
+def bpe_handler(tmp_path, bpe_checkpoint):
+    shutil.copy(bpe_checkpoint, tmp_path / "1_checkpoint.tar")
+    return start_handler(tmp_path)
+
+
+def test_a_completion_is_the_json_apis_reply_with_openais_fields(handler, serving_chatbot):
+    completion, plain = run_batch(handler, [ask("how are you ?"), json_request({"text": "how are you ?"})])
+    body = completion.json()
+    assert completion.status == 200 and completion.content_type == "application/json"
+    assert body["object"] == "chat.completion" and body["model"] == MODEL_NAME and body["id"].startswith("chatcmpl-")
+    [choice] = body["choices"]
+    assert choice["message"] == {"role": "assistant", "content": plain.json()["reply"], "refusal": None}
+    reply = serving_chatbot.reply("how are you ?")
+    ended = reply.token_ids[0][-1] == 2  # EOS
+    assert choice["finish_reason"] == ("stop" if ended else "length")
+    assert body["usage"] == {"prompt_tokens": 5, "completion_tokens": len(reply.token_ids[0]),
+                             "total_tokens": 5 + len(reply.token_ids[0])}  # how, are, you, ? and EOS
+
+
+def test_only_the_last_user_message_is_answered(handler):
+    history = [{"role": "system", "content": "be brief"}, {"role": "user", "content": "good night !"},
+               {"role": "assistant", "content": "i am fine ."}, {"role": "user", "content": [
+                   {"type": "text", "text": "where are you going ?"}]}]
+    turns, alone = run_batch(handler, [chat({"model": MODEL_NAME, "messages": history}), ask("where are you going ?")])
+    assert turns.json()["choices"] == alone.json()["choices"]
+
+
+def test_n_without_sampling_is_the_n_best_beams_and_temperature_0_is_greedy(handler, serving_chatbot):
+    three, greedy = run_batch(handler, [ask("hello there .", n=3), ask("hello there .", temperature=0, top_p=1)])
+    beams = serving_chatbot.reply("hello there .", DecodeOptions(max_length=10, beam_size=3, num_replies=3))
+    assert [c["message"]["content"] for c in three.json()["choices"]] == [text for text, _ in beams.replies]
+    assert greedy.json()["choices"][0]["message"]["content"] == serving_chatbot.reply("hello there .").text
+
+
+def test_a_streamed_reply_joins_to_the_same_reply_in_the_same_batch_as_the_others(handler):
+    seeded = {"temperature": 0.9, "seed": 7, "max_completion_tokens": 8}
+    entries = [ask("how are you ?", stream=True, **seeded), ask("how are you ?", **seeded),
+               json_request({"text": "how are you ?"}), ask("hello there .", stream=True, n=2,
+                                                            stream_options={"include_usage": True})]
+    responses = run_batch(handler, entries)
+    streamed, plain, json_api, beams = responses
+    assert [r.status for r in responses] == [200] * 4
+    assert not plain.pieces and not json_api.pieces  # one response each
+    assert streamed.content_type.startswith("text/event-stream")
+    found = events(streamed.streamed)
+    assert found[0]["choices"][0]["delta"] == {"role": "assistant", "content": ""} and found[-1] == "[DONE]"
+    deltas = [e["choices"][0]["delta"]["content"] for e in found[1:-2]]
+    assert all(deltas) and "".join(deltas) == plain.json()["choices"][0]["message"]["content"]
+    assert len(streamed.pieces) == 1 + len(deltas)  # the role, then each token sent as it was chosen
+    assert found[-2]["choices"][0]["finish_reason"] == plain.json()["choices"][0]["finish_reason"]
+    beam_events = events(beams.streamed)
+    assert beam_events[-2]["usage"]["total_tokens"] > 0 and beam_events[-2]["choices"] == []
+    for i in (0, 1):
+        mine = [e["choices"][0] for e in beam_events[:-2] if e["choices"][0]["index"] == i]
+        assert mine[0]["delta"]["role"] == "assistant" and mine[-1]["finish_reason"] in ("stop", "length")
+        assert "".join(c["delta"].get("content", "") for c in mine)
+
+
+def test_a_byte_level_stream_never_splits_a_character(bpe_handler, bpe_checkpoint):
+    bot = load_chatbot(bpe_checkpoint, quantize="int8")
+    for seed in range(12):
+        options = {"temperature": 1.5, "seed": seed, "max_completion_tokens": 12}
+        streamed, plain = run_batch(bpe_handler, [ask("你好，世界 🙂", stream=True, **options),
+                                                  ask("你好，世界 🙂", **options)])
+        deltas = [e["choices"][0]["delta"].get("content", "") for e in events(streamed.streamed)[:-1]]
+        assert "".join(deltas) == plain.json()["choices"][0]["message"]["content"]
+        assert all("\ufffd" not in d for d in deltas)
+        raw = "".join(streamed.pieces).encode("utf-8")  # each piece was whole characters (no surrogate escapes)
+        assert raw.decode("utf-8") == "".join(streamed.pieces)
+    assert bot.voc.kind == "bpe"
+
+
+@pytest.mark.parametrize("fields, status, param, code", [
+    ({"tools": [{"type": "function", "function": {"name": "f"}}]}, 400, "tools", "InvalidOption"),
+    ({"logit_bias": {"5": 10}}, 400, "logit_bias", "InvalidOption"),
+    ({"response_format": {"type": "json_object"}}, 400, "response_format", "InvalidOption"),
+    ({"stop": ["\n"]}, 400, "stop", "InvalidOption"),
+    ({"frobnicate": 1}, 400, "frobnicate", "InvalidOption"),
+    ({"n": 0}, 400, "n", "InvalidOption"),
+    ({"max_tokens": 500}, 400, "max_completion_tokens", "InvalidOption"),
+    ({"temperature": -1}, 400, "temperature", "InvalidOption"),
+    ({"stream_options": {"include_usage": True}}, 400, "stream_options", "InvalidOption"),
+    ({"model": "gpt-4o"}, 404, "model", "NotFound"),
+    ({"messages": []}, 400, "messages", "MissingText"),
+    ({"messages": [{"role": "user", "content": [{"type": "image_url", "image_url": {"url": "x"}}]}]}, 400,
+     "messages[0].content[0]", "InvalidOption"),
+    ({"messages": [{"role": "assistant", "content": "hi"}]}, 400, "messages[0]", "MissingText"),
+    ({"messages": [{"role": "user", "content": "zorblax"}]}, 422, None, "NoKnownWords"),
+    ({"messages": [{"role": "user", "content": "  "}]}, 400, None, "EmptyInput"),
+    ({"frequency_penalty": 0, "logprobs": False, "user": "u1", "store": False}, 200, None, None),  # ask for nothing
+])
+def test_what_the_route_cannot_honour_is_an_openai_error_and_costs_the_batch_nothing(handler, fields, status, param,
+                                                                                     code):
+    body = {"model": MODEL_NAME, "messages": [{"role": "user", "content": "how are you ?"}], **fields}
+    refused, other = run_batch(handler, [chat(body), ask("how are you ?")])
+    assert other.status == 200 and refused.status == status, refused.body
+    if code:
+        error = refused.json()["error"]
+        assert (error["param"], error["code"], error["type"]) == (param, code, "invalid_request_error")
+        assert error["message"]
+
+
+def test_models_and_unknown_paths(handler):
+    models, unknown, plain = run_batch(handler, [request(None, headers={"url_path": "v1/models"}),
+                                                 request("hi", "text/plain", headers={"url_path": "v1/embeddings"}),
+                                                 request("how are you ?", "text/plain", headers={"url_path": ""})])
+    assert models.json()["data"][0]["id"] == MODEL_NAME and models.json()["object"] == "list"
+    assert unknown.status == 404 and unknown.json()["error"]["code"] == "NotFound"
+    assert plain.status == 200 and plain.content_type.startswith("text/plain")
+
+
+def test_a_stream_whose_batch_decode_fails_still_ends_once_and_the_others_are_answered(handler, monkeypatch):
+    """A batched decode that raises is retried request by request (nothing more is streamed then): a streamed greedy
+    reply is the same, so its rest is sent; the poisoned request alone gets its error."""
+    bad_ids = handler.chatbot.encode("what is your name ?").ids
+    generate = handler.chatbot.generate
+
+    def failing(batch, options, *listener):
+        if bad_ids in batch:
+            raise RuntimeError("boom")
+        return generate(batch, options, *listener)
+
+    expected = run_batch(handler, [ask("how are you ?")])[0].json()["choices"][0]["message"]["content"]
+    monkeypatch.setattr(handler.chatbot, "generate", failing)
+    streamed, poisoned, plain = run_batch(handler, [ask("how are you ?", stream=True), ask("what is your name ?"),
+                                                    request("good night !", "text/plain")])
+    found = events(streamed.streamed)
+    assert "".join(e["choices"][0]["delta"].get("content", "") for e in found[:-1]) == expected
+    assert found[-2]["choices"][0]["finish_reason"] in ("stop", "length") and found[-1] == "[DONE]"
+    assert poisoned.status == 500 and poisoned.json()["error"]["type"] == "server_error"
+    assert plain.status == 200
+
+
+def test_what_the_input_lost_is_in_the_headers_a_stream_sends_first(handler):
+    streamed, plain = run_batch(handler, [ask("zorblax how are you ?", stream=True), ask("zorblax how are you ?")])
+    assert streamed.sent_headers["X-Unknown-Words"] == plain.headers["X-Unknown-Words"] == "zorblax"
+
+
+def test_a_chat_body_sent_as_a_form_is_told_to_send_json(handler):
+    """curl -d '{...}' without -H sends a form, whose fields the frontend takes apart: no body reaches the handler."""
+    [form] = run_batch(handler, [request(None, request_type="application/x-www-form-urlencoded", headers=CHAT)])
+    assert form.status == 415 and "Content-Type: application/json" in form.json()["error"]["message"]
