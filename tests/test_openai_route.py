@@ -8,6 +8,8 @@ import json
 import shutil
 
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 from worker import json_request, request, run_batch, start_handler
 
 from model import load_chatbot
@@ -182,3 +184,60 @@ def test_a_chat_body_sent_as_a_form_is_told_to_send_json(handler):
     """curl -d '{...}' without -H sends a form, whose fields the frontend takes apart: no body reaches the handler."""
     [form] = run_batch(handler, [request(None, request_type="application/x-www-form-urlencoded", headers=CHAT)])
     assert form.status == 415 and "Content-Type: application/json" in form.json()["error"]["message"]
+
+
+# ---------------------------------------------------------------- fuzzing the route: what any body gets
+
+JSON_VALUES = st.recursive(
+    st.none() | st.booleans() | st.integers(-3, 2**64) | st.floats(allow_nan=False) | st.text(max_size=30),
+    lambda inner: st.lists(inner, max_size=3) | st.dictionaries(st.text(max_size=6), inner, max_size=3),
+    max_leaves=8)
+KNOWN = ["model", "messages", "max_completion_tokens", "max_tokens", "n", "temperature", "top_p", "seed", "stream",
+         "stream_options", "user", "beam_size", "top_k", "no_repeat_ngram_size", "min_length", "tools", "logit_bias",
+         "stop", "response_format", "logprobs", "presence_penalty"]
+PLAUSIBLE = {"stream": st.booleans(), "n": st.integers(1, 3), "temperature": st.floats(0, 2),
+             "top_p": st.floats(0.1, 1), "seed": st.integers(0, 2**32), "max_completion_tokens": st.integers(1, 20),
+             "beam_size": st.integers(1, 4), "top_k": st.integers(1, 5), "no_repeat_ngram_size": st.integers(0, 3),
+             "min_length": st.integers(1, 4), "stream_options": st.just({"include_usage": True})}
+MESSAGES = st.lists(st.fixed_dictionaries({"role": st.sampled_from(["user", "system", "assistant", "tool", "x"]),
+                                           "content": st.text(max_size=60) | JSON_VALUES}), max_size=3)
+LAST = st.fixed_dictionaries({"role": st.just("user"),
+                              "content": st.sampled_from(["how are you ?", "hello there .", "good night !"])})
+CHAT_BODIES = st.builds(lambda fields, plausible, messages, model: {"model": model, "messages": messages,
+                                                                   **fields, **plausible},
+                        st.just({}) | st.dictionaries(st.sampled_from(KNOWN), JSON_VALUES, max_size=2),
+                        st.fixed_dictionaries({}, optional=PLAUSIBLE),
+                        st.builds(lambda head, last: head + [last], MESSAGES, LAST) | MESSAGES,
+                        st.sampled_from([MODEL_NAME, MODEL_NAME, MODEL_NAME, "gpt-4o", None]))
+PATHS = st.sampled_from(["v1/chat/completions", "v1/chat/completions", "/v1/chat/completions/", "v1/models",
+                         "v1/completions", "", "v1"]) | st.text(max_size=12)
+
+
+@pytest.fixture(scope="module")
+def fuzz_handler(serving_checkpoint, tmp_path_factory):
+    """float32 weights: the fuzzing is about parsing; unquantised decoding keeps thousands of batches fast."""
+    model_dir = tmp_path_factory.mktemp("route-fuzz")
+    shutil.copy(serving_checkpoint, model_dir / "1_checkpoint.tar")
+    return start_handler(model_dir, quantize=False)
+
+
+def assert_answered(response, path: str) -> None:
+    """200 (a completion, a stream ending in [DONE], the model list or a JSON API reply) or a 4xx in the shape of
+    its route; never a 500, which would mean our code failed on a request."""
+    assert response.status == 200 or 400 <= response.status < 500, (path, response)
+    if response.content_type.startswith("text/event-stream"):
+        assert events(response.streamed)[-1] == "[DONE]" and "error" not in response.streamed
+    elif response.status != 200 and path.strip("/").startswith("v1/"):
+        assert set(response.json()["error"]) == {"message", "type", "param", "code"}
+
+
+@given(body=CHAT_BODIES | JSON_VALUES, path=PATHS)
+@settings(max_examples=600, deadline=None, database=None, suppress_health_check=[HealthCheck.too_slow])
+def test_fuzz_any_body_on_any_path_is_answered_and_costs_the_batch_nothing(fuzz_handler, body, path):
+    good = ask("how are you ?", stream=True)
+    alone = run_batch(fuzz_handler, [ask("how are you ?")])[0].json()["choices"][0]["message"]["content"]
+    fuzzed = request(json.dumps(body), "application/json", headers={"url_path": path})
+    first, second, plain = run_batch(fuzz_handler, [fuzzed, good, request("how are you ?", "text/plain")])
+    assert_answered(first, path)
+    joined = "".join(e["choices"][0]["delta"].get("content", "") for e in events(second.streamed)[:-1])
+    assert joined == alone and plain.status == 200
