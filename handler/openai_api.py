@@ -108,9 +108,11 @@ def parse_chat(body: Any, max_chars: int, model_name: str) -> ChatRequest:
     if not isinstance(body, dict):
         raise RouteError(ErrorKind.MISSING_TEXT, "the body must be a JSON object with \"model\" and \"messages\"")
     check_fields(body)
-    if body.get("model") != model_name:
+    if not isinstance(body.get("model"), str):
+        raise invalid("model", f"required: the served model's name, {model_name!r} (GET {MODELS_PATH})")
+    if body["model"] != model_name:
         raise RouteError(ErrorKind.NOT_FOUND, f"model: this server serves {model_name!r} (GET {MODELS_PATH}), "
-                                                   f"not {str(body.get('model'))[:80]!r}", "model")
+                                              f"not {body['model'][:80]!r}", "model")
     text = last_user_text(body.get("messages"))
     stream = flag(body, "stream")
     completion = Completion(model_name, stream, include_usage=stream_usage(body, stream))

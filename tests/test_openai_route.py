@@ -125,6 +125,7 @@ def test_a_byte_level_stream_never_splits_a_character(bpe_handler, bpe_checkpoin
     ({"temperature": -1}, 400, "temperature", "InvalidOption"),
     ({"stream_options": {"include_usage": True}}, 400, "stream_options", "InvalidOption"),
     ({"model": "gpt-4o"}, 404, "model", "NotFound"),
+    ({"model": None}, 400, "model", "InvalidOption"),
     ({"messages": []}, 400, "messages", "MissingText"),
     ({"messages": [{"role": "user", "content": [{"type": "image_url", "image_url": {"url": "x"}}]}]}, 400,
      "messages[0].content[0]", "InvalidOption"),
