@@ -226,7 +226,8 @@ def first_token(session: requests.Session, url: str, case: Case) -> tuple[float,
     with session.post(url, stream=True, timeout=REQUEST_TIMEOUT_S, **case.request) as response:
         for line in response.iter_lines():
             if line.startswith(b"data: {"):
-                delta = json.loads(line[6:])["choices"][0]["delta"].get("content") if b'"choices": [{' in line else ""
+                choices = json.loads(line[6:])["choices"]  # [] in a usage chunk
+                delta = choices[0]["delta"].get("content") if choices else ""
                 if delta and first is None:
                     first = time.monotonic()
                 deltas.append(delta or "")

@@ -299,8 +299,7 @@ class Seq2seqHandler(BaseHandler):
         try:
             request.options = parse_options(request.option_values, self.defaults, self.limits)
         except InvalidOption as e:
-            param = openai_api.option_param(e.field)
-            raise openai_api.invalid(param, str(e).split(": ", 1)[-1]) from None
+            raise openai_api.invalid(openai_api.option_param(e.field), e.detail) from None
         return request
 
     def inference(self, requests: list[Outcome], *args, **kwargs) -> list[Outcome]:

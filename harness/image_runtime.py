@@ -94,8 +94,9 @@ def streamed_replies(base_url: str, prompts: list[str]) -> list[str]:
 
 
 def check_mode(name: str, quantize, checkpoint: Path, python: Path, workdir: Path,
-               prompts: list[str] = PROMPTS) -> tuple[int, int, list, int]:
-    """(agreeing, total, the first disagreements, streamed replies that agree) for one weight mode."""
+               prompts: list[str] = PROMPTS) -> tuple[int, int, list, int, int]:
+    """(agreeing, total, the first disagreements, streamed replies that agree, streamed replies) for one weight
+    mode."""
     bot = load_chatbot(checkpoint, quantize=quantize)
     cases = expected_replies(bot, prompts)
     mar = build_mar(checkpoint, workdir / name / "store", model_config(quantize, workdir / f"{name}.yaml"))
@@ -106,7 +107,7 @@ def check_mode(name: str, quantize, checkpoint: Path, python: Path, workdir: Pat
     agree = len(cases) - len(wrong)
     plain = [c[2] for c in cases if not c[1]]  # the default-options reply of each prompt, in order
     wrong += [(p, "stream", e, s) for p, e, s in zip(prompts, plain, streamed) if e != s]
-    return agree, len(cases), wrong[:3], sum(e == s for e, s in zip(plain, streamed))
+    return agree, len(cases), wrong[:3], sum(e == s for e, s in zip(plain, streamed)), len(prompts)
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -137,14 +138,14 @@ def main(argv=None) -> int:
         if args.bpe:
             bpe = make_tiny_bpe_checkpoint(Path(tmp) / "bpe_checkpoint.tar")
             results["bpe_int8"] = check_mode("bpe_int8", "int8", bpe, args.python, Path(tmp), BPE_PROMPTS)
-    for name, (agree, total, wrong, streamed) in results.items():
+    for name, (agree, total, wrong, streamed, prompts) in results.items():
         for prompt, fields, expected, got in wrong:
             print(f"{name}: {prompt!r} {fields}: expected {expected!r}, served {got!r}")
-        ok &= agree == total and streamed == len(PROMPTS if name != "bpe_int8" else BPE_PROMPTS)
-    for name, (agree, total, _, _) in results.items():
+        ok &= agree == total and streamed == prompts
+    for name, (agree, total, *_) in results.items():
         print(f"agreement_{name}: {agree}/{total}")
-    for name, (_, _, _, streamed) in results.items():
-        print(f"openai_stream_{name}: {streamed}/{len(PROMPTS if name != 'bpe_int8' else BPE_PROMPTS)}")
+    for name, (*_, streamed, prompts) in results.items():
+        print(f"openai_stream_{name}: {streamed}/{prompts}")
     return 0 if ok else 1
 
 

@@ -128,21 +128,31 @@ class ReplyRules:
         """One hypothesis's state after `token` (0 for word vocabularies)."""
         return 0 if self.after is None else self.after_rows[state][token]
 
-    def mask(self, logits: torch.Tensor, states: torch.Tensor, length: int, min_lengths: torch.Tensor,
-             max_lengths: torch.Tensor, longest_min: int | None = None) -> torch.Tensor:
+    def mask(self, logits: torch.Tensor, states: torch.Tensor | None, length: int, min_lengths: torch.Tensor | int,
+             max_lengths: torch.Tensor | None, longest_min: int | None = None) -> torch.Tensor:
         """logits (n, V) with -inf (in place) at every token row i may not take as its token number `length`
-        (0-based); states (n,) from `advance`, min_lengths and max_lengths (n,) each row's request's;
-        longest_min: the largest min_length, when the caller knows it (skips a device sync once past it)."""
+        (0-based); states (n,) from `advance` and max_lengths (n,) each row's request's (read for byte-level
+        vocabularies only: None will do for words); min_lengths (n,) each row's, or one int for every row (no
+        per-row test); longest_min: the largest min_length, when the caller knows it (skips a device sync once
+        past it)."""
         logits.index_fill_(1, self.never.to(logits.device), float("-inf"))
         if self.allowed is not None:
             remaining = (max_lengths - length - 1).clamp(0, self.horizon)  # tokens allowed after this one
             allowed = self.allowed.to(logits.device)[states, remaining]  # (n, V)
             logits.masked_fill_(~allowed, float("-inf"))
-        if longest_min is None or length < longest_min:
+        if isinstance(min_lengths, int):
+            if length < min_lengths:
+                logits.select(1, EOS_token).fill_(float("-inf"))
+        elif longest_min is None or length < longest_min:
             early = min_lengths > length
             if bool(early.any()):
                 logits[early, EOS_token] = float("-inf")
         return logits
+
+
+def of_rows(values: torch.Tensor | int | None, rows: torch.Tensor) -> torch.Tensor | int | None:
+    """The entries of batch rows `rows` of a per-row tensor; a value shared by every row (or None) as it is."""
+    return values[rows] if isinstance(values, torch.Tensor) else values
 
 
 class BatchMask:
@@ -153,26 +163,20 @@ class BatchMask:
                  device: torch.device | str = "cpu"):
         self.rules = rules
         self.longest_min = max(min_lengths)
-        # A word vocabulary with one min_length for every row (the usual batch) needs no per-row tensor: each step
-        # is one fill of PAD and SOS (and of EOS before min_length), which keeps the rules' cost out of sight
-        self.per_row = rules.allowed is not None or min(min_lengths) != self.longest_min
-        self.never = rules.never.to(device)
-        if self.per_row:
-            self.states = rules.start(len(min_lengths), device)  # (B,)
-            self.min_lengths = torch.tensor(list(min_lengths), device=device)  # (B,)
-            self.max_lengths = torch.tensor(list(max_lengths), device=device)  # (B,)
+        # One min_length for every row (the usual batch) stays a number, and a word vocabulary keeps no UTF-8
+        # states or max_lengths: each step is then one fill of PAD and SOS (and of EOS before min_length)
+        uniform = min(min_lengths) == self.longest_min
+        self.min_lengths = self.longest_min if uniform else torch.tensor(list(min_lengths), device=device)  # (B,)
+        byte_level = rules.allowed is not None
+        self.states = rules.start(len(min_lengths), device) if byte_level else None  # (B,)
+        self.max_lengths = torch.tensor(list(max_lengths), device=device) if byte_level else None  # (B,)
 
     def __call__(self, logits: torch.Tensor, rows: torch.Tensor, length: int) -> torch.Tensor:
         """logits (n, V) of batch rows `rows` (n,), masked in place for their token number `length`."""
-        if not self.per_row:
-            logits.index_fill_(1, self.never, float("-inf"))
-            if length < self.longest_min:
-                logits.select(1, EOS_token).fill_(float("-inf"))
-            return logits
-        return self.rules.mask(logits, self.states[rows], length, self.min_lengths[rows], self.max_lengths[rows],
-                               self.longest_min)
+        return self.rules.mask(logits, of_rows(self.states, rows), length, of_rows(self.min_lengths, rows),
+                               of_rows(self.max_lengths, rows), self.longest_min)
 
     def advance(self, rows: torch.Tensor, tokens: torch.Tensor) -> None:
         """Batch rows `rows` (n,) took `tokens` (n,)."""
-        if self.rules.after is not None:  # word vocabularies have no state to keep
+        if self.states is not None:  # word vocabularies have no state to keep
             self.states[rows] = self.rules.advance(self.states[rows], tokens)

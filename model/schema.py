@@ -43,11 +43,12 @@ LIMITED = ("max_length", "beam_size", "num_replies")  # a server caps these (mod
 
 
 class InvalidOption(ValueError):
-    """A decoding option a request may not have; `field` names it."""
+    """A decoding option a request may not have; `field` names it, `detail` says what is wrong with it."""
 
     def __init__(self, field: str, message: str):
         super().__init__(f"{field}: {message}")
         self.field = field
+        self.detail = message  # what is wrong, without the field's name
 
 
 @dataclass(frozen=True)

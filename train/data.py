@@ -376,9 +376,10 @@ def load_data(settings: argparse.Namespace, saved=None) -> tuple[object, list[Pa
         train, heldout = split_heldout([p for p in prepared if p not in wanted], settings.heldout_fraction,
                                        settings.seed)
         train += [p for p in prepared if p in wanted]
-    if wanted - set(train):  # written to be learnt: say so when preparation dropped some
+    dropped = wanted - set(train)
+    if dropped:  # written to be learnt: say so when preparation dropped some
         logger.warning("%d of the %d pairs of %s are not trained on: a side has %d tokens or more (or a rare word "
-                       "was trimmed); shorten them", len(wanted - set(train)), len(wanted), settings.extra_pairs,
+                       "was trimmed); shorten them", len(dropped), len(wanted), settings.extra_pairs,
                        settings.max_length)
     logger.info("Split: %d training pairs, %d held out", len(train), len(heldout))
     return voc, train, heldout
