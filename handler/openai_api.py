@@ -8,7 +8,9 @@ TorchServe 0.12 sends `/predictions/{model}/{version}/<path>` to the handler wit
   GET  v1/models             the served model as a `list` of one `model`
 
 The model is single-turn: it answers the last message, which must be the user's; system, developer and earlier
-turns are accepted and not read. A field the model cannot honour gets a 400 naming it, never silence. Errors are
+turns are accepted and not read, and every response says so (header X-Context-Used: last-user-message). Each body
+field is honoured, ignored (metadata, caching and routing hints) or refused with a 400 naming it (it asks for
+output this model cannot give): the one table FIELDS. An unknown field is accepted and logged once. Errors are
 the JSON API's kinds and statuses (wire.ErrorKind) in OpenAI's shape {"error": {"message", "type", "param",
 "code"}}, so the SDK raises its matching exception.
 
@@ -17,12 +19,15 @@ Shipped beside the handler in the .mar; pure Python 3.9 (no torch, no TorchServe
 from __future__ import annotations
 
 import json
+import logging
 import time
 import uuid
 from dataclasses import dataclass
 from typing import Any
 
 from wire import BadRequest, ChatRequest, ErrorKind, check_text
+
+logger = logging.getLogger(__name__)
 
 CHAT_PATH = "v1/chat/completions"
 MODELS_PATH = "v1/models"
@@ -31,33 +36,72 @@ DONE = "data: [DONE]\n\n"
 
 # The JSON API's decoding options a request may send as extra body fields (as vLLM takes its own)
 EXTRA_OPTIONS = ("beam_size", "top_k", "no_repeat_ngram_size", "min_length")
-# OpenAI fields this model cannot honour, each with the values that ask for nothing (accepted) and why not
-UNSUPPORTED = {
-    "tools": ((None, []), "the model only writes text: it cannot call tools"),
-    "tool_choice": ((None, "none"), "the model only writes text: it cannot call tools"),
-    "parallel_tool_calls": ((None,), "the model only writes text: it cannot call tools"),
-    "functions": ((None, []), "the model only writes text: it cannot call functions"),
-    "function_call": ((None, "none"), "the model only writes text: it cannot call functions"),
-    "logit_bias": ((None, {}), "token biases are not supported"),
-    "logprobs": ((None, False), "token log-probabilities are not returned"),
-    "top_logprobs": ((None, 0), "token log-probabilities are not returned"),
-    "response_format": ((None, {"type": "text"}), "the model writes free text only (no JSON mode or schema)"),
-    "stop": ((None, [], ""), "stop sequences are not supported (a reply ends at the model's end token or "
-                             "max_completion_tokens)"),
-    "presence_penalty": ((None, 0, 0.0), "use no_repeat_ngram_size to keep a reply from repeating itself"),
-    "frequency_penalty": ((None, 0, 0.0), "use no_repeat_ngram_size to keep a reply from repeating itself"),
-    "modalities": ((None, ["text"]), "the model writes text only"),
-    "audio": ((None,), "the model writes text only"),
-    "prediction": ((None,), "predicted outputs are not supported"),
-    "reasoning_effort": ((None,), "the model does not reason"),
-    "web_search_options": ((None,), "the model cannot search the web"),
-    "store": ((None, False), "completions are not stored"),
-    "metadata": ((None, {}), "completions are not stored, so they take no metadata"),
-    "service_tier": ((None, "auto", "default"), "there is one service tier"),
+HONOURED, IGNORED, REFUSED = "honoured", "ignored", "refused"
+
+
+@dataclass(frozen=True)
+class Field:
+    """How the route treats one Chat Completions body field: honoured; ignored (it only carries metadata, caching
+    or routing hints); or refused with a 400 naming it, unless its value is one of `harmless` (values that ask for
+    nothing), because it asks for output this model cannot give. note: how it maps, or why it is ignored or
+    refused (the README's table says the same)."""
+
+    policy: str
+    note: str
+    harmless: tuple = ()
+
+
+NO_TOOLS = "the model only writes text: it cannot call tools"
+# The one table of the route's fields (README: "OpenAI-compatible API"). A field not in it is accepted and logged
+# once at WARNING by name: a server that lags the SDK by a release must not break every client that upgrades.
+FIELDS = {
+    "model": Field(HONOURED, "must be the served model's name (GET v1/models)"),
+    "messages": Field(HONOURED, "the last message, which must be the user's, is answered (X-Context-Used)"),
+    "max_completion_tokens": Field(HONOURED, "the reply's longest length in tokens, EOS included; above the "
+                                             "model's limit it is clamped to it"),
+    "max_tokens": Field(HONOURED, "the older name of max_completion_tokens"),
+    "n": Field(HONOURED, "replies: n samples, or without sampling the n best of a beam search"),
+    "temperature": Field(HONOURED, "> 0 samples at that temperature; 0 is greedy search"),
+    "top_p": Field(HONOURED, "< 1 samples from the nucleus; 1 (keep everything) changes nothing"),
+    "seed": Field(HONOURED, "the same seed gives the same sampled replies, alone or in any batch"),
+    "stop": Field(HONOURED, "a string or a list of up to 4: the reply ends before the first one it holds"),
+    "presence_penalty": Field(HONOURED, "-2..2, subtracted from the logit of every token already in the reply"),
+    "frequency_penalty": Field(HONOURED, "-2..2, times the token's count so far, subtracted from its logit"),
+    "stream": Field(HONOURED, "server-sent events, a chunk per token as it is decoded"),
+    "stream_options": Field(HONOURED, "include_usage: a last chunk with the usage; include_obfuscation is ignored"),
+    **{name: Field(HONOURED, "this model's own decoding option (the JSON API's field)") for name in EXTRA_OPTIONS},
+    **{name: Field(IGNORED, why) for name, why in (
+        ("user", "an end-user id, for abuse monitoring"),
+        ("safety_identifier", "an end-user id, for abuse monitoring"),
+        ("prompt_cache_key", "a caching hint; nothing is cached"),
+        ("prompt_cache_retention", "a caching hint; nothing is cached"),
+        ("metadata", "tags for stored completions; nothing is stored"),
+        ("store", "nothing is stored"),
+        ("service_tier", "there is one service tier"),
+        ("verbosity", "a hint for reasoning models' length; max_completion_tokens bounds a reply"),
+        ("reasoning_effort", "the model does not reason"),
+        ("parallel_tool_calls", "with no tools there are no calls to run in parallel"),
+        ("prediction", "a latency hint: the reply is the same without it"),
+    )},
+    "tools": Field(REFUSED, NO_TOOLS, (None, [])),
+    "tool_choice": Field(REFUSED, NO_TOOLS, (None, "none", "auto")),
+    "functions": Field(REFUSED, NO_TOOLS, (None, [])),
+    "function_call": Field(REFUSED, NO_TOOLS, (None, "none", "auto")),
+    "logit_bias": Field(REFUSED, "its token ids are OpenAI's tokenizer's, not this model's", (None, {})),
+    "logprobs": Field(REFUSED, "token log-probabilities are not returned", (None, False)),
+    "top_logprobs": Field(REFUSED, "token log-probabilities are not returned", (None, 0)),
+    "response_format": Field(REFUSED, "the model writes free text only (no JSON mode or schema)",
+                             (None, {"type": "text"})),
+    "modalities": Field(REFUSED, "the model writes text only", (None, ["text"])),
+    "audio": Field(REFUSED, "the model writes text only", (None,)),
+    "web_search_options": Field(REFUSED, "the model cannot search the web", (None,)),
 }
-ACCEPTED = ("model", "messages", "max_completion_tokens", "max_tokens", "n", "temperature", "top_p", "seed",
-            "stream", "stream_options", "user", *EXTRA_OPTIONS)
+STREAM_OPTIONS = {"include_usage": HONOURED, "include_obfuscation": IGNORED}
 ROLES = ("system", "developer", "user", "assistant", "tool", "function")
+CONTEXT_HEADERS = {"X-Context-Used": "last-user-message"}  # what of a history the model read (README)
+MAX_STOPS = 4
+MAX_LOGGED_UNKNOWN = 64  # distinct unknown field names logged; a client inventing names cannot fill the log
+_logged_unknown: set = set()
 
 
 class RouteError(BadRequest):
@@ -71,13 +115,14 @@ class RouteError(BadRequest):
 @dataclass
 class Completion:
     """What the OpenAI route needs beside a ChatRequest: the completion's id, creation time and served model
-    name, and whether (and how) to stream it."""
+    name, whether (and how) to stream it, and its stop strings."""
 
     model: str
     stream: bool = False
     include_usage: bool = False
     id: str = ""
     created: int = 0
+    stop: tuple = ()
 
     def __post_init__(self):
         self.id = self.id or f"chatcmpl-{uuid.uuid4().hex}"
@@ -87,11 +132,15 @@ class Completion:
 @dataclass
 class Streamed:
     """A streamed request's state while its batch decodes: its Completion, the TextStream of its first choice
-    (model.chatbot), and whether sending to it failed."""
+    (model.chatbot), the StopFilter after it, and whether sending to it failed."""
 
     completion: Completion
     text: Any
+    stop: Any = None
     failed: bool = False
+
+    def __post_init__(self):
+        self.stop = self.stop or StopFilter(self.completion.stop)
 
 
 def invalid(param: str, message: str) -> RouteError:
@@ -99,9 +148,10 @@ def invalid(param: str, message: str) -> RouteError:
     return RouteError(ErrorKind.INVALID_OPTION, f"{param}: {message}", param)
 
 
-def parse_chat(body: Any, max_chars: int, model_name: str) -> ChatRequest:
+def parse_chat(body: Any, max_chars: int, model_name: str, limits: dict) -> ChatRequest:
     """A ChatRequest (with its Completion) from a Chat Completions body already parsed as JSON; raises BadRequest.
 
+    limits: the server's (model.schema.server_limits): a longer max_completion_tokens is clamped to its max_length.
     The request's option_values are the JSON API's names (max_length, num_replies, ...), checked later by
     model.schema.parse_options like any JSON request's.
     """
@@ -115,21 +165,38 @@ def parse_chat(body: Any, max_chars: int, model_name: str) -> ChatRequest:
                                               f"not {body['model'][:80]!r}", "model")
     text = last_user_text(body.get("messages"))
     stream = flag(body, "stream")
-    completion = Completion(model_name, stream, include_usage=stream_usage(body, stream))
-    request = ChatRequest(check_text(text, max_chars), option_values=decoding_options(body))
+    completion = Completion(model_name, stream, include_usage=stream_usage(body, stream), stop=stop_strings(body))
+    request = ChatRequest(check_text(text, max_chars), option_values=decoding_options(body, limits))
     request.completion = completion
     return request
 
 
 def check_fields(body: dict) -> None:
-    """A 400 for any field this route does not know, or one it cannot honour at the value asked."""
+    """A 400 for a refused field at a value that asks for something; an unknown field is logged (once per name)."""
     for name, value in body.items():
-        if name in UNSUPPORTED:
-            harmless, why = UNSUPPORTED[name]
-            if value not in harmless:
-                raise invalid(name, f"not supported by this model: {why}")
-        elif name not in ACCEPTED:
-            raise invalid(name, f"unknown field; this route takes {', '.join(ACCEPTED)}")
+        spec = FIELDS.get(name)
+        if spec is None:
+            log_unknown(name)
+        elif spec.policy == REFUSED and value not in spec.harmless:
+            raise invalid(name, f"not supported by this model: {spec.note}")
+
+
+def log_unknown(name: str, where: str = "") -> None:
+    """Log an unknown field's name (never its value) at WARNING, the first time it is seen."""
+    key = where + str(name)[:80]
+    if key in _logged_unknown or len(_logged_unknown) >= MAX_LOGGED_UNKNOWN:
+        return
+    _logged_unknown.add(key)
+    logger.warning("the OpenAI route accepted and ignored an unknown field %r (a newer client's?)", key)
+
+
+def stop_strings(body: dict) -> tuple:
+    """`stop`: a string or a list of up to 4 strings (empty ones are dropped), as a tuple."""
+    value = body.get("stop")
+    stops = [value] if isinstance(value, str) else value if value is not None else []
+    if not isinstance(stops, list) or len(stops) > MAX_STOPS or not all(isinstance(x, str) for x in stops):
+        raise invalid("stop", f"must be a string or a list of up to {MAX_STOPS} strings")
+    return tuple(x for x in stops if x)
 
 
 def last_user_text(messages: Any) -> str:
@@ -179,19 +246,27 @@ def stream_usage(body: dict, stream: bool) -> bool:
         return False
     if not stream:
         raise invalid("stream_options", "only allowed with \"stream\": true")
-    if not isinstance(options, dict) or set(options) - {"include_usage"}:
-        raise invalid("stream_options", "the only stream option is include_usage")
+    if not isinstance(options, dict):
+        raise invalid("stream_options", "must be an object such as {\"include_usage\": true}")
+    for name in options:
+        if name not in STREAM_OPTIONS:
+            log_unknown(name, "stream_options.")
     return flag(options, "include_usage")
 
 
-def decoding_options(body: dict) -> dict:
+def decoding_options(body: dict, limits: dict) -> dict:
     """The body's decoding fields under the JSON API's names (model/schema.py OPTIONS); values unchecked.
 
-    temperature 0 asks for the likeliest reply, i.e. greedy search (top_p then chooses nothing); n > 1 without
-    sampling is beam search with at least n beams, its n best replies.
+    Sampling is on when the protocol asks for it: temperature > 0, top_p < 1 or top_k. temperature 0 is greedy
+    search; top_p 1 keeps every token, so it alone changes nothing. n > 1 without sampling is beam search with at
+    least n beams, its n best replies. A max_completion_tokens over limits' max_length is clamped to it.
     """
-    values = {name: body[name] for name in EXTRA_OPTIONS + ("top_p", "seed") if body.get(name) is not None}
-    values.update(max_length=reply_limit(body), num_replies=body.get("n"), temperature=body.get("temperature"))
+    names = EXTRA_OPTIONS + ("top_p", "seed", "presence_penalty", "frequency_penalty")
+    values = {name: body[name] for name in names if body.get(name) is not None}
+    values.update(max_length=reply_limit(body, limits), num_replies=body.get("n"),
+                  temperature=body.get("temperature"))
+    if values.get("top_p") == 1 and not isinstance(values["top_p"], bool):
+        values.pop("top_p")
     if values["temperature"] == 0 and not isinstance(values["temperature"], bool):
         if "top_k" in values:
             raise invalid("top_k", "samples, while temperature 0 asks for the likeliest reply: send one of them")
@@ -199,18 +274,27 @@ def decoding_options(body: dict) -> dict:
         values["temperature"] = None
     n = values["num_replies"]
     sampling = any(values.get(name) is not None for name in ("temperature", "top_p", "top_k"))
-    if isinstance(n, int) and not isinstance(n, bool) and n > 1 and not sampling:
+    if is_int(n) and n > 1 and not sampling:
         beams = values.get("beam_size")
-        values["beam_size"] = max(n, beams) if isinstance(beams, int) and not isinstance(beams, bool) else n
+        values["beam_size"] = max(n, beams) if is_int(beams) else n
     return {name: value for name, value in values.items() if value is not None}
 
 
-def reply_limit(body: dict) -> Any:
-    """max_completion_tokens, or its older name max_tokens: the reply's longest length in tokens."""
+def is_int(value: Any) -> bool:
+    """An integer that is not a bool."""
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def reply_limit(body: dict, limits: dict) -> Any:
+    """max_completion_tokens, or its older name max_tokens, clamped to limits' max_length: OpenAI's field is an
+    upper bound, and clients send 256 to 4096 whatever the model. Other values go on unchecked (parse_options
+    names what is wrong with them)."""
     newer, older = body.get("max_completion_tokens"), body.get("max_tokens")
     if newer is not None and older is not None and newer != older:
         raise invalid("max_tokens", "differs from max_completion_tokens: send one of them")
-    return newer if newer is not None else older
+    value = newer if newer is not None else older
+    most = limits.get("max_length")
+    return min(value, most) if is_int(value) and most is not None else value
 
 
 def option_param(field: str) -> str:
@@ -230,21 +314,87 @@ def finish_reason(ids: list, eos: int) -> str:
     return "stop" if ids and ids[-1] == eos else "length"
 
 
-def usage(reply: Any) -> dict:
-    """OpenAI's usage of a model.schema.Reply: the encoded prompt's tokens and every choice's, EOS included."""
-    completion_tokens = sum(len(ids) for ids in reply.token_ids)
+@dataclass
+class Choice:
+    """One choice as the client gets it: its text (cut before a stop string), finish_reason, and the tokens the
+    model spent on it (to the end of the stop string, or EOS included)."""
+
+    text: str
+    finish_reason: str
+    tokens: int
+
+
+def stop_at(text: str, stops: tuple) -> int | None:
+    """Where the first stop string in `text` begins (None: none)."""
+    found = [i for i in (text.find(s) for s in stops) if i >= 0]
+    return min(found) if found else None
+
+
+def choices(completion: Completion, reply: Any, decode: Any, eos: int) -> list[Choice]:
+    """Each reply of a model.schema.Reply as a Choice: cut before the first of the completion's stop strings, its
+    tokens counted up to the one that completed that string. decode: token ids -> text (the vocabulary's)."""
+    found = []
+    for (text, _), ids in zip(reply.replies, reply.token_ids):
+        at = stop_at(text, completion.stop)
+        if at is None:
+            found.append(Choice(text, finish_reason(ids, eos), len(ids)))
+            continue
+        spent = next(k for k in range(1, len(ids) + 1)
+                     if stop_at(decode(ids[:k]).rstrip("\ufffd"), completion.stop) is not None)
+        found.append(Choice(text[:at], "stop", spent))
+    return found
+
+
+class StopFilter:
+    """A streamed choice's text with its stop strings applied: push(delta) gives what may be sent now, never text
+    that a stop string completed later would remove (a suffix that could still begin one is held back)."""
+
+    def __init__(self, stops: tuple):
+        self.stops = stops
+        self.text = ""  # everything pushed
+        self.sent = ""
+        self.stopped = False
+
+    def push(self, delta: str) -> str:
+        """The part of text so far that is safe to send and not sent yet."""
+        if self.stopped or not delta:
+            return ""
+        self.text += delta
+        at = stop_at(self.text, self.stops)
+        self.stopped = at is not None
+        return self.release(self.text[:at] if self.stopped else self.text[:len(self.text) - self.held_back()])
+
+    def held_back(self) -> int:
+        """The length of the longest end of the text that begins a stop string."""
+        longest = min(len(self.text), max((len(s) - 1 for s in self.stops), default=0))
+        return next((k for k in range(longest, 0, -1) if any(s.startswith(self.text[-k:]) for s in self.stops)), 0)
+
+    def release(self, safe: str) -> str:
+        """What `safe` (a prefix of the choice's final text) adds to what was sent."""
+        new, self.sent = safe[len(self.sent):], max(safe, self.sent, key=len)
+        return new
+
+    def finish(self, final: str) -> str:
+        """What is left to send of the choice's final text; ValueError if what was sent does not begin it."""
+        if not final.startswith(self.sent):
+            raise ValueError("the streamed text is not the beginning of the reply")
+        return self.release(final)
+
+
+def usage(reply: Any, found: list[Choice]) -> dict:
+    """OpenAI's usage: the encoded prompt's tokens (model.schema.Reply) and every choice's, EOS included."""
+    completion_tokens = sum(c.tokens for c in found)
     return {"prompt_tokens": reply.prompt_tokens, "completion_tokens": completion_tokens,
             "total_tokens": reply.prompt_tokens + completion_tokens}
 
 
-def completion_body(completion: Completion, reply: Any, eos: int) -> dict:
-    """The `chat.completion` object for a model.schema.Reply: one choice per reply, best first."""
-    choices = [{"index": i, "message": {"role": "assistant", "content": text, "refusal": None}, "logprobs": None,
-                "finish_reason": finish_reason(ids, eos)}
-               for i, ((text, _), ids) in enumerate(zip(reply.replies, reply.token_ids))]
+def completion_body(completion: Completion, reply: Any, found: list[Choice]) -> dict:
+    """The `chat.completion` object: one choice per reply, best first."""
+    body_choices = [{"index": i, "message": {"role": "assistant", "content": c.text, "refusal": None},
+                     "logprobs": None, "finish_reason": c.finish_reason} for i, c in enumerate(found)]
     return {"id": completion.id, "object": "chat.completion", "created": completion.created,
-            "model": completion.model, "choices": choices, "system_fingerprint": None,
-            "usage": usage(reply)}
+            "model": completion.model, "choices": body_choices, "system_fingerprint": None,
+            "usage": usage(reply, found)}
 
 
 def chunk(completion: Completion, index: int, delta: dict, finish: str | None = None) -> str:
@@ -254,11 +404,11 @@ def chunk(completion: Completion, index: int, delta: dict, finish: str | None = 
                   "choices": [{"index": index, "delta": delta, "logprobs": None, "finish_reason": finish}]})
 
 
-def usage_chunk(completion: Completion, reply: Any) -> str:
+def usage_chunk(completion: Completion, reply: Any, found: list[Choice]) -> str:
     """The last chunk of a stream with stream_options.include_usage: no choices, the usage."""
     return event({"id": completion.id, "object": "chat.completion.chunk", "created": completion.created,
                   "model": completion.model, "system_fingerprint": None, "choices": [],
-                  "usage": usage(reply)})
+                  "usage": usage(reply, found)})
 
 
 def event(value: dict) -> str:

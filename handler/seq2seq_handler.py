@@ -295,7 +295,7 @@ class Seq2seqHandler(BaseHandler):
         elif body is None and media_type(content_type)[0] in FORM_TYPES:  # curl -d without a Content-Type
             raise BadRequest(ErrorKind.UNSUPPORTED_MEDIA_TYPE, "the body was sent as a form: send the Chat "
                              "Completions JSON with -H 'Content-Type: application/json'")
-        request = openai_api.parse_chat(body, self.max_chars, self.context.model_name)
+        request = openai_api.parse_chat(body, self.max_chars, self.context.model_name, self.limits)
         try:
             request.options = parse_options(request.option_values, self.defaults, self.limits)
         except InvalidOption as e:
@@ -364,7 +364,8 @@ class Seq2seqHandler(BaseHandler):
         """Open request idx's event stream: status 200, the text/event-stream type and each choice's role chunk."""
         # the headers go out with the first piece: what the input lost is known before decoding
         self.set_response(idx, 200, openai_api.EVENT_STREAM, {"Cache-Control": "no-cache",
-                                                              **input_headers(request.encoded)})
+                                                              **input_headers(request.encoded),
+                                                              **openai_api.CONTEXT_HEADERS})
         streamed = openai_api.Streamed(request.completion, self.chatbot.stream())
         self.send(idx, "".join(openai_api.chunk(request.completion, i, {"role": "assistant", "content": ""})
                                for i in range(request.options.num_replies)))
@@ -377,7 +378,7 @@ class Seq2seqHandler(BaseHandler):
         if not isinstance(streamed, openai_api.Streamed) or streamed.failed:
             return
         try:
-            delta = streamed.text.push(token)
+            delta = streamed.stop.push(streamed.text.push(token))
             if delta:
                 self.send(idx, openai_api.chunk(streamed.completion, 0, {"content": delta}))
         except Exception as e:
@@ -395,14 +396,17 @@ class Seq2seqHandler(BaseHandler):
         streamed, completion, pieces = self.streams[idx], request.completion, []
         if streamed.failed:
             raise RuntimeError("the stream failed")
-        for i, ((text, _), ids) in enumerate(zip(reply.replies, reply.token_ids)):
-            stream = streamed.text if i == 0 and streamed.text.ids else self.chatbot.stream()
-            deltas = [] if stream is streamed.text else [stream.push(token) for token in ids]
-            deltas.append(stream.finish(text))
+        found = openai_api.choices(completion, reply, self.chatbot.voc.decode, EOS_token)
+        for i, (choice, ids) in enumerate(zip(found, reply.token_ids)):
+            if i == 0 and streamed.text.ids:  # streamed as it was decoded
+                deltas = [streamed.stop.finish(choice.text)]
+            else:
+                stream, stop = self.chatbot.stream(), openai_api.StopFilter(completion.stop)
+                deltas = [stop.push(stream.push(token)) for token in ids] + [stop.finish(choice.text)]
             pieces += [openai_api.chunk(completion, i, {"content": d}) for d in deltas if d]
-            pieces.append(openai_api.chunk(completion, i, {}, openai_api.finish_reason(ids, EOS_token)))
+            pieces.append(openai_api.chunk(completion, i, {}, choice.finish_reason))
         if completion.include_usage:
-            pieces.append(openai_api.usage_chunk(completion, reply))
+            pieces.append(openai_api.usage_chunk(completion, reply, found))
         return "".join(pieces) + openai_api.DONE
 
     def postprocess(self, outcomes: list[Outcome]) -> list[str]:
@@ -432,10 +436,12 @@ class Seq2seqHandler(BaseHandler):
         # the JSON API's body says these; the text and OpenAI routes' headers do
         headers = {} if request.as_json else input_headers(request.encoded)
         if request.completion is not None:  # the OpenAI route: a chat.completion, or a stream's last events
+            headers.update(openai_api.CONTEXT_HEADERS)
             self.set_response(idx, 200, openai_api.EVENT_STREAM if idx in self.streams else JSON_TYPE, headers)
             if idx in self.streams:
                 return self.stream_end(idx, request, reply)
-            body = openai_api.completion_body(request.completion, reply, EOS_token)
+            found = openai_api.choices(request.completion, reply, self.chatbot.voc.decode, EOS_token)
+            body = openai_api.completion_body(request.completion, reply, found)
             return json.dumps(body, ensure_ascii=False) + "\n"
         self.set_response(idx, 200, JSON_TYPE if request.as_json else TEXT_TYPE, headers)
         if request.as_json:  # UTF-8 as it is (a Chinese reply reads as Chinese); respond() made it encodable

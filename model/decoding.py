@@ -11,8 +11,9 @@ A batch of requests with mixed options is decoded in one call per mode (Chatbot.
   from `seed` and the reply's number, so a seeded request gets the same replies alone or in any batch.
 
 Every mode masks each step's logits with model/constraints.py's ReplyRules (no PAD or SOS, EOS only after
-min_length tokens, byte-level replies always whole UTF-8 characters); scores stay the model's own
-log-probabilities of the chosen tokens.
+min_length tokens, byte-level replies always whole UTF-8 characters) and subtracts a request's OpenAI presence and
+frequency penalties (`penalize`); scores stay the model's own log-probabilities of the chosen tokens, except beam
+search's, which ranks hypotheses by their penalized log-probabilities.
 
 Each search takes `listen`: None, or a function called as listen(request, token) with each token of a request
 that asks for one reply, the step it is chosen (how the server streams a reply). Greedy search and sampling
@@ -60,6 +61,44 @@ def ban_repeats(logprobs: torch.Tensor, rows: list[list[int]], sizes: list[int])
             if not bool(torch.isfinite(logprobs[r]).any()):
                 logprobs[r, banned] = kept
     return logprobs
+
+
+def penalize(logits: torch.Tensor, histories: list[list[int]], options: list[DecodeOptions]) -> torch.Tensor:
+    """logits (R, V) less OpenAI's penalties, in place: for row r, each token's count c in its reply so far
+    (histories[r]) times options[r].frequency_penalty, plus presence_penalty where c > 0. Rows without a penalty or
+    a token yet are untouched; each row's result depends on its own values only (batch invariance)."""
+    rows = [r for r, (tokens, o) in enumerate(zip(histories, options)) if tokens and o.penalized]
+    if not rows:
+        return logits
+    counts = torch.zeros(len(rows), logits.size(1), dtype=logits.dtype, device=logits.device)  # (n, V)
+    for i, r in enumerate(rows):
+        ids = torch.tensor(histories[r], device=logits.device)
+        counts[i].index_add_(0, ids, torch.ones(len(histories[r]), dtype=logits.dtype, device=logits.device))
+    frequency, presence = (torch.tensor([[getattr(options[r], name)] for r in rows], dtype=logits.dtype,
+                                        device=logits.device) for name in ("frequency_penalty", "presence_penalty"))
+    index = torch.tensor(rows, device=logits.device)
+    logits[index] = logits[index] - (counts * frequency + (counts > 0).to(logits.dtype) * presence)
+    return logits
+
+
+class PenalizedMask:
+    """A BatchMask that also applies `penalize` (greedy search with penalties): it keeps each row's reply so far."""
+
+    def __init__(self, mask: BatchMask, options: list[DecodeOptions]):
+        self.mask, self.options = mask, options
+        self.histories: list[list[int]] = [[] for _ in options]
+
+    def __call__(self, logits: torch.Tensor, rows: torch.Tensor, length: int) -> torch.Tensor:
+        """logits (n, V) of batch rows `rows`, penalized and masked in place for their token number `length`."""
+        row_list = rows.tolist()
+        penalize(logits, [self.histories[r] for r in row_list], [self.options[r] for r in row_list])
+        return self.mask(logits, rows, length)
+
+    def advance(self, rows: torch.Tensor, tokens: torch.Tensor) -> None:
+        """Batch rows `rows` (n,) took `tokens` (n,)."""
+        for r, token in zip(rows.tolist(), tokens.tolist()):
+            self.histories[r].append(token)
+        self.mask.advance(rows, tokens)
 
 
 def row_limits(options: list[DecodeOptions], owners: list[int]) -> tuple[torch.Tensor, torch.Tensor]:
@@ -183,6 +222,7 @@ def beam_search(encoder, decoder, input_seq: torch.Tensor, input_lengths: torch.
         rules.mask(logprobs, torch.tensor([h.state for _, h in rows]), length, *limits)
         length += 1
         ban_repeats(logprobs, [h.tokens for _, h in rows], [states[r].options.no_repeat_ngram_size for r in owners])
+        penalize(logprobs, [h.tokens for _, h in rows], [states[r].options for r in owners])  # ranks by them
         firsts = request_rows(owners)
         best = logprobs.topk(min(max(2 * states[r].k for r in firsts), logprobs.size(1)), dim=1)  # (R, w): one call
         tops, lanes = beam_tops(states, firsts, best, logprobs.size(1)), lane_steps(states, firsts, best, logprobs)
@@ -402,6 +442,7 @@ def sample(encoder, decoder, input_seq: torch.Tensor, input_lengths: torch.Tenso
         if any(sizes):
             logits = ban_repeats(logits, [row.tokens for row in rows], sizes)
         row_options = [options[r] for r in owners]
+        penalize(logits, [row.tokens for row in rows], row_options)  # on the logits, before the temperature
         choices = pick(temperature_probs(logits, row_options), row_options, [row.generator for row in rows])
         chosen = logprobs.gather(1, torch.tensor(choices).unsqueeze(1))[:, 0].tolist()
         going = []
@@ -430,6 +471,8 @@ def greedy(encoder, decoder, input_seq: torch.Tensor, input_lengths: torch.Tenso
     longest = max(o.max_length for o in options)
     constrain = BatchMask(rules or ReplyRules(decoder.output_size), [o.min_length for o in options],
                           [o.max_length for o in options], input_seq.device)
+    if any(o.penalized for o in options):
+        constrain = PenalizedMask(constrain, options)
     on_step = None if listen is None else step_listener(listen, options)
     ids, logprobs = greedy_decode(encoder, decoder, input_seq, input_lengths, longest, step, with_logprobs=True,
                                   constrain=constrain, on_step=on_step)

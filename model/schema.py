@@ -37,7 +37,12 @@ OPTIONS = {o.name: o for o in (
     Option("seed", int, 0, 2**63 - 1, "seed of the sampling generators: the same seed gives the same replies"),
     Option("no_repeat_ngram_size", int, 0, None, "never repeat an n-gram of this many tokens in a reply (0: off)"),
     Option("min_length", int, 1, None, "shortest reply in tokens: EOS cannot end it sooner (at most max_length)"),
+    Option("presence_penalty", float, -2.0, 2.0, "subtract this from the logit of every token already in the reply "
+                                                 "(OpenAI's presence_penalty; 0: off)"),
+    Option("frequency_penalty", float, -2.0, 2.0, "subtract this times its count so far from each token's logit "
+                                                  "(OpenAI's frequency_penalty; 0: off)"),
 )}
+PENALTIES = ("presence_penalty", "frequency_penalty")
 SAMPLING_OPTIONS = ("temperature", "top_k", "top_p")
 LIMITED = ("max_length", "beam_size", "num_replies")  # a server caps these (model-config `limits:`)
 
@@ -64,6 +69,13 @@ class DecodeOptions:
     seed: int | None = None
     no_repeat_ngram_size: int = 0
     min_length: int = 1
+    presence_penalty: float = 0.0
+    frequency_penalty: float = 0.0
+
+    @property
+    def penalized(self) -> bool:
+        """Whether a presence or frequency penalty changes this request's logits."""
+        return bool(self.presence_penalty or self.frequency_penalty)
 
     @property
     def mode(self) -> str:

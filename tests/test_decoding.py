@@ -312,3 +312,58 @@ def test_pick_falls_back_to_the_exact_nucleus_when_draws_keep_being_refused():
     rng = random.Random(0)
     drawn = {pick(probs, [DecodeOptions(top_k=2)], [rng])[0] for _ in range(200)}
     assert drawn == {7, 300} and REJECTION_TRIES < 200  # the fallback, not luck, found them
+
+
+# ---------------------------------------------------------------- OpenAI's presence and frequency penalties
+
+@torch.no_grad()
+def penalized_greedy_reference(bot, text: str, options: DecodeOptions) -> list[int]:
+    """OpenAI's published rule, one unbatched decoder step at a time: logit[j] -= c[j] * frequency_penalty +
+    (c[j] > 0) * presence_penalty, c[j] the count of token j in the reply so far; then PAD and SOS barred, EOS
+    barred before min_length, and the likeliest token taken."""
+    input_seq, lengths = bot.pad([bot.encode(text).ids])
+    outputs, hidden = bot.encoder(input_seq, lengths)
+    hidden = hidden[: bot.decoder.n_layers]
+    mask = torch.arange(input_seq.size(0)).unsqueeze(1) < lengths.unsqueeze(0)
+    tokens, previous = [], SOS_token
+    for t in range(options.max_length):
+        logits, hidden = bot.decoder(torch.tensor([[previous]]), hidden, outputs, mask)
+        row = logits[0, 0].double().tolist()
+        for j in range(len(row)):
+            count = tokens.count(j)
+            row[j] -= count * options.frequency_penalty + (count > 0) * options.presence_penalty
+        barred = {PAD_token, SOS_token} | ({EOS_token} if t < options.min_length else set())
+        previous = max((j for j in range(len(row)) if j not in barred), key=lambda j: row[j])
+        tokens.append(previous)
+        if previous == EOS_token:
+            break
+    return tokens
+
+
+@pytest.mark.parametrize("presence, frequency", [(0.0, 2.0), (2.0, 0.0), (0.7, 1.3), (-1.0, 0.5)])
+def test_penalized_greedy_is_openais_rule(presence, frequency):
+    bot = tiny_bot()
+    options = DecodeOptions(max_length=12, min_length=6, presence_penalty=presence, frequency_penalty=frequency)
+    texts = ["hello there", "how are you", "what is your name", "i am fine"]
+    found = run(greedy, bot, texts, [options] * len(texts))
+    assert [c[0].ids for c in found] == [penalized_greedy_reference(bot, t, options) for t in texts]
+
+
+def test_a_frequency_penalty_stops_the_repeats_it_is_for():
+    bot = tiny_bot()
+    plain, penalized = (DecodeOptions(max_length=12, min_length=12, frequency_penalty=f) for f in (0.0, 2.0))
+    repeats = [max(ids.count(t) for t in set(ids)) for ids in
+               (run(greedy, bot, ["how are you"], [o])[0][0].ids for o in (plain, penalized))]
+    assert repeats[0] > repeats[1]
+
+
+@pytest.mark.parametrize("mode", ["greedy", "beam", "sample"])
+def test_a_penalized_request_decodes_the_same_alone_and_beside_others(mode):
+    bot = tiny_bot(quantize="int8")
+    extra = {"greedy": {}, "beam": {"beam_size": 3}, "sample": {"temperature": 0.9, "seed": 4}}[mode]
+    mine = DecodeOptions(max_length=10, presence_penalty=1.0, frequency_penalty=0.5, **extra)
+    others = [DecodeOptions(max_length=10, **extra), DecodeOptions(max_length=10, frequency_penalty=-1.0, **extra)]
+    search = {"greedy": greedy, "beam": beam_search, "sample": sample}[mode]
+    alone = run(search, bot, ["how are you"], [mine])[0]
+    batched = run(search, bot, ["i am fine", "how are you", "what is your name"], [others[0], mine, others[1]])[1]
+    assert [c.ids for c in alone] == [c.ids for c in batched]

@@ -114,14 +114,116 @@ def test_a_byte_level_stream_never_splits_a_character(bpe_handler, bpe_checkpoin
     assert bot.voc.kind == "bpe"
 
 
+def test_a_requested_maximum_above_the_models_limit_is_clamped_and_usage_stays_exact(handler, serving_chatbot):
+    limit = handler.limits["max_length"]
+    big, at_limit = run_batch(handler, [ask("how are you ?", max_tokens=2048),
+                                        json_request({"text": "how are you ?", "max_length": limit})])
+    reply = serving_chatbot.reply("how are you ?", DecodeOptions(max_length=limit))
+    [choice] = big.json()["choices"]
+    assert choice["message"]["content"] == at_limit.json()["reply"] == reply.text
+    assert choice["finish_reason"] == ("stop" if reply.token_ids[0][-1] == 2 else "length")
+    assert big.json()["usage"]["completion_tokens"] == len(reply.token_ids[0]) <= limit
+
+
+def test_top_p_1_alone_is_still_greedy_and_a_temperature_samples(handler, serving_chatbot):
+    top_p, seeded, plain = run_batch(handler, [ask("hello there .", top_p=1, max_tokens=10),
+                                               ask("hello there .", temperature=0.7, top_p=1, seed=5),
+                                               ask("hello there .")])
+    assert top_p.json()["choices"] == plain.json()["choices"]
+    sampled = serving_chatbot.reply("hello there .", DecodeOptions(temperature=0.7, seed=5))
+    assert seeded.json()["choices"][0]["message"]["content"] == sampled.text
+
+
+def test_penalties_reach_the_decode(handler, serving_chatbot):
+    options = {"presence_penalty": 1.5, "frequency_penalty": 2.0}
+    penalized, plain = run_batch(handler, [ask("where are you going ?", **options), ask("where are you going ?")])
+    reference = serving_chatbot.reply("where are you going ?", DecodeOptions(**options))
+    assert penalized.json()["choices"][0]["message"]["content"] == reference.text
+    assert reference.text != plain.json()["choices"][0]["message"]["content"]  # 'am am am ...' without them
+
+
+def first_words(handler, text: str) -> tuple[str, str]:
+    """(the greedy reply, a stop string: its second word with the space before it)."""
+    reply = run_batch(handler, [ask(text)])[0].json()["choices"][0]["message"]["content"]
+    return reply, " " + reply.split()[1]
+
+
+def test_a_stop_string_ends_the_reply_before_it_with_finish_reason_stop(handler, serving_chatbot):
+    reply, stop = first_words(handler, "what is your name ?")
+    cut, listed, absent = run_batch(handler, [ask("what is your name ?", stop=stop),
+                                              ask("what is your name ?", stop=["zzz", stop]),
+                                              ask("what is your name ?", stop="zzz")])
+    expected = reply[:reply.find(stop)]
+    for response in (cut, listed):
+        [choice] = response.json()["choices"]
+        assert (choice["message"]["content"], choice["finish_reason"]) == (expected, "stop")
+        assert response.json()["usage"]["completion_tokens"] == 2  # the first word, then the one that completed stop
+    assert absent.json()["choices"][0]["message"]["content"] == reply
+
+
+def test_a_streamed_stop_never_sends_what_it_removes(handler):
+    reply, stop = first_words(handler, "what is your name ?")
+    for fields in ({}, {"n": 2}, {"temperature": 0.9, "seed": 3}):
+        streamed, plain = run_batch(handler, [ask("what is your name ?", stream=True, stop=[stop, stop[:2] + "zz"],
+                                                  **fields),
+                                              ask("what is your name ?", stop=[stop, stop[:2] + "zz"], **fields)])
+        found = events(streamed.streamed)
+        for choice in plain.json()["choices"]:
+            mine = [e["choices"][0] for e in found[:-1] if e["choices"][0]["index"] == choice["index"]]
+            assert "".join(c["delta"].get("content", "") for c in mine) == choice["message"]["content"]
+            assert mine[-1]["finish_reason"] == choice["finish_reason"]
+        assert stop not in "".join(streamed.pieces)
+
+
+def test_every_completion_says_which_turn_the_model_read(handler):
+    history = [{"role": "system", "content": "be brief"}, {"role": "user", "content": "hi"},
+               {"role": "user", "content": "how are you ?"}]
+    plain, streamed = run_batch(handler, [chat({"model": MODEL_NAME, "messages": history}),
+                                          ask("how are you ?", stream=True)])
+    assert plain.headers["X-Context-Used"] == streamed.sent_headers["X-Context-Used"] == "last-user-message"
+
+
+def test_an_unknown_field_is_accepted_and_logged_once_by_name_never_value(handler, caplog):
+    import openai_api
+    openai_api._logged_unknown.clear()
+    with caplog.at_level("WARNING", logger="openai_api"):
+        first, second = run_batch(handler, [ask("how are you ?", future_knob="secret-value-1"),
+                                            ask("how are you ?", future_knob="secret-value-2",
+                                                stream=True, stream_options={"include_usage": True, "later": 1})])
+    assert first.status == second.status == 200
+    warnings = [r.getMessage() for r in caplog.records if r.levelname == "WARNING"]
+    assert sum("future_knob" in w for w in warnings) == 1 and sum("later" in w for w in warnings) == 1
+    assert not any("secret-value" in w for w in warnings)
+
+
+@given(text=st.text("ab .", max_size=24), cuts=st.lists(st.integers(0, 24), max_size=8),
+       stops=st.lists(st.text("ab .", min_size=1, max_size=4), max_size=4))
+def test_a_stop_filter_sends_the_text_cut_at_the_first_stop_and_never_more(text, cuts, stops):
+    """Fed any text in any pieces, what the filter sends is always a beginning of the text cut before the first
+    stop string (str.find is the reference), and all of it once finished."""
+    import openai_api
+    at = [i for i in (text.find(s) for s in stops) if i >= 0]
+    final = text[:min(at)] if at else text
+    bounds = sorted({0, len(text), *(c for c in cuts if c <= len(text))})
+    stop, sent = openai_api.StopFilter(tuple(stops)), ""
+    for a, b in zip(bounds, bounds[1:]):
+        sent += stop.push(text[a:b])
+        assert final.startswith(sent)
+    assert sent + stop.finish(final) == final
+
+
 @pytest.mark.parametrize("fields, status, param, code", [
     ({"tools": [{"type": "function", "function": {"name": "f"}}]}, 400, "tools", "InvalidOption"),
     ({"logit_bias": {"5": 10}}, 400, "logit_bias", "InvalidOption"),
     ({"response_format": {"type": "json_object"}}, 400, "response_format", "InvalidOption"),
-    ({"stop": ["\n"]}, 400, "stop", "InvalidOption"),
-    ({"frobnicate": 1}, 400, "frobnicate", "InvalidOption"),
+    ({"stop": ["a", "b", "c", "d", "e"]}, 400, "stop", "InvalidOption"),
+    ({"stop": 5}, 400, "stop", "InvalidOption"),
+    ({"presence_penalty": 2.5}, 400, "presence_penalty", "InvalidOption"),
+    ({"frequency_penalty": "high"}, 400, "frequency_penalty", "InvalidOption"),
+    ({"logprobs": True}, 400, "logprobs", "InvalidOption"),
+    ({"modalities": ["text", "audio"]}, 400, "modalities", "InvalidOption"),
     ({"n": 0}, 400, "n", "InvalidOption"),
-    ({"max_tokens": 500}, 400, "max_completion_tokens", "InvalidOption"),
+    ({"max_tokens": 0}, 400, "max_completion_tokens", "InvalidOption"),
     ({"temperature": -1}, 400, "temperature", "InvalidOption"),
     ({"stream_options": {"include_usage": True}}, 400, "stream_options", "InvalidOption"),
     ({"model": "gpt-4o"}, 404, "model", "NotFound"),
@@ -133,6 +235,11 @@ def test_a_byte_level_stream_never_splits_a_character(bpe_handler, bpe_checkpoin
     ({"messages": [{"role": "user", "content": "zorblax"}]}, 422, None, "NoKnownWords"),
     ({"messages": [{"role": "user", "content": "  "}]}, 400, None, "EmptyInput"),
     ({"frequency_penalty": 0, "logprobs": False, "user": "u1", "store": False}, 200, None, None),  # ask for nothing
+    ({"safety_identifier": "u1", "prompt_cache_key": "k", "prompt_cache_retention": "24h", "verbosity": "low",
+      "metadata": {"a": "b"}, "store": True, "service_tier": "flex", "reasoning_effort": "low",
+      "parallel_tool_calls": True, "modalities": ["text"], "tool_choice": "none",
+      "stream": True, "stream_options": {"include_usage": True, "include_obfuscation": False}}, 200, None, None),
+    ({"frobnicate": 1, "max_tokens": 4096, "stop": ["\n"], "presence_penalty": 1.5}, 200, None, None),
 ])
 def test_what_the_route_cannot_honour_is_an_openai_error_and_costs_the_batch_nothing(handler, fields, status, param,
                                                                                      code):
@@ -195,11 +302,15 @@ JSON_VALUES = st.recursive(
     max_leaves=8)
 KNOWN = ["model", "messages", "max_completion_tokens", "max_tokens", "n", "temperature", "top_p", "seed", "stream",
          "stream_options", "user", "beam_size", "top_k", "no_repeat_ngram_size", "min_length", "tools", "logit_bias",
-         "stop", "response_format", "logprobs", "presence_penalty"]
+         "stop", "response_format", "logprobs", "presence_penalty", "frequency_penalty", "safety_identifier",
+         "modalities", "frobnicate"]
 PLAUSIBLE = {"stream": st.booleans(), "n": st.integers(1, 3), "temperature": st.floats(0, 2),
              "top_p": st.floats(0.1, 1), "seed": st.integers(0, 2**32), "max_completion_tokens": st.integers(1, 20),
              "beam_size": st.integers(1, 4), "top_k": st.integers(1, 5), "no_repeat_ngram_size": st.integers(0, 3),
-             "min_length": st.integers(1, 4), "stream_options": st.just({"include_usage": True})}
+             "min_length": st.integers(1, 4), "stream_options": st.just({"include_usage": True}),
+             "stop": st.lists(st.sampled_from(["?", ".", "you", " a", "xyz"]), max_size=4),
+             "presence_penalty": st.floats(-2, 2), "frequency_penalty": st.floats(-2, 2),
+             "max_tokens": st.integers(1, 5000)}
 MESSAGES = st.lists(st.fixed_dictionaries({"role": st.sampled_from(["user", "system", "assistant", "tool", "x"]),
                                            "content": st.text(max_size=60) | JSON_VALUES}), max_size=3)
 LAST = st.fixed_dictionaries({"role": st.just("user"),
@@ -242,3 +353,19 @@ def test_fuzz_any_body_on_any_path_is_answered_and_costs_the_batch_nothing(fuzz_
     assert_answered(first, path)
     joined = "".join(e["choices"][0]["delta"].get("content", "") for e in events(second.streamed)[:-1])
     assert joined == alone and plain.status == 200
+
+
+def test_the_readmes_field_table_is_the_routes():
+    """Every field of openai_api.FIELDS is listed under its policy in the README's table, and nothing else is."""
+    import re
+
+    import openai_api
+
+    from harness.launcher import REPO
+    listed = {}
+    for line in (REPO / "README.md").read_text().splitlines():
+        row = re.match(r"\| (honoured|ignored|refused) \| ([^|]+) \|", line)
+        if row:
+            for name in re.findall(r"`(\w+)`", row.group(2)):
+                listed[name] = row.group(1)
+    assert listed == {name: field.policy for name, field in openai_api.FIELDS.items()}

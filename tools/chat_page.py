@@ -32,7 +32,7 @@ import gradio as gr  # noqa: E402
 logger = logging.getLogger(__name__)
 # Each control's value that sends nothing (the server's default applies)
 UNSET = {"temperature": 0.0, "top_k": 0, "top_p": 1.0, "seed": -1, "no_repeat_ngram_size": 0, "num_replies": 1,
-         "beam_size": 1, "max_length": 0, "min_length": 1}
+         "beam_size": 1, "max_length": 0, "min_length": 1, "presence_penalty": 0.0, "frequency_penalty": 0.0}
 
 
 def limits() -> dict:
@@ -45,7 +45,8 @@ def controls(most: dict) -> list:
     ranges = {"max_length": (0, most["max_length"], 1), "beam_size": (1, most["beam_size"], 1),
               "num_replies": (1, most["num_replies"], 1), "temperature": (0, 2, 0.05), "top_k": (0, 100, 1),
               "top_p": (0.05, 1, 0.05), "no_repeat_ngram_size": (0, 5, 1),
-              "min_length": (1, most["max_length"], 1)}
+              "min_length": (1, most["max_length"], 1), "presence_penalty": (-2, 2, 0.1),
+              "frequency_penalty": (-2, 2, 0.1)}
     inputs = []
     for name, option in OPTIONS.items():
         label = f"{name} ({UNSET[name]}: {'random' if name == 'seed' else 'unset'})"
