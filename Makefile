@@ -7,6 +7,8 @@ REPO_DIR := $(dir $(abspath $(firstword $(MAKEFILE_LIST))))
 PYTHON ?= python3
 VENV ?= .venv
 PY := $(VENV)/bin/python
+# The KServe runtime's own venv (kserve 0.21.0 pins psutil<6, TorchServe's venv has psutil 7): requirements-kserve.txt
+KSERVE_VENV := .venv-kserve
 export PYTHONPATH := $(CURDIR)
 
 .DEFAULT_GOAL := help
@@ -25,7 +27,7 @@ $(VENV)/.installed: requirements.txt requirements-dev.txt requirements-ui.txt
 
 install: $(VENV)/.installed ## Create .venv and install pinned dependencies
 
-test: install ## Run the test suite (starts and stops its own TorchServe)
+test: install $(KSERVE_VENV)/.installed ## Run the test suite (starts and stops its own TorchServe and KServe runtime)
 	$(PY) -m pytest -q tests
 
 test-unit: install ## The tests that need no server, browser or Java (pytest -m "not server"): ~1.5 min instead of ~4
@@ -49,7 +51,15 @@ $(IMAGE_VENV)/.installed: requirements-image.txt
 test-image-runtime: install $(IMAGE_VENV)/.installed ## Serve the archive on Python 3.9 / torch 2.4 / TorchServe 0.12 and compare replies
 	$(PY) -m harness.image_runtime --python $(IMAGE_VENV)/bin/python
 
-.PHONY: help install test test-unit test-image-runtime
+$(KSERVE_VENV)/.installed: requirements-kserve.txt
+	$(PYTHON) -m venv $(KSERVE_VENV)
+	$(KSERVE_VENV)/bin/pip install -q --upgrade pip
+	$(KSERVE_VENV)/bin/pip install -q -r requirements-kserve.txt
+	touch $@
+
+install-kserve: $(KSERVE_VENV)/.installed ## Create .venv-kserve: KServe's model server for make serve-kserve
+
+.PHONY: help install install-kserve test test-unit test-image-runtime
 
 # ---------------------------------------------------------------- data and training
 # make data [DATA_PATH=dir]; make train [CORPUS=cornell DATA_PATH=... ITERATIONS=4000 DEVICE=auto TRAIN_ARGS=...];
@@ -174,12 +184,38 @@ serve-local: $(if $(filter 1,$(TOKEN_AUTH)),$(TS_CONFIG)) ## Serve the archive w
 	@$(check_mar)
 	@$(native_serve)
 
+# make serve-kserve [KSERVE_PORT=8180]: the same archive on KServe's Python model server (kserve_runtime/), in the
+# background on 127.0.0.1, beside TorchServe if it runs; make stop stops both.
+KSERVE_PORT ?= 8180
+KSERVE_URL = http://127.0.0.1:$(KSERVE_PORT)
+KSERVE_PID ?= logs/kserve.pid
+KSERVE_IMAGE ?= seq2seq-kserve:1.0
+
+serve-kserve: $(KSERVE_VENV)/.installed ## Serve the archive on KServe's model server instead, on 127.0.0.1:$(KSERVE_PORT) (KSERVE_PORT=...)
+	@$(check_mar)
+	@mkdir -p logs
+	@if [ -f $(KSERVE_PID) ] && kill -0 $$(cat $(KSERVE_PID)) 2>/dev/null; then \
+	  echo "error: the KServe runtime already runs (pid $$(cat $(KSERVE_PID))): make stop first" >&2; exit 1; fi
+	@nohup $(KSERVE_VENV)/bin/python -m kserve_runtime --mar $(MAR) --model-name $(MODEL_NAME) \
+	  --http-port $(KSERVE_PORT) >logs/kserve.log 2>&1 < /dev/null & echo $$! > $(KSERVE_PID)
+	@for i in $$(seq 120); do \
+	  curl -sf $(KSERVE_URL)/v2/models/$(MODEL_NAME)/ready >/dev/null 2>&1 && { echo "KServe runtime is up:" \
+	    "curl $(KSERVE_URL)/v1/models/$(MODEL_NAME):predict -H 'Content-Type: application/json'" \
+	    "-d '{\"instances\": [{\"text\": \"hello\"}]}'"; exit 0; }; \
+	  kill -0 $$(cat $(KSERVE_PID)) 2>/dev/null || break; sleep 1; done; \
+	echo "error: the KServe runtime is not ready: see logs/kserve.log" >&2; tail -5 logs/kserve.log >&2; exit 1
+
+docker-build-kserve: ## Build the KServe runtime image $(KSERVE_IMAGE) (docker/Dockerfile.kserve; the archive comes from the model store)
+	DOCKER_BUILDKIT=1 $(DOCKER) build -f docker/Dockerfile.kserve -t $(KSERVE_IMAGE) .
+
 logs/token-config.properties: config.properties tools/server_config.py
 	@$(SERVER_CONFIG) local --token-auth -o $@
 
-stop: ## Stop TorchServe (container and native) and remove stale pid and key files
+stop: ## Stop TorchServe (container and native) and the KServe runtime, and remove stale pid and key files
 	@$(DOCKER) rm -f $(TS_CONTAINER) >/dev/null 2>&1 && echo "Stopped container $(TS_CONTAINER)." || true
 	@[ ! -d $(TS_TMP) ] || [ ! -x $(VENV)/bin/torchserve ] || $(TS_ENV) torchserve --stop --foreground
+	@[ ! -f $(KSERVE_PID) ] || { kill $$(cat $(KSERVE_PID)) 2>/dev/null && echo "Stopped the KServe runtime."; \
+	  rm -f $(KSERVE_PID); }
 	@rm -f $(TS_TMP)/.model_server.pid $(KEY_FILE)
 
 ping: ## Health check: GET :8080/ping
@@ -211,7 +247,7 @@ ui: $(VENV)/.ui-installed ## Chat in the browser with the served bot: http://127
 	$(PY) -m tools.chat_page --url $(INFERENCE_URL) --model $(MODEL_NAME) --port $(UI_PORT) \
 	  $$([ -f $(KEY_FILE) ] && echo --token-auth --key-file $(KEY_FILE))
 
-.PHONY: mar serve serve-local stop ping predict models metrics docker-build ui
+.PHONY: mar serve serve-local serve-kserve stop ping predict models metrics docker-build docker-build-kserve ui
 
 # ---------------------------------------------------------------- Kubernetes and KServe
 # make k8s: deploy/rendered/{dev,prod}.yaml from the kustomize overlays (kubectl kustomize). Their ConfigMap is

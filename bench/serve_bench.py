@@ -13,6 +13,8 @@ stopped) with the same config.properties, worker count and batching settings:
   sample   the batched server, every request JSON with {"temperature": 0.8, "top_p": 0.9, "seed": 1}
   openai   the batched server, every request a Chat Completions body on the OpenAI route (greedy, as greedy's);
            then, one client at a time, streamed requests timed to their first token (TTFT)
+  kserve   the same archive on the KServe runtime (kserve_runtime/, harness.kserve), started beside the batched
+           TorchServe and measured in turn with it: greedy's requests as KServe v1 instances, one per request
 The decoding scenarios (greedy, beam5, sample) send the same prompts as the same JSON, so their ratios
 compare decoding alone, not JSON against raw text; openai against greedy compares the routes alone.
 Each server first serves --server-warmup-seconds of all its scenarios' requests, uncounted: the frontend's JVM
@@ -42,6 +44,9 @@ The last lines are the headline ratios, all from this one run:
   openai_vs_json_c16       openai / greedy requests per second at 16 clients (the OpenAI route / the JSON API)
   openai_p50_ms_c1         the OpenAI route's median latency with one client, non-streamed (ms)
   openai_ttft_p50_ms_c1    median time to the first token of a streamed request, one client (ms)
+  kserve_vs_torchserve_c16 kserve / greedy requests per second at 16 clients (the same workload on each engine)
+  kserve_p50_vs_torchserve_c1  kserve / greedy median latency with one client
+  torchserve_p50_ms_c1, kserve_p50_ms_c1  those medians (ms)
 """
 from __future__ import annotations
 
@@ -56,6 +61,7 @@ import sys
 import tempfile
 import time
 from collections.abc import Callable, Sequence
+from contextlib import ExitStack
 from dataclasses import dataclass, field
 from importlib.metadata import version
 from pathlib import Path
@@ -77,18 +83,19 @@ from bench.workload import (
     tables_megabytes,
     weights_megabytes,
 )
+from harness.kserve import start_kserve
 from harness.launcher import MODEL_NAME, REPO, TorchServe, build_mar, start_torchserve, wait_until_ready
 from harness.load import Case, run_load
 from model import Chatbot, load_chatbot
 from model.checkpoint import serving_subset
 from model.schema import parse_options
-from tools.server_config import model_config
+from tools.server_config import ARCHIVE_NAME, model_config
 from train.runs import add_checkpoint_flags, add_data_path_flag
 
 logger = logging.getLogger("serve_bench")
 
-SCENARIOS = ("echo", "batch1", "batched", "greedy", "beam5", "sample", "openai")
-ON_BATCHED = (*DECODING_FIELDS, "openai")  # measured on the batched scenario's server, in turn
+SCENARIOS = ("echo", "batch1", "batched", "greedy", "beam5", "sample", "openai", "kserve")
+ON_BATCHED = (*DECODING_FIELDS, "openai", "kserve")  # measured on (or beside) the batched scenario's server, in turn
 ECHO_CONFIG = REPO / "bench" / "echo-config.yaml"
 ECHO_HANDLER = REPO / "bench" / "echo_handler.py"
 TEXT_HEADERS = {"Content-Type": "text/plain; charset=utf-8"}
@@ -215,6 +222,12 @@ def chat_cases(expected: dict[str, str], stream: bool = False) -> list[Case]:
                                    "stream": stream}}, reply=reply) for prompt, reply in expected.items()]
 
 
+def kserve_cases(expected: dict[str, str]) -> list[Case]:
+    """greedy's requests as KServe v1 bodies of one instance each, whose reply must be expected[prompt]."""
+    return [Case(prompt, {"json": {"instances": [{"text": prompt}]}}, reply=reply)
+            for prompt, reply in expected.items()]
+
+
 def scenario_url(server: TorchServe, name: str) -> str:
     """Where a scenario's requests go: the OpenAI route for openai, else the JSON and text API."""
     return f"{server.openai_url}/chat/completions" if name == "openai" else server.predictions_url
@@ -279,12 +292,16 @@ def run_scenario(scenario: str, workload: Workload, args: argparse.Namespace, wo
         build_mar(workload.checkpoint, store, config)
         overrides, expected = {}, workload.expected
     overrides["default_workers_per_model"] = str(args.workers)
-    with start_torchserve(workdir / "server", store, config_overrides=overrides) as server:
+    with ExitStack() as stack:
+        server = stack.enter_context(start_torchserve(workdir / "server", store, config_overrides=overrides))
         wait_until_ready(server, args.workers)  # the launcher waits for one
-        cases = {name: chat_cases(expected) if name == "openai" else
+        cases = {name: chat_cases(expected) if name == "openai" else kserve_cases(expected) if name == "kserve" else
                  scenario_cases(workload.expected_by_scenario.get(name, expected), DECODING_FIELDS.get(name))
                  for name in (scenario, *decoding)}
         urls = {name: scenario_url(server, name) for name in cases}
+        if "kserve" in cases:  # the same archive on the other engine, beside this one
+            kserve = stack.enter_context(start_kserve(workdir / "kserve", store / f"{ARCHIVE_NAME}.mar"))
+            urls["kserve"] = kserve.predict_url
         warm_up([(urls[name], cases[name]) for name in cases], max(args.concurrency), args.server_warmup_seconds)
         levels = []
         for turn in range(args.rounds):  # rounds interleave the scenarios: a warming server favours none of them
@@ -471,6 +488,9 @@ def report(levels: Sequence[Level], rss: dict[str, list[float]], workload: Workl
         decoding = []
     if any(lv.scenario == "openai" for lv in levels):
         decoding.append(("openai_vs_json_c16", "openai", "greedy", 16, throughput))
+    if any(lv.scenario == "kserve" for lv in levels):
+        decoding += [("kserve_vs_torchserve_c16", "kserve", "greedy", 16, throughput),
+                     ("kserve_p50_vs_torchserve_c1", "kserve", "greedy", 1, median_ms)]
     print("\nper round (the headline is the median): " + "; ".join(
         f"{name} {' '.join(f'{x:.2f}' for x in round_ratios(levels, *rest))}" for name, *rest in serving + decoding))
     print()
@@ -485,12 +505,17 @@ def report(levels: Sequence[Level], rss: dict[str, list[float]], workload: Workl
         print(f"openai_streamed_requests_c1: {len(times)} ({mismatches} whose deltas did not join to the reply)")
         print(f"openai_p50_ms_c1: {openai_c1.percentile(50):.1f}")
         print(f"openai_ttft_p50_ms_c1: {np.percentile(times, 50):.1f}")
+    for name, scenario in (("torchserve_p50_ms_c1", "greedy"), ("kserve_p50_ms_c1", "kserve")):
+        level = find(pooled(levels), scenario, 1)
+        if level and any(lv.scenario == "kserve" for lv in levels):
+            print(f"{name}: {level.percentile(50):.1f}")
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
     if set(ON_BATCHED) & set(args.scenarios) and "batched" not in args.scenarios:
-        print("error: the greedy, beam5, sample and openai scenarios run on the batched server: add batched",
+        print("error: the greedy, beam5, sample, openai and kserve scenarios run on or beside the batched server: "
+              "add batched",
               file=sys.stderr)
         return 2
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")

@@ -68,6 +68,8 @@ def is_correct(case: Case, response: requests.Response) -> bool:
             body = response.json()
             if "choices" in body:  # the OpenAI route's chat.completion
                 return body["choices"][0]["message"]["content"] == case.reply
+            if "predictions" in body:  # KServe's v1 protocol, one instance
+                return body["predictions"][0].get("reply") == case.reply
             return body.get("reply") == case.reply
         # the bytes as UTF-8, not .text: without a charset requests guesses one (UTF-16 for some short ASCII)
         return response.content.decode("utf-8", "replace") == case.reply + "\n"

@@ -8,6 +8,8 @@ Fixtures (any test file can use them):
   torchserve           one native TorchServe for the session (token auth off), model "my_s2s"
   torchserve_factory   start(**options) -> another TorchServe (token_auth=..., model_config={...});
                        every server it started is stopped at the end of the session
+  kserve               one KServe runtime (python -m kserve_runtime, .venv-kserve) serving the same .mar
+  kserve_factory       start(model_config={...}) -> another KServe runtime, on a .mar built with that model-config
 
 `harness.launcher.start_torchserve(...)` is the context manager behind them: it always stops the Java process and
 its Python workers, even when startup or the test fails.
@@ -25,6 +27,7 @@ import pytest
 import torch
 import yaml
 
+from harness.kserve import KServe, start_kserve
 from harness.launcher import REPO, TorchServe, build_mar, start_torchserve
 from harness.tiny import make_tiny_bpe_checkpoint, make_tiny_checkpoint
 from model import Voc, build_model, default_config, load_chatbot
@@ -80,10 +83,7 @@ def torchserve_factory(seq2seq_mar, serving_checkpoint, tmp_path_factory):
             workdir = tmp_path_factory.mktemp("torchserve")
             store = seq2seq_mar.parent
             if model_config:
-                config = yaml.safe_load((REPO / "handler" / "model-config.yaml").read_text())
-                config.update(model_config)
-                (workdir / "model-config.yaml").write_text(yaml.safe_dump(config))
-                store = build_mar(serving_checkpoint, workdir / "model-store", workdir / "model-config.yaml").parent
+                store = archive_with(model_config, serving_checkpoint, workdir).parent
             return servers.enter_context(start_torchserve(workdir, store, token_auth, config_overrides))
         yield start
 
@@ -94,7 +94,32 @@ def torchserve(torchserve_factory) -> TorchServe:
     return torchserve_factory()
 
 
-SERVER_FIXTURES = {"torchserve", "torchserve_factory", "queue_server", "page"}
+def archive_with(model_config: dict, checkpoint: Path, workdir: Path) -> Path:
+    """A .mar of `checkpoint` whose model-config has these keys changed."""
+    config = yaml.safe_load((REPO / "handler" / "model-config.yaml").read_text())
+    config.update(model_config)
+    (workdir / "model-config.yaml").write_text(yaml.safe_dump(config))
+    return build_mar(checkpoint, workdir / "model-store", workdir / "model-config.yaml")
+
+
+@pytest.fixture(scope="session")
+def kserve_factory(seq2seq_mar, serving_checkpoint, tmp_path_factory):
+    """start(model_config=None) -> a running KServe runtime (its own .mar when model_config changes keys)."""
+    with ExitStack() as servers:
+        def start(model_config: dict | None = None) -> KServe:
+            workdir = tmp_path_factory.mktemp("kserve")
+            mar = archive_with(model_config, serving_checkpoint, workdir) if model_config else seq2seq_mar
+            return servers.enter_context(start_kserve(workdir, mar))
+        yield start
+
+
+@pytest.fixture(scope="session")
+def kserve(kserve_factory) -> KServe:
+    """The session's KServe runtime, serving the same archive as the session's TorchServe."""
+    return kserve_factory()
+
+
+SERVER_FIXTURES = {"torchserve", "torchserve_factory", "kserve", "kserve_factory", "queue_server", "page"}
 
 
 def pytest_collection_modifyitems(items):

@@ -156,14 +156,32 @@ def check_kserve(value, type_name: str, where: str) -> None:
 
 
 @pytest.mark.parametrize("file, type_name", [("inferenceservice.yaml", "V1beta1InferenceService"),
-                                              ("servingruntime.yaml", "V1alpha1ServingRuntime")])
+                                              ("servingruntime.yaml", "V1alpha1ServingRuntime"),
+                                              ("torchserve-runtime.yaml", "V1alpha1ServingRuntime")])
 def test_the_kserve_manifests_use_only_kserves_fields(file, type_name):
     doc = yaml.safe_load((REPO / "deploy" / "kserve" / file).read_text())
     check_kserve(doc, type_name, doc["kind"])
-    if type_name == "V1alpha1ServingRuntime":
-        assert doc["spec"]["containers"][0]["image"] == "pytorch/torchserve-kfs:0.12.0"
     with pytest.raises(AssertionError, match="not a field"):  # the check can fail
         check_kserve({**doc, "spec": {**doc["spec"], "predictorr": {}}}, type_name, doc["kind"])
+
+
+def test_the_inference_service_runs_the_archive_on_our_kserve_runtime_scraped_by_prometheus():
+    folder = REPO / "deploy" / "kserve"
+    service, runtime, legacy = (yaml.safe_load((folder / f).read_text()) for f in
+                                ("inferenceservice.yaml", "servingruntime.yaml", "torchserve-runtime.yaml"))
+    model = service["spec"]["predictor"]["model"]
+    assert model["runtime"] == runtime["metadata"]["name"] == "seq2seq-kserve"
+    assert model["modelFormat"]["name"] in [f["name"] for f in runtime["spec"]["supportedModelFormats"]]
+    assert model["modelFormat"]["name"] == "seq2seq-chatbot" and model["protocolVersion"] in \
+        runtime["spec"]["protocolVersions"]
+    container = runtime["spec"]["containers"][0]
+    assert container["image"] == "seq2seq-kserve:1.0" and "--mar" in container["args"]
+    port = str(container["ports"][0]["containerPort"])
+    assert runtime["spec"]["annotations"] == {"prometheus.kserve.io/port": port,
+                                              "prometheus.kserve.io/path": "/metrics"}
+    assert service["metadata"]["annotations"]["serving.kserve.io/enable-prometheus-scraping"] == "true"
+    assert container["securityContext"]["runAsNonRoot"] and not container["securityContext"]["allowPrivilegeEscalation"]
+    assert legacy["spec"]["containers"][0]["image"] == "pytorch/torchserve-kfs:0.12.0"  # the legacy one, pinned
 
 
 def test_make_kserve_store_lays_out_config_and_model_store_from_the_archive(seq2seq_mar, tmp_path):

@@ -85,11 +85,11 @@ def test_mixed_batch_answers_each_request_on_its_own(handler, serving_chatbot):
 
 def test_the_good_requests_of_a_batch_are_decoded_in_one_call(handler, monkeypatch):
     calls = []
-    generate = handler.chatbot.generate
-    monkeypatch.setattr(handler.chatbot, "generate", lambda batch, options, *listener: calls.append(batch) or
+    generate = handler.core.chatbot.generate
+    monkeypatch.setattr(handler.core.chatbot, "generate", lambda batch, options, *listener: calls.append(batch) or
                         generate(batch, options, *listener))
     run_batch(handler, [request(GOOD[0]), request(""), json_request({"text": GOOD[1]}), request("zorblax")])
-    assert calls == [[handler.chatbot.encode(GOOD[0]).ids, handler.chatbot.encode(GOOD[1]).ids]]
+    assert calls == [[handler.core.chatbot.encode(GOOD[0]).ids, handler.core.chatbot.encode(GOOD[1]).ids]]
 
 
 def test_a_reply_in_a_batch_equals_the_reply_alone(handler):
@@ -144,7 +144,7 @@ def test_custom_metrics_are_emitted_with_declared_dimensions(handler, caplog):
     buckets = {line.split("le:")[1].split(",")[0].split("|")[0]: float(line.split(":", 1)[1].split("|")[0])
                for line in lines if line.startswith("[METRICS]seq2seq_batch_size_bucket.Count:")}
     assert buckets == {"1": 1, "2": 1, "4": 1, "8": 1, "16": 1, "32": 1, "+Inf": 1}  # a batch of 1: cumulative
-    assert value("[METRICS]seq2seq_reply_words_sum.Words:") == len(handler.chatbot.reply("hello").text.split())
+    assert value("[METRICS]seq2seq_reply_words_sum.Words:") == len(handler.core.chatbot.reply("hello").text.split())
     assert not [r for r in caplog.records if "Failed to update metric" in r.getMessage()]
 
 
@@ -159,8 +159,8 @@ def test_uses_the_cpu_when_cuda_is_unavailable_even_with_a_gpu_id(model_dir, mon
 def test_quantize_option_serves_the_quantized_model(model_dir, serving_checkpoint, quantize, gru_type):
     plain = start_handler(model_dir, quantize=False)
     quantized = start_handler(model_dir, quantize=quantize)
-    assert isinstance(plain.chatbot.encoder.gru, torch.nn.GRU)
-    assert isinstance(quantized.chatbot.encoder.gru, gru_type)
+    assert isinstance(plain.core.chatbot.encoder.gru, torch.nn.GRU)
+    assert isinstance(quantized.core.chatbot.encoder.gru, gru_type)
     reference = load_chatbot(torch.load(serving_checkpoint, weights_only=True), quantize=quantize)
     texts = ["hello there", "how are you ?", "do you like music ?"]
     assert [r.body for r in run_batch(quantized, [request(t) for t in texts])] == \
@@ -216,14 +216,15 @@ def fail(error: Exception):
 
 def poison(handler, monkeypatch, bad_text: str, where: str):
     """Make the chatbot's batched decode (where="decode") or encode (where="encode") raise on `bad_text`."""
-    bad_ids = handler.chatbot.encode(bad_text).ids
+    bad_ids = handler.core.chatbot.encode(bad_text).ids
     if where == "decode":
-        generate = handler.chatbot.generate
-        monkeypatch.setattr(handler.chatbot, "generate", lambda batch, options, *listener: fail(RuntimeError("boom"))
+        bot = handler.core.chatbot
+        generate = bot.generate
+        monkeypatch.setattr(bot, "generate", lambda batch, options, *listener: fail(RuntimeError("boom"))
                             if bad_ids in batch else generate(batch, options, *listener))
     else:
-        encode = handler.chatbot.encode
-        monkeypatch.setattr(handler.chatbot, "encode", lambda text: fail(KeyError(text))
+        encode = handler.core.chatbot.encode
+        monkeypatch.setattr(handler.core.chatbot, "encode", lambda text: fail(KeyError(text))
                             if text == bad_text else encode(text))
 
 
@@ -243,9 +244,9 @@ def test_an_exception_we_did_not_foresee_fails_only_its_own_request(handler, mon
 
 
 def test_a_reply_that_cannot_be_written_fails_only_its_own_request(handler, monkeypatch):
-    reply_body = handler.reply_body
-    monkeypatch.setattr(handler, "reply_body", lambda idx, chat, reply: fail(UnicodeError("x"))
-                        if idx == 1 else reply_body(idx, chat, reply))
+    reply_response = handler.core.reply_response
+    monkeypatch.setattr(handler.core, "reply_response", lambda batch, idx, chat, reply: fail(UnicodeError("x"))
+                        if idx == 1 else reply_response(batch, idx, chat, reply))
     responses = run_batch(handler, [request(GOOD[0]), json_request({"text": GOOD[1]}), request(GOOD[2])])
     assert [r.status for r in responses] == [200, 500, 200]
     assert responses[1].content_type == "application/json" and responses[1].json()["type"] == "InternalError"

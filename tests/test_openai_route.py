@@ -115,7 +115,7 @@ def test_a_byte_level_stream_never_splits_a_character(bpe_handler, bpe_checkpoin
 
 
 def test_a_requested_maximum_above_the_models_limit_is_clamped_and_usage_stays_exact(handler, serving_chatbot):
-    limit = handler.limits["max_length"]
+    limit = handler.core.limits["max_length"]
     big, at_limit = run_batch(handler, [ask("how are you ?", max_tokens=2048),
                                         json_request({"text": "how are you ?", "max_length": limit})])
     reply = serving_chatbot.reply("how are you ?", DecodeOptions(max_length=limit))
@@ -184,9 +184,9 @@ def test_every_completion_says_which_turn_the_model_read(handler):
 
 
 def test_an_unknown_field_is_accepted_and_logged_once_by_name_never_value(handler, caplog):
-    import openai_api
+    from serving import openai_api
     openai_api._logged_unknown.clear()
-    with caplog.at_level("WARNING", logger="openai_api"):
+    with caplog.at_level("WARNING", logger="serving.openai_api"):
         first, second = run_batch(handler, [ask("how are you ?", future_knob="secret-value-1"),
                                             ask("how are you ?", future_knob="secret-value-2",
                                                 stream=True, stream_options={"include_usage": True, "later": 1})])
@@ -199,12 +199,17 @@ def test_an_unknown_field_is_accepted_and_logged_once_by_name_never_value(handle
 @given(text=st.text("ab .", max_size=24), cuts=st.lists(st.integers(0, 24), max_size=8),
        stops=st.lists(st.text("ab .", min_size=1, max_size=4), max_size=4))
 def test_a_stop_filter_sends_the_text_cut_at_the_first_stop_and_never_more(text, cuts, stops):
-    """Fed any text in any pieces, what the filter sends is always a beginning of the text cut before the first
-    stop string (str.find is the reference), and all of it once finished."""
-    import openai_api
-    at = [i for i in (text.find(s) for s in stops) if i >= 0]
-    final = text[:min(at)] if at else text
+    """Fed any text in any pieces, what the filter sends is always a beginning of the reply generation would have
+    given: after the first piece whose text so far holds a stop string, that text cut before the first one it holds
+    (str.find is the reference); and all of it once finished."""
+    from serving import openai_api
     bounds = sorted({0, len(text), *(c for c in cuts if c <= len(text))})
+    final = text
+    for b in bounds[1:]:
+        at = [i for i in (text[:b].find(s) for s in stops) if i >= 0]
+        if at:
+            final = text[:min(at)]
+            break
     stop, sent = openai_api.StopFilter(tuple(stops)), ""
     for a, b in zip(bounds, bounds[1:]):
         sent += stop.push(text[a:b])
@@ -264,8 +269,8 @@ def test_models_and_unknown_paths(handler):
 def test_a_stream_whose_batch_decode_fails_still_ends_once_and_the_others_are_answered(handler, monkeypatch):
     """A batched decode that raises is retried request by request (nothing more is streamed then): a streamed greedy
     reply is the same, so its rest is sent; the poisoned request alone gets its error."""
-    bad_ids = handler.chatbot.encode("what is your name ?").ids
-    generate = handler.chatbot.generate
+    bad_ids = handler.core.chatbot.encode("what is your name ?").ids
+    generate = handler.core.chatbot.generate
 
     def failing(batch, options, *listener):
         if bad_ids in batch:
@@ -273,7 +278,7 @@ def test_a_stream_whose_batch_decode_fails_still_ends_once_and_the_others_are_an
         return generate(batch, options, *listener)
 
     expected = run_batch(handler, [ask("how are you ?")])[0].json()["choices"][0]["message"]["content"]
-    monkeypatch.setattr(handler.chatbot, "generate", failing)
+    monkeypatch.setattr(handler.core.chatbot, "generate", failing)
     streamed, poisoned, plain = run_batch(handler, [ask("how are you ?", stream=True), ask("what is your name ?"),
                                                     request("good night !", "text/plain")])
     found = events(streamed.streamed)
@@ -359,9 +364,8 @@ def test_the_readmes_field_table_is_the_routes():
     """Every field of openai_api.FIELDS is listed under its policy in the README's table, and nothing else is."""
     import re
 
-    import openai_api
-
     from harness.launcher import REPO
+    from serving import openai_api
     listed = {}
     for line in (REPO / "README.md").read_text().splitlines():
         row = re.match(r"\| (honoured|ignored|refused) \| ([^|]+) \|", line)

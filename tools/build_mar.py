@@ -5,8 +5,8 @@
 
 Validation loads the checkpoint exactly as the handler will (model.load_chatbot, weights_only=True)
 and decodes one test reply; any failure is one line on stderr and exit 1.
-The archiver flattens directories given to --extra-files, so the `model` package is staged
-inside a temporary folder and that folder is passed: the archive then holds model/*.py.
+The archiver flattens directories given to --extra-files, so the `model` and `serving` packages are staged
+inside a temporary folder and that folder is passed: the archive then holds model/*.py and serving/*.py.
 Only what serving needs is archived: the optimiser states (about two thirds of a training
 checkpoint) stay out of the .mar.
 """
@@ -65,17 +65,16 @@ def serving_checkpoint(ckpt: dict, name: str, staging: Path) -> Path:
     return path
 
 
-HANDLER_MODULES = ("wire.py", "openai_api.py")  # handler/ modules the handler imports, unpacked beside it
+PACKAGES = ("model", "serving")  # what the handler imports, unpacked beside it: the model and the serving core
 
 
 def stage_model_package(staging: Path) -> Path:
-    """Copy model/*.py into staging/model (no caches) and the handler's own modules into staging; return staging."""
-    target = staging / "model"
-    target.mkdir(parents=True)
-    for source in sorted((REPO / "model").glob("*.py")):
-        shutil.copy2(source, target / source.name)
-    for name in HANDLER_MODULES:
-        shutil.copy2(REPO / "handler" / name, staging / name)
+    """Copy model/*.py and serving/*.py into staging/model and staging/serving (no caches); return staging."""
+    for package in PACKAGES:
+        target = staging / package
+        target.mkdir(parents=True)
+        for source in sorted((REPO / package).glob("*.py")):
+            shutil.copy2(source, target / source.name)
     return staging
 
 

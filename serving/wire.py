@@ -1,11 +1,11 @@
-"""The handler's wire format: typed request and outcome values, and the one table of error kinds.
+"""The serving core's wire format: typed request and outcome values, and the one table of error kinds.
 
-A request's way through the handler: `parse_body` turns what TorchServe's worker decoded into a
-ChatRequest or raises BadRequest; the decode gives the ChatRequest its model.schema.Reply; the
-response is built from the one or the other. Every stage runs per request behind a guard (`seq2seq_handler`), so
-whatever one request's bytes make any code raise, only that request gets an error.
+A request's way through the core: `parse_body` turns what an engine received into a ChatRequest or raises
+BadRequest; the decode gives the ChatRequest its model.schema.Reply; the response is built from the one or the
+other. Every stage runs per request behind a guard (core.py), so whatever one request's bytes make any code raise,
+only that request gets an error.
 
-Shipped beside the handler in the .mar; pure Python 3.9 (no torch, no TorchServe).
+Part of the serving core, shipped in the .mar; pure Python 3.9 (no torch, no engine).
 """
 from __future__ import annotations
 
@@ -34,6 +34,7 @@ class ErrorKind(Enum):
     UNSUPPORTED_MEDIA_TYPE = ("UnsupportedMediaType", 415)
     NO_KNOWN_WORDS = ("NoKnownWords", 422)
     INTERNAL_ERROR = ("InternalError", 500)  # our bug, scoped to the one request it hit
+    SERVICE_UNAVAILABLE = ("ServiceUnavailable", 503)  # the queue is full (TorchServe says so itself)
 
     def __init__(self, type_name: str, status: int):
         self.type_name = type_name
@@ -41,7 +42,7 @@ class ErrorKind(Enum):
 
 
 class BadRequest(Exception):
-    """A request the handler refuses, with what the caller should fix."""
+    """A request the server refuses, with what the caller should fix."""
 
     def __init__(self, kind: ErrorKind, message: str, unknown_words: list[str] | None = None):
         super().__init__(message)
@@ -64,7 +65,7 @@ def internal_error(stage: str) -> BadRequest:
 
 @dataclass
 class ChatRequest:
-    """One usable request: its text, whether the reply goes back as JSON, its decoding fields, and what the handler
+    """One usable request: its text, whether the reply goes back as JSON, its decoding fields, and what the core
     adds on its way: the checked options, the encoded text, the Reply."""
 
     text: str

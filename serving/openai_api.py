@@ -1,7 +1,8 @@
-"""The OpenAI Chat Completions route, inside TorchServe: request fields in, chat.completion objects out.
+"""The OpenAI Chat Completions route, engine-free: request fields in, chat.completion objects and stream events out.
 
-TorchServe 0.12 sends `/predictions/{model}/{version}/<path>` to the handler with <path> in the request header
-`url_path`, so an OpenAI SDK given base_url `http://host:8080/predictions/<model>/<version>/v1` reaches:
+Each engine puts the route under its own base URL: TorchServe 0.12 sends `/predictions/{model}/{version}/<path>` to
+the handler with <path> in the request header `url_path` (base_url `http://host:8080/predictions/<model>/<version>/v1`);
+the KServe runtime serves it under KServe's `/openai` prefix (base_url `http://host:8180/openai/v1`). Either way:
 
   POST v1/chat/completions   the Chat Completions body -> a `chat.completion`, or with "stream": true a
                              text/event-stream of `chat.completion.chunk`s ending in `data: [DONE]`
@@ -14,7 +15,7 @@ output this model cannot give): the one table FIELDS. An unknown field is accept
 the JSON API's kinds and statuses (wire.ErrorKind) in OpenAI's shape {"error": {"message", "type", "param",
 "code"}}, so the SDK raises its matching exception.
 
-Shipped beside the handler in the .mar; pure Python 3.9 (no torch, no TorchServe).
+Part of the serving core, shipped in the .mar; pure Python 3.9 (no torch, no engine).
 """
 from __future__ import annotations
 
@@ -25,7 +26,7 @@ import uuid
 from dataclasses import dataclass
 from typing import Any
 
-from wire import BadRequest, ChatRequest, ErrorKind, check_text
+from .wire import BadRequest, ChatRequest, ErrorKind, check_text
 
 logger = logging.getLogger(__name__)
 
@@ -138,6 +139,7 @@ class Streamed:
     text: Any
     stop: Any = None
     failed: bool = False
+    unsent: str = ""  # pieces not emitted yet (a core answering without an emit function sends them last)
 
     def __post_init__(self):
         self.stop = self.stop or StopFilter(self.completion.stop)
@@ -331,17 +333,20 @@ def stop_at(text: str, stops: tuple) -> int | None:
 
 
 def choices(completion: Completion, reply: Any, decode: Any, eos: int) -> list[Choice]:
-    """Each reply of a model.schema.Reply as a Choice: cut before the first of the completion's stop strings, its
-    tokens counted up to the one that completed that string. decode: token ids -> text (the vocabulary's)."""
+    """Each reply of a model.schema.Reply as a Choice, stopped as generation would have stopped it: at the first
+    token after which the text holds one of the completion's stop strings, cut before the first of them that text
+    holds (a stream's StopFilter, fed token by token, sends the same). decode: token ids -> text (the vocabulary's)."""
     found = []
     for (text, _), ids in zip(reply.replies, reply.token_ids):
-        at = stop_at(text, completion.stop)
-        if at is None:
-            found.append(Choice(text, finish_reason(ids, eos), len(ids)))
+        found.append(Choice(text, finish_reason(ids, eos), len(ids)))
+        if stop_at(text, completion.stop) is None:
             continue
-        spent = next(k for k in range(1, len(ids) + 1)
-                     if stop_at(decode(ids[:k]).rstrip("\ufffd"), completion.stop) is not None)
-        found.append(Choice(text[:at], "stop", spent))
+        for k in range(1, len(ids) + 1):
+            prefix = decode(ids[:k]).rstrip("\ufffd")  # a byte-level prefix can end inside a character
+            at = stop_at(prefix, completion.stop)
+            if at is not None:
+                found[-1] = Choice(prefix[:at], "stop", k)
+                break
     return found
 
 

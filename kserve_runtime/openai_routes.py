@@ -1,0 +1,58 @@
+"""The OpenAI API on KServe: `/openai/v1/chat/completions` (SSE streaming included) and `/openai/v1/models`.
+
+KServe's own OpenAI classes import vLLM, so the runtime adds its routes to `kserve.model_server.app` before the
+server starts, under KServe's `/openai` prefix (`/v1/models` is KServe's v1 protocol). The serving core answers
+them as on TorchServe: the SDK's base_url is `http://127.0.0.1:8180/openai/v1`.
+"""
+from __future__ import annotations
+
+from fastapi import FastAPI, Request
+from starlette.responses import Response as HTTPResponse
+from starlette.responses import StreamingResponse
+
+from serving import openai_api
+from serving.core import Incoming, Response
+
+from .model import Rejected, Seq2seqModel, final, first_event
+
+PREFIX = "/openai"
+
+
+def to_http(response: Response) -> HTTPResponse:
+    """A core Response as Starlette's."""
+    return HTTPResponse(response.body, response.status, response.headers, media_type=response.content_type)
+
+
+def add_routes(app: FastAPI, model: Seq2seqModel) -> None:
+    """Serve the OpenAI API of `model` on `app`, and the core's error responses for requests it refuses."""
+    app.add_exception_handler(Rejected, lambda request, e: to_http(e.response))
+
+    @app.get(f"{PREFIX}/{openai_api.MODELS_PATH}")
+    async def models() -> HTTPResponse:
+        return to_http(model.core.answer([Incoming(openai_api.MODELS_PATH)])[0])
+
+    @app.post(f"{PREFIX}/{openai_api.CHAT_PATH}")
+    async def chat_completions(request: Request) -> HTTPResponse:
+        job = model.submit(Incoming(openai_api.CHAT_PATH, await request.body(), request.headers.get("content-type",
+                                                                                                    "")))
+        first = await first_event(job, request)
+        if first is None:  # the client went away before its batch: it was never decoded
+            return HTTPResponse(status_code=499)
+        kind, value = first
+        if kind == "final":
+            return to_http(final(value))
+        return StreamingResponse(pieces(job, value), value.status, value.headers, media_type=value.content_type)
+
+
+async def pieces(job, first: Response):
+    """A streamed response's bodies: the first piece, each piece as it is decoded, then the last; the job is
+    cancelled if the client goes away (Starlette then stops this generator)."""
+    try:
+        yield first.body
+        while True:
+            kind, value = await job.events.get()
+            yield final(value).body if kind == "final" else value.body
+            if kind == "final":
+                return
+    finally:
+        job.cancel()

@@ -1,0 +1,202 @@
+"""One golden suite, two engines: the same .mar on TorchServe and on the KServe runtime (kserve_runtime/) gives the
+same replies and the same error kinds and statuses, and OpenAI streaming works the same with the official SDK.
+Replies are also checked against the Chatbot the checkpoint rebuilds in this process (the independent reference).
+KServe's own protocols (v1 instances, v2 BYTES tensors), batching, its queue bound and /metrics are tested here too.
+"""
+from __future__ import annotations
+
+import json
+from concurrent.futures import ThreadPoolExecutor
+
+import openai
+import pytest
+import requests
+
+from model.schema import DecodeOptions
+from tools.server_config import MODEL_NAME
+
+pytestmark = pytest.mark.server
+REPLIES = [{"text": "how are you ?"}, {"text": "hello there .", "beam_size": 3, "num_replies": 2},
+           {"text": "what is your name ?", "temperature": 0.8, "seed": 3, "num_replies": 2},
+           {"text": "where are you going ?", "presence_penalty": 1.0, "frequency_penalty": 0.5},
+           {"text": "zorblax how are you ?", "max_length": 4}, {"text": "good night !", "top_k": 3, "seed": 8}]
+ERRORS = [({"text": "   "}, "EmptyInput"), ({"text": "zorblax"}, "NoKnownWords"),
+          ({"text": "hello " * 300}, "InputTooLong"), ({"text": "hi", "beam_size": 99}, "InvalidOption"),
+          ({"text": "hi", "temperature": 0.5, "beam_size": 2}, "InvalidOption"), ({"txt": "hello"}, "MissingText"),
+          ({"text": 5}, "MissingText"), ({"text": "hi", "colour": "blue"}, "InvalidOption")]
+ENGINES = ["torchserve", "kserve"]
+
+
+def on_torchserve(server, body: dict) -> tuple[int, dict]:
+    """(status, body) of a JSON API request on TorchServe."""
+    response = requests.post(server.predictions_url, json=body, timeout=60)
+    return response.status_code, response.json()
+
+
+def on_kserve(server, body: dict) -> tuple[int, dict]:
+    """(status, body) of the same request as one v1 instance on the KServe runtime."""
+    response = requests.post(server.predict_url, json={"instances": [body]}, timeout=60)
+    found = response.json()
+    return response.status_code, found["predictions"][0] if response.ok else found
+
+
+@pytest.fixture(scope="module")
+def servers(torchserve, kserve) -> dict:
+    return {"torchserve": torchserve, "kserve": kserve}
+
+
+@pytest.mark.parametrize("body", REPLIES)
+def test_the_same_request_gets_the_same_reply_on_both_engines(servers, serving_chatbot, body):
+    ours, theirs = on_torchserve(servers["torchserve"], body), on_kserve(servers["kserve"], body)
+    assert ours == theirs and ours[0] == 200
+    options = DecodeOptions(**{"max_length": serving_chatbot.max_length,
+                               **{k: v for k, v in body.items() if k != "text"}})
+    assert ours[1]["reply"] == serving_chatbot.reply(body["text"], options).text
+
+
+@pytest.mark.parametrize("body, kind", ERRORS)
+def test_the_same_bad_request_gets_the_same_error_on_both_engines(servers, body, kind):
+    ours, theirs = on_torchserve(servers["torchserve"], body), on_kserve(servers["kserve"], body)
+    assert ours == theirs and ours[1]["type"] == kind and ours[0] == ours[1]["code"] >= 400
+
+
+def test_a_v1_request_of_many_instances_answers_each_and_a_bad_one_fails_alone(servers):
+    bodies = [*REPLIES, *(body for body, _ in ERRORS)]
+    response = requests.post(servers["kserve"].predict_url, json={"instances": bodies + ["how are you ?"]},
+                             timeout=60)
+    assert response.status_code == 200
+    expected = [on_torchserve(servers["torchserve"], b)[1] for b in bodies + [{"text": "how are you ?"}]]
+    assert response.json()["predictions"] == expected  # a bare text instance is {"text": ...}
+
+
+def test_v2_infer_takes_bytes_texts_and_parameters(servers, serving_chatbot):
+    texts = ["how are you ?", "zorblax", "hello there ."]
+    body = {"inputs": [{"name": "text", "shape": [3], "datatype": "BYTES", "data": texts}],
+            "parameters": {"max_length": 6, "no_repeat_ngram_size": 2}}
+    response = requests.post(servers["kserve"].infer_url, json=body, timeout=60)
+    assert response.status_code == 200
+    outputs = {o["name"]: o["data"] for o in response.json()["outputs"]}
+    options = DecodeOptions(max_length=6, no_repeat_ngram_size=2)
+    assert outputs["reply"] == [serving_chatbot.reply(texts[0], options).text, "",
+                                serving_chatbot.reply(texts[2], options).text]
+    assert outputs["error"][0] == outputs["error"][2] == ""
+    assert json.loads(outputs["error"][1])["type"] == "NoKnownWords"
+    alone = {**body, "inputs": [{**body["inputs"][0], "shape": [1], "data": ["zorblax"]}]}
+    refused = requests.post(servers["kserve"].infer_url, json=alone, timeout=60)
+    assert refused.status_code == 422 and refused.json()["type"] == "NoKnownWords"
+
+
+@pytest.mark.parametrize("engine", ENGINES)
+def test_the_openai_sdk_streams_and_completes_the_same_on_both_engines(servers, serving_chatbot, engine):
+    client = openai.OpenAI(base_url=servers[engine].openai_url, api_key="unused", max_retries=0, timeout=60)
+    assert [m.id for m in client.models.list()] == [MODEL_NAME]
+    cases = [({}, DecodeOptions(max_length=10)), ({"temperature": 0.7, "seed": 2, "max_tokens": 2048},
+                                                  DecodeOptions(max_length=20, temperature=0.7, seed=2))]
+    for fields, options in cases:
+        messages = [{"role": "system", "content": "be brief"}, {"role": "user", "content": "what is your name ?"}]
+        chunks = list(client.chat.completions.create(model=MODEL_NAME, messages=messages, stream=True,
+                                                     stream_options={"include_usage": True}, **fields))
+        reply = serving_chatbot.reply("what is your name ?", options)
+        assert "".join(c.choices[0].delta.content or "" for c in chunks if c.choices) == reply.text
+        assert chunks[-1].usage.completion_tokens == len(reply.token_ids[0])
+        whole = client.chat.completions.create(model=MODEL_NAME, messages=messages, **fields)
+        assert whole.choices[0].message.content == reply.text
+    stop = " " + serving_chatbot.reply("what is your name ?").text.split()[1]
+    cut = client.chat.completions.create(model=MODEL_NAME, stop=[stop], messages=[
+        {"role": "user", "content": "what is your name ?"}])
+    assert cut.choices[0].finish_reason == "stop" and stop not in cut.choices[0].message.content
+
+
+@pytest.mark.parametrize("engine", ENGINES)
+@pytest.mark.parametrize("fields, error, code", [({"model": "gpt-4o"}, openai.NotFoundError, "NotFound"),
+                                                 ({"tools": [{"type": "function", "function": {"name": "f"}}]},
+                                                  openai.BadRequestError, "InvalidOption"),
+                                                 ({"messages": [{"role": "user", "content": "zorblax"}]},
+                                                  openai.UnprocessableEntityError, "NoKnownWords")])
+def test_the_openai_errors_are_the_same_on_both_engines(servers, engine, fields, error, code):
+    client = openai.OpenAI(base_url=servers[engine].openai_url, api_key="unused", max_retries=0, timeout=60)
+    body = {"model": MODEL_NAME, "messages": [{"role": "user", "content": "how are you ?"}], **fields}
+    with pytest.raises(error) as raised:
+        client.chat.completions.create(**body)
+    assert raised.value.code == code
+
+
+def test_a_seeded_reply_is_the_same_alone_and_in_a_full_batch_on_kserve(kserve):
+    seeded = {"text": "what is your name ?", "temperature": 1.1, "seed": 21, "num_replies": 2}
+    alone = on_kserve(kserve, seeded)
+    batches_before = batch_count(kserve)
+    with ThreadPoolExecutor(16) as pool:
+        found = list(pool.map(lambda i: on_kserve(kserve, seeded if i % 4 == 0 else REPLIES[i % len(REPLIES)]),
+                              range(64)))
+    assert all(found[i] == alone for i in range(0, 64, 4))
+    assert batch_count(kserve) - batches_before < 64  # requests did share batches
+
+
+def batch_count(kserve) -> float:
+    """Batches decoded so far: the count of the seq2seq_batch_size histogram on /metrics."""
+    text = requests.get(kserve.url("/metrics"), timeout=10).text
+    return sum(float(line.split()[-1]) for line in text.splitlines() if line.startswith("seq2seq_batch_size_count"))
+
+
+def test_kserves_metrics_carry_ours_beside_its_own(kserve):
+    on_kserve(kserve, {"text": "zorblax"})
+    text = requests.get(kserve.url("/metrics"), timeout=10).text
+    assert f'seq2seq_bad_requests_total{{ModelName="{MODEL_NAME}",Reason="NoKnownWords"}}' in text
+    assert "seq2seq_requests_decoded_total" in text and "seq2seq_decode_seconds_bucket" in text
+    assert "request_predict_seconds" in text  # KServe's own
+    assert requests.get(kserve.url("/v2/health/ready"), timeout=10).ok
+
+
+def test_a_full_queue_answers_503_and_every_other_request_its_reply(kserve_factory, serving_chatbot):
+    server = kserve_factory({"jobQueueSize": 1, "batchSize": 1, "maxBatchDelay": 0})
+    expected = serving_chatbot.reply("how are you ?").text
+    with ThreadPoolExecutor(32) as pool:
+        found = list(pool.map(lambda _: on_kserve(server, {"text": "how are you ?"}), range(96)))
+    busy = [body for status, body in found if status == 503]
+    assert busy and all(b["type"] == "ServiceUnavailable" for b in busy)
+    assert all(body["reply"] == expected for status, body in found if status == 200)
+    assert len(busy) < len(found)
+
+
+def test_a_body_over_the_request_size_limit_gets_413_on_kserve(kserve, serving_chatbot):
+    big = {"instances": [{"text": "how are you ?", "pad": "x" * 70_000}]}
+    refused = requests.post(kserve.predict_url, json=big, timeout=60)
+    assert refused.status_code == 413 and refused.json()["type"] == "InputTooLong"
+    assert on_kserve(kserve, {"text": "how are you ?"}) == (200, on_kserve(kserve, {"text": "how are you ?"})[1])
+
+
+def test_a_streamed_client_that_hangs_up_costs_the_others_nothing_on_kserve(kserve, serving_chatbot):
+    body = {"model": MODEL_NAME, "messages": [{"role": "user", "content": "how are you ?"}], "stream": True}
+    expected = serving_chatbot.reply("how are you ?").text
+
+    def hang_up(_):
+        with requests.post(f"{kserve.openai_url}/chat/completions", json=body, stream=True, timeout=60) as r:
+            return next(r.iter_lines())  # then close
+
+    with ThreadPoolExecutor(16) as pool:
+        gone = [pool.submit(hang_up, i) for i in range(32)]
+        kept = [pool.submit(on_kserve, kserve, {"text": "how are you ?"}) for _ in range(32)]
+    assert all(g.result().startswith(b"data: ") for g in gone)
+    assert all(k.result() == (200, {**k.result()[1], "reply": expected}) for k in kept)
+    assert requests.get(kserve.url("/v2/health/ready"), timeout=10).ok
+
+
+def test_make_serve_kserve_returns_once_ready_and_the_pid_file_stops_it(seq2seq_mar, tmp_path, serving_chatbot):
+    import os
+    import signal
+    import subprocess
+
+    from harness.launcher import free_ports
+    from tools.server_config import REPO
+    port, pid_file = free_ports(1)[0], tmp_path / "kserve.pid"
+    made = subprocess.run(["make", "--no-print-directory", "serve-kserve", f"KSERVE_PORT={port}", f"MAR={seq2seq_mar}",
+                           f"KSERVE_PID={pid_file}"], cwd=REPO, capture_output=True, text=True, timeout=180)
+    try:
+        assert made.returncode == 0, made.stdout + made.stderr
+        assert f"http://127.0.0.1:{port}/v1/models/{MODEL_NAME}:predict" in made.stdout
+        reply = requests.post(f"http://127.0.0.1:{port}/v1/models/{MODEL_NAME}:predict",
+                              json={"instances": [{"text": "hello there ."}]}, timeout=30)
+        assert reply.json()["predictions"][0]["reply"] == serving_chatbot.reply("hello there .").text
+    finally:
+        if pid_file.exists():
+            os.kill(int(pid_file.read_text()), signal.SIGTERM)
