@@ -200,3 +200,13 @@ def test_make_serve_kserve_returns_once_ready_and_the_pid_file_stops_it(seq2seq_
     finally:
         if pid_file.exists():
             os.kill(int(pid_file.read_text()), signal.SIGTERM)
+
+
+def test_the_kserve_runtime_listens_on_loopback_only(kserve):
+    """KServe binds 0.0.0.0 by itself; the runtime's --host (127.0.0.1 by default) must win, gRPC staying off."""
+    import psutil
+
+    listening = [c.laddr for c in psutil.Process(kserve.process.pid).net_connections("inet")
+                 if c.status == psutil.CONN_LISTEN]
+    assert listening and all(address.ip == "127.0.0.1" for address in listening), listening
+    assert {address.port for address in listening} == {kserve.port}
