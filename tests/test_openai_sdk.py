@@ -5,6 +5,7 @@ Chatbot the checkpoint rebuilds in this process (the independent reference of ev
 from __future__ import annotations
 
 import json
+import time
 from concurrent.futures import ThreadPoolExecutor
 
 import openai
@@ -158,6 +159,11 @@ def test_this_routes_requests_are_counted_like_the_others(torchserve, client):
     before = decoded()
     ask(client, "how are you ?")
     streamed_text(client, "how are you ?")
+    # the frontend reads metric updates from the worker's log as it comes: the last one can follow the reply
+    deadline = time.monotonic() + 10
+    while decoded() < before + 2 and time.monotonic() < deadline:
+        time.sleep(0.1)
+    time.sleep(0.3)  # and nothing more comes
     assert decoded() == before + 2
 
 
