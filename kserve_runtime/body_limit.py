@@ -1,7 +1,7 @@
 """A bound on request bodies for the KServe runtime, as TorchServe's max_request_size is: uvicorn reads any body.
 
-A body whose Content-Length is over the limit gets a 413 InputTooLong before any of it is read; a chunked body that
-grows past it is cut off (the request ends as if its client had gone away).
+A body whose Content-Length is over the limit gets a 413 InputTooLong before any of it is read; a chunked body gets
+it once it grows past the limit (the app then reads the end of the request, and whatever it answers is dropped).
 """
 from __future__ import annotations
 
@@ -23,23 +23,28 @@ class BodyLimit:
         length = dict(scope.get("headers") or []).get(b"content-length", b"0")
         if length.isdigit() and int(length) > self.limit:
             return await self.refuse(int(length), send)
-        seen = 0
+        seen, refused = 0, False
 
         async def bounded():
-            nonlocal seen
+            nonlocal seen, refused
             message = await receive()
-            if message["type"] == "http.request":
+            if message["type"] == "http.request" and not refused:
                 seen += len(message.get("body", b""))
                 if seen > self.limit:
-                    return {"type": "http.disconnect"}
-            return message
+                    refused = True
+                    await self.refuse(seen, send)
+            return {"type": "http.disconnect"} if refused else message
 
-        return await self.app(scope, bounded, send)
+        async def unless_refused(message):
+            if not refused:
+                await send(message)
+
+        return await self.app(scope, bounded, unless_refused)
 
     async def refuse(self, length: int, send) -> None:
         """413 with the core's error body."""
-        body = json.dumps(BadRequest(ErrorKind.INPUT_TOO_LONG, f"the request body has {length} bytes; send at "
-                                     f"most {self.limit}").body()).encode() + b"\n"
+        body = json.dumps(BadRequest(ErrorKind.INPUT_TOO_LONG, f"the request body has {length} bytes or more; send "
+                                     f"at most {self.limit}").body()).encode() + b"\n"
         await send({"type": "http.response.start", "status": 413,
                     "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]})
         await send({"type": "http.response.body", "body": body})

@@ -162,6 +162,11 @@ def test_a_body_over_the_request_size_limit_gets_413_on_kserve(kserve, serving_c
     big = {"instances": [{"text": "how are you ?", "pad": "x" * 70_000}]}
     refused = requests.post(kserve.predict_url, json=big, timeout=60)
     assert refused.status_code == 413 and refused.json()["type"] == "InputTooLong"
+    text = json.dumps(big).encode()
+    for url in (kserve.predict_url, f"{kserve.openai_url}/chat/completions"):
+        chunked = (text[i:i + 8192] for i in range(0, len(text), 8192))  # a generator: no Content-Length
+        cut = requests.post(url, data=chunked, headers={"Content-Type": "application/json"}, timeout=60)
+        assert cut.status_code == 413 and cut.json()["type"] == "InputTooLong"
     assert on_kserve(kserve, {"text": "how are you ?"}) == (200, on_kserve(kserve, {"text": "how are you ?"})[1])
 
 
