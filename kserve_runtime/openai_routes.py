@@ -6,7 +6,12 @@ them as on TorchServe: the SDK's base_url is `http://127.0.0.1:8180/openai/v1`.
 """
 from __future__ import annotations
 
+import json
+import math
+from typing import Any
+
 from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
 from starlette.responses import Response as HTTPResponse
 from starlette.responses import StreamingResponse
 
@@ -23,9 +28,29 @@ def to_http(response: Response) -> HTTPResponse:
     return HTTPResponse(response.body, response.status, response.headers, media_type=response.content_type)
 
 
+def finite(value: Any) -> Any:
+    """`value` with every non-finite float as a string: JSON has no Infinity or NaN."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return str(value)
+    if isinstance(value, dict):
+        return {k: finite(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [finite(v) for v in value]
+    return value
+
+
+def invalid_body(request: Request, error: RequestValidationError) -> HTTPResponse:
+    """FastAPI's 422 for a body that does not fit KServe's v2 schema, renderable whatever the body held (FastAPI's
+    own handler fails on a non-finite number such as `"shape": Infinity`, and KServe then answers 500)."""
+    body = json.dumps({"detail": finite(json.loads(json.dumps(error.errors(), default=str)))})
+    return HTTPResponse(body, 422, media_type="application/json")
+
+
 def add_routes(app: FastAPI, model: Seq2seqModel) -> None:
-    """Serve the OpenAI API of `model` on `app`, and the core's error responses for requests it refuses."""
+    """Serve the OpenAI API of `model` on `app`, the core's error responses for requests it refuses, and a 422 for
+    any body KServe's v2 schema refuses."""
     app.add_exception_handler(Rejected, lambda request, e: to_http(e.response))
+    app.add_exception_handler(RequestValidationError, invalid_body)
 
     @app.get(f"{PREFIX}/{openai_api.MODELS_PATH}")
     async def models() -> HTTPResponse:

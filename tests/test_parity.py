@@ -215,3 +215,44 @@ def test_the_kserve_runtime_listens_on_loopback_only(kserve):
                  if c.status == psutil.CONN_LISTEN]
     assert listening and all(address.ip == "127.0.0.1" for address in listening), listening
     assert {address.port for address in listening} == {kserve.port}
+
+
+# ---------------------------------------------------------------- fuzzing the KServe runtime: what any body gets
+
+from hypothesis import HealthCheck, given, settings  # noqa: E402
+from hypothesis import strategies as st  # noqa: E402
+
+JSON = st.recursive(st.none() | st.booleans() | st.integers(-3, 2**64) | st.floats(allow_nan=False) |
+                    st.text(max_size=20), lambda inner: st.lists(inner, max_size=3) |
+                    st.dictionaries(st.text(max_size=8), inner, max_size=3), max_leaves=10)
+INSTANCE = st.fixed_dictionaries({"text": st.sampled_from(["how are you ?", "zorblax", "", "hello there ."]) | JSON},
+                                  optional={"beam_size": JSON | st.integers(0, 12), "temperature": JSON,
+                                            "seed": JSON, "max_length": JSON | st.integers(-1, 30)})
+BODIES = st.fixed_dictionaries({"instances": st.lists(INSTANCE | JSON, max_size=4)}) | st.fixed_dictionaries(
+    {"inputs": st.lists(st.fixed_dictionaries({"name": st.sampled_from(["text", "x"]), "shape": JSON,
+                                               "datatype": st.sampled_from(["BYTES", "FP32"]),
+                                               "data": st.lists(st.text(max_size=20), max_size=3) | JSON}),
+                        max_size=2), "parameters": JSON}) | st.fixed_dictionaries(
+    {"model": st.sampled_from([MODEL_NAME, "x"]), "messages": JSON | st.just(
+        [{"role": "user", "content": "how are you ?"}])}, optional={"stream": JSON, "stop": JSON, "n": JSON}) | JSON
+ROUTES = ["/v1/models/{m}:predict", "/v2/models/{m}/infer", "/openai/v1/chat/completions"]
+
+
+@pytest.mark.parametrize("shape", ["Infinity", "NaN", "null", '"x"', "[1.5]"])
+def test_a_v2_body_outside_kserves_schema_gets_422_even_with_non_finite_numbers(kserve, shape):
+    body = f'{{"inputs": [{{"name": "text", "shape": {shape}, "datatype": "BYTES", "data": ["hi"]}}]}}'
+    response = requests.post(kserve.infer_url, data=body, headers={"Content-Type": "application/json"}, timeout=60)
+    assert response.status_code == 422 and response.json()["detail"]
+
+
+@given(body=BODIES, route=st.sampled_from(ROUTES), raw=st.booleans())
+@settings(max_examples=150, deadline=None, database=None, suppress_health_check=list(HealthCheck))
+def test_fuzz_any_body_on_any_kserve_route_is_answered_without_a_5xx(kserve, serving_chatbot, body, route, raw):
+    url = kserve.url(route.format(m=MODEL_NAME))
+    data = json.dumps(body).encode() if not raw else json.dumps(body).encode()[:-1]  # raw: broken JSON
+    with ThreadPoolExecutor(2) as pool:
+        fuzzed = pool.submit(requests.post, url, data=data, headers={"Content-Type": "application/json"}, timeout=60)
+        good = pool.submit(on_kserve, kserve, {"text": "how are you ?"})
+        response = fuzzed.result()
+    assert 200 <= response.status_code < 500, (response.status_code, response.text[:300])
+    assert good.result() == (200, {**good.result()[1], "reply": serving_chatbot.reply("how are you ?").text})
