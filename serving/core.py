@@ -187,19 +187,26 @@ def required_option(section: dict, name: str) -> int:
     return int(section[name])
 
 
+def cpu_setup(section: dict, device: torch.device) -> str | None:
+    """The weight mode of a `handler:` section on `device` (None: float32; quantisation is CPU-only), with torch's
+    thread count set from its `threads` on the CPU (the engines leave torch at one thread per core)."""
+    quantize = quantize_mode(section.get("quantize"))  # None (float32), "int8" or "fp16"
+    if quantize and device.type != "cpu":
+        logger.warning("quantize: %s is ignored on the GPU (quantisation is CPU-only)", quantize)
+        quantize = None
+    threads = int(section.get("threads", 0))
+    if threads > 0 and device.type == "cpu":
+        torch.set_num_threads(threads)
+    return quantize
+
+
 def load_core(checkpoint: str, section: dict, model_name: str, device: torch.device | None = None,
               metrics: Metrics | None = None) -> Core:
     """The Core of a checkpoint, set up by a model-config `handler:` section (quantize, threads, max_chars, decoding
     defaults and limits) on `device` (default: the CPU). Raises CheckpointError (logged in one line) or
     InvalidOption / ValueError naming a wrong model-config value."""
     device = device or torch.device("cpu")
-    quantize = quantize_mode(section.get("quantize"))  # None (float32), "int8" or "fp16"
-    if quantize and device.type != "cpu":
-        logger.warning("quantize: %s is ignored on the GPU (quantisation is CPU-only)", quantize)
-        quantize = None
-    threads = int(section.get("threads", 0))
-    if threads > 0 and device.type == "cpu":  # the engines leave torch at one thread per core
-        torch.set_num_threads(threads)
+    quantize = cpu_setup(section, device)
     try:
         chatbot = load_chatbot(checkpoint, device=device, quantize=quantize)
     except CheckpointError as e:
