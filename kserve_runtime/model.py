@@ -15,7 +15,6 @@ never fails the others. A full queue is a 503 ServiceUnavailable.
 """
 from __future__ import annotations
 
-import asyncio
 import json
 import logging
 import uuid
@@ -203,22 +202,3 @@ def flatten(data: Any) -> list:
     if isinstance(data, (list, tuple)):
         return [v for item in data for v in flatten(item)]
     return [data]
-
-
-async def first_event(job: Any, request: Any) -> tuple | None:
-    """The job's first event, or None if the client went away first (the job is then cancelled)."""
-    event = asyncio.ensure_future(job.events.get())
-    gone = asyncio.ensure_future(disconnected(request))
-    done, pending = await asyncio.wait({event, gone}, return_when=asyncio.FIRST_COMPLETED)
-    for task in pending:
-        task.cancel()
-    if event in done:
-        return event.result()
-    job.cancel()
-    return None
-
-
-async def disconnected(request: Any) -> None:
-    """Return once the client has closed the connection (the body was read already)."""
-    while (await request.receive())["type"] != "http.disconnect":
-        pass

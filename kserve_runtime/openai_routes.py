@@ -6,6 +6,7 @@ them as on TorchServe: the SDK's base_url is `http://127.0.0.1:8180/openai/v1`.
 """
 from __future__ import annotations
 
+import asyncio
 import json
 import math
 from typing import Any
@@ -18,7 +19,7 @@ from starlette.responses import StreamingResponse
 from serving import openai_api
 from serving.core import Incoming, Response
 
-from .model import Rejected, Seq2seqModel, final, first_event
+from .model import Rejected, Seq2seqModel, final
 
 PREFIX = "/openai"
 
@@ -81,3 +82,22 @@ async def pieces(job, first: Response):
                 return
     finally:
         job.cancel()
+
+
+async def first_event(job: Any, request: Request) -> tuple | None:
+    """The job's first event, or None if the client went away first (the job is then cancelled)."""
+    event = asyncio.ensure_future(job.events.get())
+    gone = asyncio.ensure_future(disconnected(request))
+    done, pending = await asyncio.wait({event, gone}, return_when=asyncio.FIRST_COMPLETED)
+    for task in pending:
+        task.cancel()
+    if event in done:
+        return event.result()
+    job.cancel()
+    return None
+
+
+async def disconnected(request: Request) -> None:
+    """Return once the client has closed the connection (the body was read already)."""
+    while (await request.receive())["type"] != "http.disconnect":
+        pass
