@@ -5,8 +5,7 @@ it once it grows past the limit (the app then reads the end of the request, and 
 """
 from __future__ import annotations
 
-import json
-
+from serving.core import json_error
 from serving.wire import BadRequest, ErrorKind
 
 
@@ -43,8 +42,9 @@ class BodyLimit:
 
     async def refuse(self, length: int, send) -> None:
         """413 with the core's error body."""
-        body = json.dumps(BadRequest(ErrorKind.INPUT_TOO_LONG, f"the request body has {length} bytes or more; send "
-                                     f"at most {self.limit}").body()).encode() + b"\n"
-        await send({"type": "http.response.start", "status": 413,
+        response = json_error(BadRequest(ErrorKind.INPUT_TOO_LONG, f"the request body has {length} bytes or more; "
+                                         f"send at most {self.limit}"))
+        body = response.body.encode()
+        await send({"type": "http.response.start", "status": response.status,
                     "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]})
         await send({"type": "http.response.body", "body": body})

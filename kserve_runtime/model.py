@@ -15,7 +15,6 @@ never fails the others. A full queue is a 503 ServiceUnavailable.
 """
 from __future__ import annotations
 
-import json
 import logging
 import uuid
 from typing import Any
@@ -25,7 +24,7 @@ from kserve import Model
 from kserve.protocol.infer_type import InferOutput, InferRequest, InferResponse
 from prometheus_client import Counter, Histogram
 
-from serving.core import COUNT_BUCKETS, METRICS, Incoming, Metrics, Response, load_core
+from serving.core import COUNT_BUCKETS, METRICS, Incoming, Metrics, Response, json_error, load_core
 from serving.wire import JSON_TYPE, TEXT_TYPE, BadRequest, ErrorKind, internal_error, load_json, to_text
 
 from .archive import Archive
@@ -74,8 +73,8 @@ class PrometheusMetrics(Metrics):
 
 
 def error(kind: ErrorKind, message: str) -> Response:
-    """A core-shaped error response (the JSON API's body) for what the adapter itself refuses."""
-    return Response(kind.status, JSON_TYPE, json.dumps(BadRequest(kind, message).body()) + "\n")
+    """The core's error response (the JSON API's body) for what the adapter itself refuses."""
+    return json_error(BadRequest(kind, message))
 
 
 def busy(detail: str) -> Response:
@@ -165,10 +164,7 @@ class Seq2seqModel(Model):
 
 def final(value: Any) -> Response:
     """A job's final value as a Response (the batcher hands an exception over if a batch failed outside the core)."""
-    if isinstance(value, Response):
-        return value
-    body = internal_error("answering its batch").body()
-    return Response(500, JSON_TYPE, json.dumps(body) + "\n")
+    return value if isinstance(value, Response) else json_error(internal_error("answering its batch"))
 
 
 def one_failed(responses: list[Response]) -> None:

@@ -105,6 +105,11 @@ class Response:
         return json.loads(self.body)
 
 
+def json_error(error: BadRequest) -> Response:
+    """The JSON API's response for a refused request: its status and {"code", "type", "message", "unknown_words"}."""
+    return Response(error.kind.status, JSON_TYPE, json.dumps(error.body()) + "\n")
+
+
 Emit = Callable[[int, Response], None]  # emit(request index, piece): send a piece of a streamed response now
 
 
@@ -445,4 +450,4 @@ class Core:
                             + openai_api.event(openai_api.error_body(error)) + openai_api.DONE)
         if batch.routes[idx].strip("/").startswith("v1/"):
             return Response(error.kind.status, JSON_TYPE, json.dumps(openai_api.error_body(error)) + "\n")
-        return Response(error.kind.status, JSON_TYPE, json.dumps(error.body()) + "\n")
+        return json_error(error)

@@ -11,6 +11,8 @@ from concurrent.futures import ThreadPoolExecutor
 import openai
 import pytest
 import requests
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from model.schema import DecodeOptions
 from tools.server_config import MODEL_NAME
@@ -219,8 +221,6 @@ def test_the_kserve_runtime_listens_on_loopback_only(kserve):
 
 # ---------------------------------------------------------------- fuzzing the KServe runtime: what any body gets
 
-from hypothesis import HealthCheck, given, settings  # noqa: E402
-from hypothesis import strategies as st  # noqa: E402
 
 JSON = st.recursive(st.none() | st.booleans() | st.integers(-3, 2**64) | st.floats(allow_nan=False) |
                     st.text(max_size=20), lambda inner: st.lists(inner, max_size=3) |
