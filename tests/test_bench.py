@@ -123,3 +123,26 @@ def test_a_headline_ratio_is_the_median_of_its_rounds():
     assert ratio(levels, "sample", "greedy", 16) == "0.50"
     assert round_ratios(levels, "sample", "greedy", 16, median_ms) == [1.0, 1.0, 3.0]
     assert ratio(levels, "sample", "greedy", 64) == "n/a"
+
+
+def test_decode_floor_times_the_tutorials_loop_on_our_weights():
+    """bench.decode_floor compares like with like: in float32 its tutorial searcher, built from the checkpoint our
+    chatbot loads, chooses our greedy tokens (wherever the tutorial's are text: it may pick PAD or SOS, ours never)."""
+    from bench.decode_floor import tutorial_searcher
+    from model.voc import PAD_token, SOS_token, Voc
+
+    voc = Voc("bench")
+    for prompt in FALLBACK_PROMPTS:
+        voc.add_sentence(prompt.lower())
+    ckpt = random_checkpoint(voc, seed=1, hidden_size=32, encoder_n_layers=2, decoder_n_layers=2)
+    bot, searcher = load_chatbot(ckpt), tutorial_searcher(ckpt, int8=False)
+    compared = 0
+    for prompt in FALLBACK_PROMPTS:
+        ids = bot.encode(prompt.lower()).ids
+        with torch.no_grad():
+            tokens = searcher(torch.tensor(ids).unsqueeze(1), torch.tensor([len(ids)]), 10)
+        if {PAD_token, SOS_token} & set(tokens.tolist()):
+            continue
+        compared += 1
+        assert tokens.tolist() == bot.generate([ids], [bot.default_options])[0][0].ids
+    assert compared >= len(FALLBACK_PROMPTS) // 2
