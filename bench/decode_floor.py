@@ -9,9 +9,11 @@ Two measurements for issue 30 (docs/benchmarks.md, "Faster single-reply decoding
   crashed the process on an AVX-512 AMD EPYC with torch 2.13, so it is not tried) and `torch._int_mm` at 32 rows;
   then fbgemm's dynamic linear called directly on the large product, whose weight bytes over its time are the
   speed one core reads int8 weights at;
-- replies: Chatbot.reply (int8) against the PyTorch Chatbot Tutorial's GreedySearchDecoder with torch.ao dynamic
-  int8 on the same weights (tests/test_tutorial_checkpoint.py holds the tutorial's classes), medians of interleaved
-  rounds.
+- replies: our int8 Chatbot, with today's decode and with the decode of before (load_chatbot's
+  compiled_decode=False: the Python greedy loop), against the PyTorch Chatbot Tutorial's GreedySearchDecoder with
+  torch.ao dynamic int8 on the same weights (tests/test_tutorial_checkpoint.py holds the tutorial's classes): greedy
+  at batch 1 and 16, beam 5 and sampling (temperature 0.8, top_p 0.9) at batch 1; ms per reply, medians of
+  interleaved rounds (every reply is 10 tokens: the random weights never choose EOS).
 Last lines: `name: value`.
 """
 from __future__ import annotations
@@ -27,8 +29,9 @@ import torch
 from torch import nn
 
 from bench.workload import FALLBACK_PROMPTS, random_checkpoint, synthetic_voc
-from model import Chatbot, load_chatbot
+from model import load_chatbot
 from model.int8 import Int8Linear
+from model.schema import DecodeOptions
 from tools.server_config import REPO
 
 SIZES = ((500, 7826), (500, 1500))  # (in, out): the vocabulary projection and a GRU's three gates
@@ -101,32 +104,64 @@ def tutorial_searcher(ckpt: dict, int8: bool = True) -> nn.Module:
     return GreedySearchDecoder(quantize(encoder), quantize(decoder))
 
 
-def replies_ms(bot: Chatbot, searcher: nn.Module, rounds: int, per_round: int) -> tuple[float, float]:
-    """(ours, the tutorial's) median ms per batch-1 reply (max_length 10), in interleaved rounds."""
-    ids = [bot.encode(p).ids for p in FALLBACK_PROMPTS]
+def reply_work(ckpt: dict, searcher: nn.Module) -> dict[str, tuple[Callable[[int], object], int]]:
+    """{name: (work(i) that decodes replies for prompt number i, replies it decodes)}: the tutorial's loop, and
+    our int8 bot with the decode of before (compiled_decode=False) and today's, greedy at batch 1 and 16, beam 5
+    and sampling at batch 1."""
+    bots = {"before": load_chatbot(ckpt, quantize="int8", compiled_decode=False),
+            "ours": load_chatbot(ckpt, quantize="int8")}
+    ids = [bots["ours"].encode(p).ids for p in FALLBACK_PROMPTS]
+    beam, sampled = DecodeOptions(max_length=10, beam_size=5), DecodeOptions(max_length=10, temperature=0.8,
+                                                                            top_p=0.9, seed=1)
 
     def tutorial(i: int) -> None:
         seq = torch.tensor(ids[i % len(ids)]).unsqueeze(1)
         with torch.no_grad():
             searcher(seq, torch.tensor([seq.size(0)]), 10)
 
-    times: dict[str, list[float]] = {"ours": [], "tutorial": []}
-    work = {"ours": lambda i: bot.reply(FALLBACK_PROMPTS[i % len(FALLBACK_PROMPTS)]), "tutorial": tutorial}
-    for turn in range(rounds + 1):  # round 0 warms up
-        for name, reply in work.items():
+    def prompts(i: int, n: int) -> list[str]:
+        return [FALLBACK_PROMPTS[(i + j) % len(FALLBACK_PROMPTS)] for j in range(n)]
+
+    work = {"tutorial_int8_batch1": (tutorial, 1)}
+    for name, bot in bots.items():
+        work[f"{name}_batch1"] = (lambda i, bot=bot: bot.reply_batch(prompts(i, 1)), 1)
+        work[f"{name}_batch16"] = (lambda i, bot=bot: bot.reply_batch(prompts(i, 16)), 16)
+        work[f"{name}_beam5_batch1"] = (lambda i, bot=bot: bot.reply_batch(prompts(i, 1), [beam]), 1)
+        work[f"{name}_sample_batch1"] = (lambda i, bot=bot: bot.reply_batch(prompts(i, 1), [sampled]), 1)
+    return work
+
+
+def replies_ms(work: dict[str, tuple[Callable[[int], object], int]], rounds: int, per_round: int) -> dict[str, float]:
+    """{name: median ms per reply} of each work, in interleaved rounds of per_round calls (round 0 warms up)."""
+    times: dict[str, list[float]] = {name: [] for name in work}
+    for turn in range(rounds + 1):
+        for name, (decode, replies) in work.items():
+            calls = max(per_round // replies, 2)
             start = time.perf_counter()
-            for i in range(per_round):
-                reply(i)
+            for i in range(calls):
+                decode(i)
             if turn:
-                times[name].append((time.perf_counter() - start) / per_round * 1000)
-    return float(np.median(times["ours"])), float(np.median(times["tutorial"]))
+                times[name].append((time.perf_counter() - start) / (calls * replies) * 1000)
+    return {name: float(np.median(values)) for name, values in times.items()}
+
+
+def headline(ms: dict[str, float]) -> dict[str, float]:
+    """Issue 30's lines from replies_ms's medians: ms per reply, speed-ups over the tutorial, mode ratios."""
+    lines = {f"{name}_ms": value for name, value in ms.items()}
+    for name in ("before", "ours"):
+        lines[f"{name}_speedup_vs_tutorial"] = ms["tutorial_int8_batch1"] / ms[f"{name}_batch1"]
+        lines[f"{name}_beam5_vs_greedy"] = ms[f"{name}_beam5_batch1"] / ms[f"{name}_batch1"]
+        lines[f"{name}_sample_vs_greedy"] = ms[f"{name}_sample_batch1"] / ms[f"{name}_batch1"]
+    lines["ours_speedup_vs_before_batch1"] = ms["before_batch1"] / ms["ours_batch1"]
+    lines["ours_speedup_vs_before_batch16"] = ms["before_batch16"] / ms["ours_batch16"]
+    return lines
 
 
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(prog="python -m bench.decode_floor", description=__doc__.splitlines()[0])
     p.add_argument("--calls", type=int, default=400, help="calls per timed block of a kernel (default: 400)")
     p.add_argument("--rounds", type=int, default=8, help="interleaved rounds of replies (default: 8)")
-    p.add_argument("--per-round", type=int, default=40, help="replies per round and side (default: 40)")
+    p.add_argument("--per-round", type=int, default=40, help="replies per round and decode (default: 40)")
     p.add_argument("--seed", type=int, default=0, help="seed of the random weights (default: 0)")
     p.add_argument("--dry-run", action="store_true", help="a few calls and one round: check that it runs")
     return p.parse_args(argv)
@@ -141,16 +176,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     found = kernels(args.calls)
     us, speed = fbgemm_read_speed(args.calls)
     ckpt = random_checkpoint(synthetic_voc(FALLBACK_PROMPTS), args.seed)
-    ours, tutorial = replies_ms(load_chatbot(ckpt, quantize="int8"), tutorial_searcher(ckpt), args.rounds,
-                                args.per_round)
+    ms = replies_ms(reply_work(ckpt, tutorial_searcher(ckpt)), args.rounds, args.per_round)
     print(f"torch {torch.__version__}, one thread")
     for name, value in found.items():
         print(f"{name}: {value:.1f}")
     print(f"fbgemm_direct_us_500x7826: {us:.1f}")
     print(f"fbgemm_int8_read_gb_per_s: {speed:.0f}")
-    print(f"ours_batch1_ms: {ours:.2f}")
-    print(f"tutorial_int8_batch1_ms: {tutorial:.2f}")
-    print(f"ours_speedup_vs_tutorial: {tutorial / ours:.2f}")
+    for name, value in headline(ms).items():
+        print(f"{name}: {value:.2f}")
     return 0
 
 

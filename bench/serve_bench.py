@@ -15,6 +15,11 @@ stopped) with the same config.properties, worker count and batching settings:
            then, one client at a time, streamed requests timed to their first token (TTFT)
   kserve   the same archive on the KServe runtime (kserve_runtime/, harness.kserve), started beside the batched
            TorchServe and measured in turn with it: greedy's requests as KServe v1 instances, one per request
+  before   a second TorchServe beside the batched one, its archive built with the handler option compiled_decode:
+           false (the decode before issue 30: Python's greedy loop), measured in turn with it: batched's requests
+  litserve the peer: LitServe serving the PyTorch Chatbot Tutorial's own evaluate loop with torch.ao int8 on the
+           same weights (bench/litserve_tutorial.py), beside the batched TorchServe and measured in turn with it:
+           batched's prompts whose every word the tutorial knows, as JSON, each reply checked against the tutorial's
 The decoding scenarios (greedy, beam5, sample) send the same prompts as the same JSON, so their ratios
 compare decoding alone, not JSON against raw text; openai against greedy compares the routes alone.
 Each server first serves --server-warmup-seconds of all its scenarios' requests, uncounted: the frontend's JVM
@@ -47,6 +52,10 @@ The last lines are the headline ratios, all from this one run:
   kserve_vs_torchserve_c16 kserve / greedy requests per second at 16 clients (the same workload on each engine)
   kserve_p50_vs_torchserve_c1  kserve / greedy median latency with one client
   torchserve_p50_ms_c1, kserve_p50_ms_c1  those medians (ms)
+  before_p50_ms_c1, p50_vs_before_c1, rps_vs_before_c16  the decode before issue 30: its median latency with one
+                           client (ms), batched / before median latency at 1 client and requests per second at 16
+  batched_rps_c1, batched_rps_c16, litserve_rps_c1, litserve_rps_c16, litserve_p50_ms_c1  the peer row and ours
+  rps_vs_litserve_c1, rps_vs_litserve_c16  batched / litserve requests per second
 """
 from __future__ import annotations
 
@@ -61,7 +70,7 @@ import sys
 import tempfile
 import time
 from collections.abc import Callable, Sequence
-from contextlib import ExitStack
+from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass, field
 from importlib.metadata import version
 from pathlib import Path
@@ -72,6 +81,7 @@ import requests
 import torch
 import yaml
 
+from bench.litserve_tutorial import knows_every_word, serve_tutorial, tutorial_answer, tutorial_bot
 from bench.workload import (
     DECODING_FIELDS,
     add_quantize_flag,
@@ -94,8 +104,8 @@ from train.runs import add_checkpoint_flags, add_data_path_flag
 
 logger = logging.getLogger("serve_bench")
 
-SCENARIOS = ("echo", "batch1", "batched", "greedy", "beam5", "sample", "openai", "kserve")
-ON_BATCHED = (*DECODING_FIELDS, "openai", "kserve")  # measured on (or beside) the batched scenario's server, in turn
+SCENARIOS = ("echo", "batch1", "batched", "greedy", "beam5", "sample", "openai", "kserve", "before", "litserve")
+ON_BATCHED = (*DECODING_FIELDS, "openai", "kserve", "before", "litserve")  # on or beside the batched server, in turn
 ECHO_CONFIG = REPO / "bench" / "echo-config.yaml"
 ECHO_HANDLER = REPO / "bench" / "echo_handler.py"
 TEXT_HEADERS = {"Content-Type": "text/plain; charset=utf-8"}
@@ -302,6 +312,12 @@ def run_scenario(scenario: str, workload: Workload, args: argparse.Namespace, wo
         if "kserve" in cases:  # the same archive on the other engine, beside this one
             kserve = stack.enter_context(start_kserve(workdir / "kserve", store / f"{ARCHIVE_NAME}.mar"))
             urls["kserve"] = kserve.predict_url
+        if "before" in cases:  # the decode before issue 30, on a TorchServe of its own beside this one
+            urls["before"] = stack.enter_context(serve_before(workload, args, workdir / "before")).predictions_url
+            cases["before"] = scenario_cases(expected, None)
+        if "litserve" in cases:  # the peer: the tutorial's own loop under LitServe
+            urls["litserve"] = stack.enter_context(serve_tutorial(workdir / "litserve", workload.checkpoint))
+            cases["litserve"] = tutorial_cases(workload)
         warm_up([(urls[name], cases[name]) for name in cases], max(args.concurrency), args.server_warmup_seconds)
         levels = []
         for turn in range(args.rounds):  # rounds interleave the scenarios: a warming server favours none of them
@@ -313,6 +329,32 @@ def run_scenario(scenario: str, workload: Workload, args: argparse.Namespace, wo
         if "openai" in cases:
             args.ttft = time_to_first_token(urls["openai"], chat_cases(expected, stream=True), args.seconds)
         return levels, worker_rss_mb(server)
+
+
+@contextmanager
+def serve_before(workload: Workload, args: argparse.Namespace, workdir: Path):
+    """A TorchServe serving the workload's archive built with compiled_decode: false, as batched's settings."""
+    store = workdir / "model-store"
+    store.mkdir(parents=True)
+    config = yaml.safe_load(scenario_config("batched", args, workdir).read_text())
+    config["handler"]["compiled_decode"] = False
+    path = workdir / "before-config.yaml"
+    path.write_text(yaml.safe_dump(config))
+    build_mar(workload.checkpoint, store, path)
+    with start_torchserve(workdir / "server", store,
+                          config_overrides={"default_workers_per_model": str(args.workers)}) as server:
+        wait_until_ready(server, args.workers)
+        yield server
+
+
+def tutorial_cases(workload: Workload) -> list[Case]:
+    """The litserve peer's cases: the workload's prompts the tutorial knows every word of, as JSON, each with the
+    tutorial's own reply (bench.litserve_tutorial computes it the same way in this process)."""
+    searcher, voc = tutorial_bot(workload.checkpoint)
+    known = [p for p in workload.prompts if knows_every_word(voc, p)]
+    if not known:
+        raise RuntimeError("the litserve peer needs prompts whose every word the checkpoint's vocabulary holds")
+    return [Case(p, {"json": {"text": p}}, reply=tutorial_answer(searcher, voc, p)) for p in known]
 
 
 def warm_up(targets: Sequence[tuple[str, Sequence[Case]]], clients: int, seconds: float) -> None:
@@ -509,13 +551,40 @@ def report(levels: Sequence[Level], rss: dict[str, list[float]], workload: Workl
         level = find(pooled(levels), scenario, 1)
         if level and any(lv.scenario == "kserve" for lv in levels):
             print(f"{name}: {level.percentile(50):.1f}")
+    report_issue30(levels)
+
+
+def report_issue30(levels: Sequence[Level]) -> None:
+    """The last lines for issue 30: today's decode against the decode before it, and the LitServe peer."""
+    measured = {lv.scenario for lv in levels}
+    lines = []
+    if "before" in measured:
+        lines += [("before_p50_ms_c1", pooled_figure(levels, "before", 1, median_ms)),
+                  ("p50_vs_before_c1", ratio(levels, "batched", "before", 1, median_ms)),
+                  ("rps_vs_before_c16", ratio(levels, "batched", "before", 16))]
+    if "litserve" in measured:
+        lines += [("batched_rps_c1", pooled_figure(levels, "batched", 1, throughput)),
+                  ("batched_rps_c16", pooled_figure(levels, "batched", 16, throughput)),
+                  ("litserve_rps_c1", pooled_figure(levels, "litserve", 1, throughput)),
+                  ("litserve_rps_c16", pooled_figure(levels, "litserve", 16, throughput)),
+                  ("litserve_p50_ms_c1", pooled_figure(levels, "litserve", 1, median_ms)),
+                  ("rps_vs_litserve_c1", ratio(levels, "batched", "litserve", 1)),
+                  ("rps_vs_litserve_c16", ratio(levels, "batched", "litserve", 16))]
+    for name, value in lines:
+        print(f"{name}: {value}")
+
+
+def pooled_figure(levels: Sequence[Level], scenario: str, clients: int, figure: Callable[[Level], float]) -> str:
+    """figure of a scenario's pooled rounds at `clients`, or n/a when it was not run."""
+    level = find(pooled(levels), scenario, clients)
+    return f"{figure(level):.1f}" if level else "n/a"
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
     if set(ON_BATCHED) & set(args.scenarios) and "batched" not in args.scenarios:
-        print("error: the greedy, beam5, sample, openai and kserve scenarios run on or beside the batched server: "
-              "add batched",
+        print("error: the greedy, beam5, sample, openai, kserve, before and litserve scenarios run on or beside the "
+              "batched server: add batched",
               file=sys.stderr)
         return 2
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")

@@ -14,6 +14,7 @@ Model-config YAML (packed into the .mar), section `handler:` (serving/core.py's 
   quantize: int8    CPU only, GRU/Linear weights: int8 (model/int8.py), fp16, false (float32)
   threads: 1        torch threads per worker (0: torch's default, one per core)
   threads_alone: 0  torch threads for a batch of one request (0: as threads)
+  compiled_decode: true  greedy search's loop compiled (model/greedy_loop.py); false: the Python loop, to compare
   max_chars: 1000   longest accepted text, in characters
   beam_size, num_replies, ...: decoding defaults; limits: {max_length, beam_size, num_replies}
 

@@ -26,7 +26,8 @@ from torch import nn
 
 from .chatbot import Chatbot
 from .config import CONFIG_KEYS, default_config
-from .int8 import quantize_int8, tabulate_input_gates
+from .greedy_loop import compile_greedy
+from .int8 import Int8GRU, quantize_int8, tabulate_input_gates
 from .seq2seq import Attn, EncoderRNN, LuongAttnDecoderRNN, trace_step
 from .tokenizer import vocabulary_from_dict
 from .voc import MAX_LENGTH, SPECIAL_WORDS, Voc
@@ -208,7 +209,7 @@ def rebuild(ckpt: dict, voc) -> tuple[EncoderRNN, LuongAttnDecoderRNN]:
 
 
 def load_chatbot(source: Source, device: torch.device | str = "cpu", quantize: bool | str | None = False,
-                 max_length: int | None = None) -> Chatbot:
+                 max_length: int | None = None, compiled_decode: bool = True) -> Chatbot:
     """The one loader: a checkpoint (a path or open file, ours or the tutorial's, or a dict already in memory)
     as a ready Chatbot in eval mode on `device`, its dict in Chatbot.checkpoint.
 
@@ -217,7 +218,10 @@ def load_chatbot(source: Source, device: torch.device | str = "cpu", quantize: b
     "fp16" (float16 weights, float32 maths); False or "false" keeps float32. int8 decodes a text bit for bit
     the same alone or in any batch (fp16 does on some CPUs only; float32's MKL kernels may round a row
     differently beside other rows). max_length: a tutorial checkpoint's length limit (default MAX_LENGTH).
-    Anything unusable raises CheckpointError naming the file and what is wrong.
+    compiled_decode (CPU): greedy search's whole loop in one TorchScript call (model/greedy_loop.py) and an int8
+    encoder's two directions in one compiled loop; False: the Python loop and a loop per direction, as before
+    (the same replies, slower: only to compare them). Anything unusable raises CheckpointError naming the file
+    and what is wrong.
     """
     name = source if isinstance(source, (str, os.PathLike)) else getattr(source, "name", None)
     where = f"{name}: " if isinstance(name, (str, os.PathLike)) else ""
@@ -232,12 +236,13 @@ def load_chatbot(source: Source, device: torch.device | str = "cpu", quantize: b
         raise CheckpointError(f"cannot open checkpoint {name}: {e.strerror or e}") from e
     except CheckpointError as e:
         raise CheckpointError(f"{where}{e}") from e
-    return ready_chatbot(ckpt, voc, encoder, decoder, torch.device(device), quantize_mode(quantize))
+    return ready_chatbot(ckpt, voc, encoder, decoder, torch.device(device), quantize_mode(quantize), compiled_decode)
 
 
 def ready_chatbot(ckpt: dict, voc, encoder: nn.Module, decoder: nn.Module, device: torch.device,
-                  mode: str | None) -> Chatbot:
-    """The Chatbot of rebuilt modules: on `device`, in eval mode, with `mode` weights and a traced CPU step."""
+                  mode: str | None, compiled_decode: bool = True) -> Chatbot:
+    """The Chatbot of rebuilt modules: on `device`, in eval mode, with `mode` weights and a traced CPU step (with
+    the compiled greedy loop unless compiled_decode is False)."""
     encoder.to(device).eval()
     decoder.to(device).eval()
     if mode is not None:
@@ -245,6 +250,11 @@ def ready_chatbot(ckpt: dict, voc, encoder: nn.Module, decoder: nn.Module, devic
             raise CheckpointError("quantisation (int8 or fp16 weights) runs on the CPU only")
         encoder, decoder = quantize_model(encoder, mode), quantize_model(decoder, mode)
     step = trace_step(decoder) if device.type == "cpu" else None
+    if step is not None and compiled_decode:
+        step = compile_greedy(step)
+    for gru in encoder.modules():
+        if isinstance(gru, Int8GRU):
+            gru.directions_together = compiled_decode
     return Chatbot(voc, encoder, decoder, ckpt["config"]["max_length"], device, step, ckpt)
 
 

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import unicodedata
 from collections.abc import Sequence
+from typing import Optional
 
 import torch
 
@@ -135,19 +136,36 @@ class ReplyRules:
         vocabularies only: None will do for words); min_lengths (n,) each row's, or one int for every row (no
         per-row test); longest_min: the largest min_length, when the caller knows it (skips a device sync once
         past it)."""
-        logits.index_fill_(1, self.never.to(logits.device), float("-inf"))
-        if self.allowed is not None:
-            remaining = (max_lengths - length - 1).clamp(0, self.horizon)  # tokens allowed after this one
-            allowed = self.allowed.to(logits.device)[states, remaining]  # (n, V)
-            logits.masked_fill_(~allowed, float("-inf"))
+        device = logits.device
+        allowed = None if self.allowed is None else self.allowed.to(device)
         if isinstance(min_lengths, int):
-            if length < min_lengths:
-                logits.select(1, EOS_token).fill_(float("-inf"))
-        elif longest_min is None or length < longest_min:
+            return mask_logits(logits, self.never.to(device), length, min_lengths, None, allowed, states, max_lengths,
+                               self.horizon)
+        longest = 2**31 if longest_min is None else longest_min
+        return mask_logits(logits, self.never.to(device), length, longest, min_lengths, allowed, states, max_lengths,
+                           self.horizon)
+
+
+def mask_logits(logits: torch.Tensor, never: torch.Tensor, length: int, min_length: int,
+                min_lengths: Optional[torch.Tensor], allowed: Optional[torch.Tensor], states: Optional[torch.Tensor],
+                max_lengths: Optional[torch.Tensor], horizon: int, eos: int = EOS_token) -> torch.Tensor:
+    """ReplyRules.mask's work on tensors alone, so TorchScript compiles it too (model/seq2seq.py's compiled greedy
+    loop): logits (n, V) masked in place for token number `length`. never: the ids no reply holds; allowed
+    (S, horizon + 1, V), states (n,), max_lengths (n,): the byte-level table (all None for words); min_lengths:
+    None when every row's is min_length, else each row's (n,), min_length then the largest of them. (eos: a
+    default argument, as TorchScript reads no global variables.)"""
+    logits.index_fill_(1, never, float("-inf"))
+    if allowed is not None and states is not None and max_lengths is not None:
+        remaining = (max_lengths - length - 1).clamp(0, horizon)  # tokens allowed after this one
+        logits.masked_fill_(~allowed[states, remaining], float("-inf"))  # (n, V)
+    if length < min_length:
+        if min_lengths is None:
+            logits.select(1, eos).fill_(float("-inf"))
+        else:
             early = min_lengths > length
             if bool(early.any()):
-                logits[early, EOS_token] = float("-inf")
-        return logits
+                logits.select(1, eos).masked_fill_(early, float("-inf"))
+    return logits
 
 
 def of_rows(values: torch.Tensor | int | None, rows: torch.Tensor) -> torch.Tensor | int | None:
@@ -175,6 +193,15 @@ class BatchMask:
         """logits (n, V) of batch rows `rows` (n,), masked in place for their token number `length`."""
         return self.rules.mask(logits, of_rows(self.states, rows), length, of_rows(self.min_lengths, rows),
                                of_rows(self.max_lengths, rows), self.longest_min)
+
+    def loop_arguments(self) -> tuple:
+        """(never, min_length, min_lengths, allowed, after, horizon, max_lengths): these rules as
+        greedy_loop.CompiledGreedy.greedy takes them (mask_logits' arguments, and the UTF-8 state table)."""
+        device = self.states.device if self.states is not None else self.rules.never.device
+        uniform = isinstance(self.min_lengths, int)
+        table = (lambda x: None if x is None else x.to(device))  # noqa: E731
+        return (self.rules.never.to(device), self.longest_min, None if uniform else self.min_lengths,
+                table(self.rules.allowed), table(self.rules.after), self.rules.horizon, self.max_lengths)
 
     def advance(self, rows: torch.Tensor, tokens: torch.Tensor) -> None:
         """Batch rows `rows` (n,) took `tokens` (n,)."""

@@ -87,6 +87,25 @@ def gru_steps(gates_x: list[Tensor], h: Tensor, weight: PackedWeight, bias: Tens
     return outputs, h
 
 
+def gru_steps_both(gates_f: list[Tensor], gates_b: list[Tensor], h_f: Tensor, h_b: Tensor, weight_f: PackedWeight,
+                   bias_f: Tensor, sums_f: Tensor, weight_b: PackedWeight, bias_b: Tensor, sums_b: Tensor,
+                   range_cols: Tensor, hidden: int) -> tuple[list[Tensor], list[Tensor], Tensor, Tensor]:
+    """gru_steps for both directions of a layer in one compiled loop (one call from Python instead of two): the
+    forward's step t, then the backward's step T-1-t; the same operations on each as gru_steps."""
+    outputs_f, outputs_b = [h_f] * len(gates_f), [h_b] * len(gates_b)
+    for t in range(len(gates_f)):
+        n = gates_f[t].size(0)
+        out = gru_cell(gates_f[t], h_f[:n], weight_f, bias_f, sums_f, range_cols, hidden)
+        outputs_f[t] = out
+        h_f = out if n == h_f.size(0) else torch.cat((out, h_f[n:]))
+        back = len(gates_b) - 1 - t
+        n = gates_b[back].size(0)
+        out = gru_cell(gates_b[back], h_b[:n], weight_b, bias_b, sums_b, range_cols, hidden)
+        outputs_b[back] = out
+        h_b = out if n == h_b.size(0) else torch.cat((out, h_b[n:]))
+    return outputs_f, outputs_b, h_f, h_b
+
+
 def _script(fn):
     """fn compiled by TorchScript, or fn itself where TorchScript is missing or refuses it."""
     try:
@@ -103,9 +122,10 @@ _compiled: dict = {}
 
 
 def compiled(name: str):
-    """The TorchScript version of int8_linear, gru_cell or gru_steps, compiled on first use."""
+    """The TorchScript version of int8_linear, gru_cell, gru_steps or gru_steps_both, compiled on first use."""
     if name not in _compiled:
-        _compiled[name] = _script({"int8_linear": int8_linear, "gru_cell": gru_cell, "gru_steps": gru_steps}[name])
+        _compiled[name] = _script({"int8_linear": int8_linear, "gru_cell": gru_cell, "gru_steps": gru_steps,
+                                   "gru_steps_both": gru_steps_both}[name])
     return _compiled[name]
 
 
@@ -184,6 +204,8 @@ class Int8GRU(nn.Module):
             for layer in range(self.num_layers) for s in suffixes)
         self.gate_input = False  # True: layer 0's input is already W_ih x + b_ih (a GateTable's rows)
         self._linear, self._cell, self._steps = compiled("int8_linear"), compiled("gru_cell"), compiled("gru_steps")
+        self._both = compiled("gru_steps_both")
+        self.directions_together = True  # both directions of a layer in one compiled loop (False: one loop each)
 
     def input_gates(self, layer: int, x: Tensor) -> Tensor:
         """x (N, I) -> W_ih x + b_ih (N, D*3H) for `layer`."""
@@ -210,13 +232,17 @@ class Int8GRU(nn.Module):
         finals = []
         for layer in range(self.num_layers):
             gates_x = self.input_gates(layer, data)  # (N, D*3H): every step of both directions in one product
-            outputs = []
-            for d, gates in enumerate(gates_x.split(3 * self.hidden_size, dim=1)):  # (N, 3H) per direction
-                k = layer * self.directions + d
-                out, h_n = self._run(gates, batch_sizes, hx[k], k, reverse=d == 1)
-                outputs.append(out)
-                finals.append(h_n)
-            data = torch.cat(outputs, dim=1) if self.directions == 2 else outputs[0]  # (N, D*H)
+            if self.directions == 2 and self.directions_together:
+                data, h_pair = self._run_both(gates_x, batch_sizes, hx, layer)  # (N, 2H)
+                finals += h_pair
+            else:
+                outputs = []
+                for d, gates in enumerate(gates_x.split(3 * self.hidden_size, dim=1)):  # (N, 3H) per direction
+                    k = layer * self.directions + d
+                    out, h_n = self._run(gates, batch_sizes, hx[k], k, reverse=d == 1)
+                    outputs.append(out)
+                    finals.append(h_n)
+                data = torch.cat(outputs, dim=1) if self.directions == 2 else outputs[0]  # (N, D*H)
         h_n = torch.stack(finals)  # (L*D, B, H)
         if isinstance(input, PackedSequence):
             if input.unsorted_indices is not None:
@@ -233,6 +259,16 @@ class Int8GRU(nn.Module):
                            self.hidden_size)  # (B, H)
             finals.append(x)
         return x.unsqueeze(0), torch.stack(finals)
+
+    def _run_both(self, gates_x: Tensor, batch_sizes: list[int], hx: Tensor, layer: int) -> tuple[Tensor, list]:
+        """Both directions of a layer: input gates (N, 6H) of packed rows -> outputs (N, 2H) (forward's, then
+        backward's) and [forward, backward] final hidden states (B, H)."""
+        forward, backward = (list(g.split(batch_sizes)) for g in gates_x.split(3 * self.hidden_size, dim=1))
+        w_f, w_b = self.hidden_weights[2 * layer], self.hidden_weights[2 * layer + 1]
+        out_f, out_b, h_f, h_b = self._both(forward, backward, hx[2 * layer], hx[2 * layer + 1],
+                                            w_f.packed, w_f.bias, w_f.weight_sums, w_b.packed, w_b.bias,
+                                            w_b.weight_sums, w_f.range_cols, self.hidden_size)
+        return torch.cat((torch.cat(out_f), torch.cat(out_b)), dim=1), [h_f, h_b]
 
     def _run(self, gates_x: Tensor, batch_sizes: list[int], h: Tensor, k: int,
              reverse: bool) -> tuple[Tensor, Tensor]:

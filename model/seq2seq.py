@@ -142,7 +142,9 @@ def greedy_decode(encoder: EncoderRNN, decoder: LuongAttnDecoderRNN, input_seq: 
     streamed reply's tokens); None: nothing is called.
 
     step runs one decoder step, as decoder(token, hidden, encoder_outputs, mask) does (default:
-    the decoder itself; trace_step's copy is the same with less Python overhead).
+    the decoder itself; trace_step's copy is the same with less Python overhead). A step with a `greedy` method
+    (model/greedy_loop.py's CompiledGreedy) runs the whole loop in that one call when constrain is a BatchMask
+    and on_step is None.
 
     Each row stops at its own EOS (everything after it is EOS padding) and leaves the batch, so
     later steps decode only the unfinished rows; the loop ends when every row has finished or
@@ -155,6 +157,10 @@ def greedy_decode(encoder: EncoderRNN, decoder: LuongAttnDecoderRNN, input_seq: 
     mask = source_mask(input_lengths, input_seq.size(0), device)  # (T, B)
     hidden = encoder_hidden[: decoder.n_layers]  # the tutorial's choice: layer 0's two directions
     step = step or decoder
+    if hasattr(step, "greedy") and hasattr(constrain, "loop_arguments") and on_step is None:
+        # the same loop compiled (model/greedy_loop.py): the same replies without Python per step
+        replies, logprobs = step.greedy(encoder_outputs, hidden, mask, max_length, *constrain.loop_arguments())
+        return (replies, logprobs) if with_logprobs else replies
     batch = input_seq.size(1)
     replies = torch.full((batch, max_length), EOS_token, dtype=torch.long, device=device)
     logprobs = torch.zeros((batch, max_length), dtype=torch.double, device=device) if with_logprobs else None

@@ -192,6 +192,14 @@ def required_option(section: dict, name: str) -> int:
     return int(section[name])
 
 
+def switch(section: dict, name: str, default: bool) -> bool:
+    """A true/false option of a `handler:` section; ValueError naming it when it is anything else."""
+    value = section.get(name, default)
+    if not isinstance(value, bool):
+        raise ValueError(f"the model-config's handler option {name} must be true or false, not {value!r}")
+    return value
+
+
 def cpu_setup(section: dict, device: torch.device) -> str | None:
     """The weight mode of a `handler:` section on `device` (None: float32; quantisation is CPU-only), with torch's
     thread count set from its `threads` on the CPU (the engines leave torch at one thread per core)."""
@@ -207,13 +215,14 @@ def cpu_setup(section: dict, device: torch.device) -> str | None:
 
 def load_core(checkpoint: str, section: dict, model_name: str, device: torch.device | None = None,
               metrics: Metrics | None = None) -> Core:
-    """The Core of a checkpoint, set up by a model-config `handler:` section (quantize, threads, max_chars, decoding
-    defaults and limits) on `device` (default: the CPU). Raises CheckpointError (logged in one line) or
-    InvalidOption / ValueError naming a wrong model-config value."""
+    """The Core of a checkpoint, set up by a model-config `handler:` section (quantize, threads, compiled_decode,
+    max_chars, decoding defaults and limits) on `device` (default: the CPU). Raises CheckpointError (logged in one
+    line) or InvalidOption / ValueError naming a wrong model-config value."""
     device = device or torch.device("cpu")
     quantize = cpu_setup(section, device)
     try:
-        chatbot = load_chatbot(checkpoint, device=device, quantize=quantize)
+        chatbot = load_chatbot(checkpoint, device=device, quantize=quantize,
+                               compiled_decode=switch(section, "compiled_decode", True))
     except CheckpointError as e:
         # One clear line per try: an engine retries a failed load, and its own log only says the worker died
         logger.error("cannot load the chatbot from %s: %s: %s (rebuild the archive with `make mar`, which validates "

@@ -146,3 +146,26 @@ def test_decode_floor_times_the_tutorials_loop_on_our_weights():
         compared += 1
         assert tokens.tolist() == bot.generate([ids], [bot.default_options])[0][0].ids
     assert compared >= len(FALLBACK_PROMPTS) // 2
+
+
+def test_the_litserve_peer_serves_the_tutorials_own_replies(tmp_path):
+    """bench.serve_bench's litserve peer: the tutorial's evaluate loop, int8, behind LitServe; every reply the one the
+    tutorial's own classes give in this process, a text with an unknown word refused as the tutorial refuses it."""
+    import requests
+
+    from bench.litserve_tutorial import knows_every_word, serve_tutorial, tutorial_answer, tutorial_bot
+    from model.voc import Voc
+
+    voc = Voc("bench")
+    for prompt in FALLBACK_PROMPTS:
+        voc.add_sentence(prompt.lower())
+    torch.save(random_checkpoint(voc, seed=1, hidden_size=32), tmp_path / "peer.tar")
+    searcher, peer_voc = tutorial_bot(tmp_path / "peer.tar")
+    prompts = [p for p in FALLBACK_PROMPTS if knows_every_word(peer_voc, p)]
+    assert len(prompts) > len(FALLBACK_PROMPTS) // 2 and not knows_every_word(peer_voc, "zyxwv")
+    with serve_tutorial(tmp_path / "litserve", tmp_path / "peer.tar") as url:
+        for prompt in prompts[:5]:
+            response = requests.post(url, json={"text": prompt}, timeout=30)
+            assert response.json() == {"reply": tutorial_answer(searcher, peer_voc, prompt)}
+            assert len(response.json()["reply"].split()) == 10  # random weights: EOS never wins
+        assert requests.post(url, json={"text": "zyxwv"}, timeout=30).status_code == 500
