@@ -101,10 +101,13 @@ class PenalizedMask:
         self.mask.advance(rows, tokens)
 
 
-def row_limits(options: list[DecodeOptions], owners: list[int]) -> tuple[torch.Tensor, torch.Tensor]:
-    """(min_lengths, max_lengths) (R,) of each row's request."""
-    return (torch.tensor([options[r].min_length for r in owners]),
-            torch.tensor([options[r].max_length for r in owners]))
+def row_limits(options: list[DecodeOptions], owners: list[int]) -> tuple:
+    """ReplyRules.mask's limit arguments for rows of requests `owners`: (min_lengths, max_lengths, longest_min);
+    min_lengths one int when every row's is the same (the usual batch: no per-row test), else (R,) per row."""
+    minimums = [options[r].min_length for r in owners]
+    longest = max(minimums)
+    return (longest if min(minimums) == longest else torch.tensor(minimums),
+            torch.tensor([options[r].max_length for r in owners]), longest)
 
 
 @dataclass
@@ -219,7 +222,8 @@ def beam_search(encoder, decoder, input_seq: torch.Tensor, input_lengths: torch.
             row_inputs, limits = (encoder_outputs[:, owners], mask[:, owners]), row_limits(options, owners)
         logits, hidden = step(token, hidden, *row_inputs)  # (1, R, V)
         logprobs = torch.log_softmax(logits[0].float(), dim=1).cpu()  # (R, V); totals are Python floats
-        rules.mask(logprobs, torch.tensor([h.state for _, h in rows]), length, *limits)
+        utf8 = torch.tensor([h.state for _, h in rows]) if rules.allowed is not None else None  # words: none
+        rules.mask(logprobs, utf8, length, *limits)
         length += 1
         ban_repeats(logprobs, [h.tokens for _, h in rows], [states[r].options.no_repeat_ngram_size for r in owners])
         penalize(logprobs, [h.tokens for _, h in rows], [states[r].options for r in owners])  # ranks by them
@@ -290,10 +294,14 @@ def row_seed(seed: int, reply: int) -> int:
     return (seed + 0x9E3779B97F4A7C15 * reply) % 2**63
 
 
-def temperature_probs(logits: torch.Tensor, options: list[DecodeOptions]) -> torch.Tensor:
-    """Probabilities (R, V) of each row's logits divided by its temperature (1 when unset)."""
-    scaled = logits / torch.tensor([[o.temperature or 1.0] for o in options], dtype=logits.dtype)
-    return scaled.softmax(dim=1)
+def temperatures(options: list[DecodeOptions]) -> torch.Tensor:
+    """(R, 1) each row's temperature (1 when unset), what `temperature_probs` divides by."""
+    return torch.tensor([[o.temperature or 1.0] for o in options])
+
+
+def temperature_probs(logits: torch.Tensor, temperature: torch.Tensor) -> torch.Tensor:
+    """Probabilities (R, V) of each row's logits divided by its temperature (R, 1) (`temperatures`)."""
+    return (logits / temperature.to(logits.dtype)).softmax(dim=1)
 
 
 def filter_limits(options: list[DecodeOptions]) -> tuple[torch.Tensor, torch.Tensor]:
@@ -407,6 +415,15 @@ def pick(probs: torch.Tensor, options: list[DecodeOptions], generators: list[ran
     return choices.tolist()
 
 
+def sample_constants(rows: list[SampleRow], options: list[DecodeOptions]) -> tuple:
+    """(each row's options, ReplyRules.mask's limits, temperatures (R, 1), no_repeat_ngram sizes) of `rows`:
+    what sampling needs each step and what changes only when rows leave."""
+    owners = [row.request for row in rows]
+    row_options = [options[r] for r in owners]
+    return row_options, row_limits(options, owners), temperatures(row_options), \
+        [o.no_repeat_ngram_size for o in row_options]
+
+
 @torch.no_grad()
 def sample(encoder, decoder, input_seq: torch.Tensor, input_lengths: torch.Tensor,
            options: list[DecodeOptions], step: Callable | None = None,
@@ -430,20 +447,20 @@ def sample(encoder, decoder, input_seq: torch.Tensor, input_lengths: torch.Tenso
     hidden = encoder_hidden[: decoder.n_layers, owners]
     encoder_outputs, mask = encoder_outputs[:, owners], mask[:, owners]  # one row per reply; shrunk as they end
     token = torch.full((1, len(rows)), SOS_token, dtype=torch.long, device=input_seq.device)
+    constants = None  # what each row's request sets, rebuilt only when rows leave (see sample_constants)
     while rows:
-        owners = [row.request for row in rows]
+        constants = constants or sample_constants(rows, options)
+        row_options, limits, temperature, sizes = constants
         logits, hidden = step(token, hidden, encoder_outputs, mask)  # (1, R, V)
         logits = logits[0].float().cpu()
         logprobs = torch.log_softmax(logits, 1)  # the model's own (log_softmax: half logsumexp's time here)
         # masked and banned tokens are never drawn (the scores keep the model's own normaliser)
-        logits = rules.mask(logits.clone(), torch.tensor([row.state for row in rows]), len(rows[0].tokens),
-                            *row_limits(options, owners))
-        sizes = [options[r].no_repeat_ngram_size for r in owners]
+        states = torch.tensor([row.state for row in rows]) if rules.allowed is not None else None  # words: none
+        logits = rules.mask(logits.clone(), states, len(rows[0].tokens), *limits)
         if any(sizes):
             logits = ban_repeats(logits, [row.tokens for row in rows], sizes)
-        row_options = [options[r] for r in owners]
         penalize(logits, [row.tokens for row in rows], row_options)  # on the logits, before the temperature
-        choices = pick(temperature_probs(logits, row_options), row_options, [row.generator for row in rows])
+        choices = pick(temperature_probs(logits, temperature), row_options, [row.generator for row in rows])
         chosen = logprobs.gather(1, torch.tensor(choices).unsqueeze(1))[:, 0].tolist()
         going = []
         for i, (row, choice, logprob) in enumerate(zip(rows, choices, chosen)):
@@ -457,7 +474,7 @@ def sample(encoder, decoder, input_seq: torch.Tensor, input_lengths: torch.Tenso
             else:
                 going.append(i)
         if len(going) < len(rows):  # only then: every re-index copies the rows
-            rows = [rows[i] for i in going]
+            rows, constants = [rows[i] for i in going], None
             hidden, encoder_outputs, mask = hidden[:, going], encoder_outputs[:, going], mask[:, going]
         token = torch.tensor([[row.tokens[-1] for row in rows]], dtype=torch.long, device=input_seq.device)
     return [sorted(c, key=lambda c: -c.score) for c in results]
