@@ -279,7 +279,8 @@ kserve-store: ## Lay out deploy/kserve/store (config/config.properties, model-st
 
 # ---------------------------------------------------------------- performance
 # make bench-serve [CHECKPOINT=...] [DATA_PATH=dir] [BENCH_ARGS="--concurrency 1 16"]: its own native TorchServe
-# per scenario (echo, chatbot batch 1, batched; greedy, beam5, sample as JSON); docs/benchmarks.md explains the figures.
+# per scenario (echo, chatbot batch 1, batched; greedy, beam5, sample as JSON; openai; kserve; before: compiled_decode
+# false; litserve: the tutorial's own loop under LitServe, the peer); docs/benchmarks.md explains the figures.
 # make bench-quant [CHECKPOINT=...]: int8 and fp16 against float32 on the checkpoint's held-out pairs.
 # make bench-decoding [CHECKPOINT=...]: greedy, beam5 and sample in-process (no TorchServe): time, steps, rows.
 BENCH_ARGS ?=

@@ -8,13 +8,15 @@ The core owns every request format, option, OpenAI mapping, stream event and err
   puts in the request header `url_path` ("" for /predictions/{model}: the JSON and text API);
 - out: each request's status, Content-Type and headers through TorchServe's context, its body as the return value,
   and the pieces of a streamed response through `send_intermediate_predict_response` as they are decoded;
-- metrics: the core's seq2seq_* metrics through TorchServe's metrics API (declared in handler/metrics.yaml).
+- metrics: the core's seq2seq_* metrics through TorchServe's metrics API (declared in handler/metrics.yaml), counters
+  summed in the worker and handed over once every `metrics_interval_s` (serving.core.BufferedMetrics).
 
 Model-config YAML (packed into the .mar), section `handler:` (serving/core.py's load_core reads it):
   quantize: int8    CPU only, GRU/Linear weights: int8 (model/int8.py), fp16, false (float32)
   threads: 1        torch threads per worker (0: torch's default, one per core)
   threads_alone: 0  torch threads for a batch of one request (0: as threads)
   compiled_decode: true  greedy search's loop compiled (model/greedy_loop.py); false: the Python loop, to compare
+  metrics_interval_s: 1  the seq2seq_* counters reach TorchServe at most this late (0: every update at once)
   max_chars: 1000   longest accepted text, in characters
   beam_size, num_replies, ...: decoding defaults; limits: {max_length, beam_size, num_replies}
 
@@ -23,6 +25,7 @@ module; the archive unpacks the `model` and `serving` packages beside it.
 """
 from __future__ import annotations
 
+import atexit
 import logging
 import os
 import sys
@@ -40,7 +43,16 @@ _HERE = os.path.dirname(os.path.abspath(__file__))
 if _HERE not in sys.path:
     sys.path.insert(0, _HERE)
 
-from serving.core import METRICS, Batch, Incoming, Metrics, Response, load_core, log_failure  # noqa: E402
+from serving.core import (  # noqa: E402
+    METRICS,
+    Batch,
+    BufferedMetrics,
+    Incoming,
+    Response,
+    load_core,
+    log_failure,
+    metrics_interval,
+)
 from serving.wire import BODY_FIELDS, internal_error  # noqa: E402
 
 logger = logging.getLogger(__name__)
@@ -101,7 +113,9 @@ class Seq2seqHandler(BaseHandler):
         use_gpu = torch.cuda.is_available() and gpu_id is not None
         self.device = torch.device(f"cuda:{gpu_id}" if use_gpu else "cpu")
         self.model_pt_path = os.path.join(properties["model_dir"], self.manifest["model"]["serializedFile"])
-        self.core = load_core(self.model_pt_path, section, context.model_name, self.device, Metrics(self.observe))
+        metrics = BufferedMetrics(self.observe, metrics_interval(section))
+        atexit.register(metrics.flush)  # a worker that exits normally hands over what is pending
+        self.core = load_core(self.model_pt_path, section, context.model_name, self.device, metrics)
         self.initialized = True
 
     def handle(self, data: list[dict], context) -> list[str]:

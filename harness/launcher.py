@@ -20,10 +20,11 @@ from pathlib import Path
 import psutil
 import requests
 
-from tools.server_config import ARCHIVE_NAME, MODEL_NAME, MODEL_VERSION, REPO, read_properties, render
+from tools.server_config import ARCHIVE_NAME, MODEL_NAME, MODEL_VERSION, REPO, model_config, read_properties, render
 
 STARTUP_TIMEOUT_S = 120
 STOP_TIMEOUT_S = 30
+METRICS_INTERVAL_S = float(model_config()["handler"]["metrics_interval_s"])  # how late the worker's counters may be
 
 
 def build_mar(checkpoint: Path, export_path: Path, config_file: Path | None = None) -> Path:
@@ -86,11 +87,23 @@ class TorchServe:
         return {m.group(1): float(m.group(2))
                 for m in re.finditer(rf"^{re.escape(name)}\{{(.*?)\}} (\S+)$", text, re.MULTILINE)}
 
-    def batches_of_more_than_one(self) -> float:
-        """How many batches the handler decoded with more than one request (its seq2seq_batch_size buckets)."""
-        buckets = self.metric_values("seq2seq_batch_size_bucket")
-        total = sum(v for k, v in buckets.items() if 'le="+Inf"' in k)
-        return total - sum(v for k, v in buckets.items() if 'le="1"' in k)
+    def batches_of_more_than_one(self, above: float | None = None) -> float:
+        """How many batches the handler decoded with more than one request (its seq2seq_batch_size buckets).
+
+        The worker hands its counters over within the model-config's metrics_interval_s: with `above`, waits (up
+        to 10 s) for the count to pass it; without, first waits out one interval, so that every batch decoded
+        before the call is counted.
+        """
+        if above is None:
+            time.sleep(METRICS_INTERVAL_S + 0.3)
+        deadline = time.monotonic() + 10
+        while True:
+            buckets = self.metric_values("seq2seq_batch_size_bucket")
+            count = sum(v for k, v in buckets.items() if 'le="+Inf"' in k) - \
+                sum(v for k, v in buckets.items() if 'le="1"' in k)
+            if above is None or count > above or time.monotonic() > deadline:
+                return count
+            time.sleep(0.1)
 
     def log_tail(self, lines: int = 40) -> str:
         log = self.workdir / "logs" / "ts_log.log"

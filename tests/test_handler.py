@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import logging
 import shutil
+import time
 from pathlib import Path
 
 import pytest
@@ -131,6 +132,7 @@ def test_user_text_is_never_logged_above_debug(handler, caplog):
 def test_custom_metrics_are_emitted_with_declared_dimensions(handler, caplog):
     with caplog.at_level(logging.INFO, logger="ts.metrics.caching_metric"):
         run_batch(handler, [request("hello zorblax"), request(""), request(""), request("zorblax")])
+        handler.core.metrics.flush()  # counters are summed and handed over within metrics_interval_s
     lines = [r.getMessage() for r in caplog.records if r.getMessage().startswith("[METRICS]")]
 
     def value(prefix: str) -> float:
@@ -234,6 +236,7 @@ def test_an_exception_we_did_not_foresee_fails_only_its_own_request(handler, mon
     poison(handler, monkeypatch, "what is your name", where)
     with caplog.at_level(logging.INFO, logger="ts.metrics.caching_metric"):
         responses = run_batch(handler, [request(GOOD[0]), request("what is your name"), *map(request, GOOD[1:])])
+        handler.core.metrics.flush()
     assert [r.body for i, r in enumerate(responses) if i != 1] == alone
     error = responses[1].json()
     assert (responses[1].status, error["type"]) == (500, "InternalError") and "other requests" in error["message"]
@@ -299,3 +302,46 @@ def test_under_torchserves_kserve_envelope_each_instance_gets_its_reply_or_error
     predictions = response["predictions"]
     assert [predictions[0], predictions[2]] == alone
     assert json.loads(predictions[1])["type"] == "EmptyInput"
+
+
+def test_counters_are_summed_and_handed_over_within_the_interval_histograms_at_once():
+    """BufferedMetrics: ~15 metric lines a batch become one per counter and interval, none lost, none late."""
+    from serving.core import BufferedMetrics
+
+    seen = []
+
+    def observe(name, value, *dimensions):
+        seen.append((name, value, dimensions))
+
+    def wait_for(count: int) -> None:
+        deadline = time.monotonic() + 3
+        while len(seen) < count and time.monotonic() < deadline:
+            time.sleep(0.01)
+
+    metrics = BufferedMetrics(observe, interval=0.5)
+    metrics.observe("seq2seq_decode_seconds", 0.01)  # a histogram's observation: at once, in this thread
+    assert seen == [("seq2seq_decode_seconds", 0.01, ())]
+    seen.clear()
+    start = time.monotonic()
+    metrics.observe("seq2seq_requests_decoded_total", 1)  # the first count after a quiet interval: at once
+    wait_for(1)
+    assert seen == [("seq2seq_requests_decoded_total", 1, ())] and time.monotonic() - start < 0.3
+    seen.clear()
+    start = time.monotonic()
+    for _ in range(3):  # a busy worker: summed, then handed over once, within the interval
+        metrics.observe("seq2seq_requests_decoded_total", 2)
+        metrics.observe("seq2seq_bad_requests_total", 1, "EmptyInput")
+    assert seen == []
+    wait_for(2)
+    assert sorted(seen) == [("seq2seq_bad_requests_total", 3, ("EmptyInput",)),
+                            ("seq2seq_requests_decoded_total", 6, ())]
+    assert 0.3 < time.monotonic() - start < 1.5
+    immediate = []
+    BufferedMetrics(lambda *a: immediate.append(a), interval=0).observe("seq2seq_unknown_words_total", 2)
+    assert immediate == [("seq2seq_unknown_words_total", 2)]
+
+
+@pytest.mark.parametrize("value", [-1, "1s", True])
+def test_metrics_interval_must_be_seconds(model_dir, value):
+    with pytest.raises(ValueError, match="metrics_interval_s must be a number of seconds >= 0"):
+        start_handler(model_dir, metrics_interval_s=value)

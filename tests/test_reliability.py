@@ -85,7 +85,7 @@ def test_each_bad_input_gets_its_documented_answer_and_good_ones_in_the_batch_th
     cases = [c for pair in zip(cases, good_cases(served_chatbot, len(cases))) for c in pair]  # bad, good, ...
     results = send_all_at_once(torchserve.predictions_url, cases)
     assert failures(results) == []
-    assert torchserve.batches_of_more_than_one() > batched_before, "the requests were never batched"
+    assert torchserve.batches_of_more_than_one(above=batched_before) > batched_before, "the requests were never batched"
     assert [p.pid for p in worker_processes(torchserve)] == worker, "a bad input killed the worker"
 
 
