@@ -15,8 +15,9 @@ stopped) with the same config.properties, worker count and batching settings:
            then, one client at a time, streamed requests timed to their first token (TTFT)
   kserve   the same archive on the KServe runtime (kserve_runtime/, harness.kserve), started beside the batched
            TorchServe and measured in turn with it: greedy's requests as KServe v1 instances, one per request
-  before   a second TorchServe beside the batched one, its archive built with the handler option compiled_decode:
-           false (the decode before issue 30: Python's greedy loop), measured in turn with it: batched's requests
+  before   a second TorchServe beside the batched one, its archive built as before issue 30 (handler options
+           compiled_decode: false, Python's greedy loop; metrics_interval_s: 0, every metric update at once),
+           measured in turn with it: batched's requests
   litserve the peer: LitServe serving the PyTorch Chatbot Tutorial's own evaluate loop with torch.ao int8 on the
            same weights (bench/litserve_tutorial.py), beside the batched TorchServe and measured in turn with it:
            batched's prompts whose every word the tutorial knows, as JSON, each reply checked against the tutorial's
@@ -333,11 +334,12 @@ def run_scenario(scenario: str, workload: Workload, args: argparse.Namespace, wo
 
 @contextmanager
 def serve_before(workload: Workload, args: argparse.Namespace, workdir: Path):
-    """A TorchServe serving the workload's archive built with compiled_decode: false, as batched's settings."""
+    """A TorchServe serving the workload's archive as before issue 30 (compiled_decode: false, metrics_interval_s: 0),
+    batched's settings otherwise."""
     store = workdir / "model-store"
     store.mkdir(parents=True)
     config = yaml.safe_load(scenario_config("batched", args, workdir).read_text())
-    config["handler"]["compiled_decode"] = False
+    config["handler"].update(compiled_decode=False, metrics_interval_s=0)
     path = workdir / "before-config.yaml"
     path.write_text(yaml.safe_dump(config))
     build_mar(workload.checkpoint, store, path)
