@@ -16,8 +16,8 @@ stopped) with the same config.properties, worker count and batching settings:
   kserve   the same archive on the KServe runtime (kserve_runtime/, harness.kserve), started beside the batched
            TorchServe and measured in turn with it: greedy's requests as KServe v1 instances, one per request
   before   a second TorchServe beside the batched one, its archive built as before issue 30 (handler options
-           compiled_decode: false, Python's greedy loop; metrics_interval_s: 0, every metric update at once),
-           measured in turn with it: batched's requests
+           compiled_decode: false, Python's greedy loop; metrics_interval_s: 0, every metric update at once;
+           glibc's malloc, no tcmalloc preloaded), measured in turn with it: batched's requests
   litserve the peer: LitServe serving the PyTorch Chatbot Tutorial's own evaluate loop with torch.ao int8 on the
            same weights (bench/litserve_tutorial.py), beside the batched TorchServe and measured in turn with it:
            batched's prompts whose every word the tutorial knows, as JSON, each reply checked against the tutorial's
@@ -100,7 +100,7 @@ from harness.load import Case, run_load
 from model import Chatbot, load_chatbot
 from model.checkpoint import serving_subset
 from model.schema import parse_options
-from tools.server_config import ARCHIVE_NAME, model_config
+from tools.server_config import ARCHIVE_NAME, malloc_library, model_config
 from train.runs import add_checkpoint_flags, add_data_path_flag
 
 logger = logging.getLogger("serve_bench")
@@ -334,8 +334,8 @@ def run_scenario(scenario: str, workload: Workload, args: argparse.Namespace, wo
 
 @contextmanager
 def serve_before(workload: Workload, args: argparse.Namespace, workdir: Path):
-    """A TorchServe serving the workload's archive as before issue 30 (compiled_decode: false, metrics_interval_s: 0),
-    batched's settings otherwise."""
+    """A TorchServe serving the workload's archive as before issue 30 (compiled_decode: false, metrics_interval_s: 0,
+    glibc's malloc), batched's settings otherwise."""
     store = workdir / "model-store"
     store.mkdir(parents=True)
     config = yaml.safe_load(scenario_config("batched", args, workdir).read_text())
@@ -343,8 +343,8 @@ def serve_before(workload: Workload, args: argparse.Namespace, workdir: Path):
     path = workdir / "before-config.yaml"
     path.write_text(yaml.safe_dump(config))
     build_mar(workload.checkpoint, store, path)
-    with start_torchserve(workdir / "server", store,
-                          config_overrides={"default_workers_per_model": str(args.workers)}) as server:
+    with start_torchserve(workdir / "server", store, config_overrides={"default_workers_per_model": str(args.workers)},
+                          malloc=False) as server:
         wait_until_ready(server, args.workers)
         yield server
 
@@ -459,7 +459,8 @@ def machine() -> str:
         else platform.processor()
     load = ", ".join(f"{x:.2f}" for x in os.getloadavg())
     return (f"{cpu}, {os.cpu_count()} cores, load average now {load}; Python {platform.python_version()}, "
-            f"torch {torch.__version__}, torchserve {version('torchserve')}")
+            f"torch {torch.__version__}, torchserve {version('torchserve')}; servers preload "
+            f"{malloc_library() or 'nothing'}")
 
 
 # ---------------------------------------------------------------- CLI

@@ -17,7 +17,7 @@ from pathlib import Path
 import requests
 
 from harness.launcher import STARTUP_TIMEOUT_S, STOP_TIMEOUT_S, free_ports
-from tools.server_config import MODEL_NAME, REPO
+from tools.server_config import MODEL_NAME, REPO, preload_env
 
 PYTHON = REPO / ".venv-kserve" / "bin" / "python"  # make install-kserve (requirements-kserve.txt)
 
@@ -87,7 +87,7 @@ def start_kserve(workdir: Path, mar: Path, python: Path = PYTHON):
     workdir.mkdir(parents=True, exist_ok=True)
     server = KServe(workdir, free_ports(1)[0])
     atexit.register(server.stop)
-    env = {**os.environ, "PYTHONPATH": str(REPO)}  # kserve_runtime from the repo; model and serving from the .mar
+    env = preload_env({**os.environ, "PYTHONPATH": str(REPO)})  # kserve_runtime from the repo; model, serving: .mar
     with open(workdir / "kserve.log", "wb") as log:
         server.process = subprocess.Popen(
             [str(python), "-m", "kserve_runtime", "--mar", str(mar), "--model-name", MODEL_NAME,

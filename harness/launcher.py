@@ -20,7 +20,16 @@ from pathlib import Path
 import psutil
 import requests
 
-from tools.server_config import ARCHIVE_NAME, MODEL_NAME, MODEL_VERSION, REPO, model_config, read_properties, render
+from tools.server_config import (
+    ARCHIVE_NAME,
+    MODEL_NAME,
+    MODEL_VERSION,
+    REPO,
+    model_config,
+    preload_env,
+    read_properties,
+    render,
+)
 
 STARTUP_TIMEOUT_S = 120
 STOP_TIMEOUT_S = 30
@@ -167,16 +176,18 @@ def write_config(server: TorchServe, model_store: Path, overrides: dict[str, str
     return path
 
 
-def launch(server: TorchServe, config: Path, python: Path | None = None) -> None:
+def launch(server: TorchServe, config: Path, python: Path | None = None, malloc: bool = True) -> None:
     """Start TorchServe in the foreground (so we own the process) from the server's workdir.
 
     python: the interpreter of the environment whose torchserve runs the server and its workers
     (default: this one); the Python 3.9 / torch 2.4 serving-image runtime test passes its own.
+    malloc: preload the allocator `make serve` preloads (tools/server_config.py's malloc_library); False: glibc's.
     """
     tmp = server.workdir / "tmp"  # pid file, unix sockets and unpacked models: private per server
     tmp.mkdir()
     bin_dir = Path(python or sys.executable).absolute().parent  # absolute, not resolved: a venv python is a link
     env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}  # workers must import the .mar's model
+    env = preload_env(env, malloc)
     env.update(TMPDIR=str(tmp), TEMP=str(tmp), PATH=f"{bin_dir}{os.pathsep}{env['PATH']}")
     torchserve = bin_dir / "torchserve"
     server.process = subprocess.Popen(
@@ -207,18 +218,18 @@ def wait_until_ready(server: TorchServe, workers: int = 1) -> None:
 @contextmanager
 def start_torchserve(workdir: Path, model_store: Path, token_auth: bool = False,
                      config_overrides: dict[str, str] | None = None, ready_workers: int = 1,
-                     python: Path | None = None):
+                     python: Path | None = None, malloc: bool = True):
     """A native TorchServe serving model_store/<ARCHIVE_NAME>.mar as MODEL_NAME on free ports; always stopped.
 
     ready_workers: READY workers to wait for; 0 returns once the model is registered (a model whose
-    workers fail to load never gets one). python: see launch().
+    workers fail to load never gets one). python, malloc: see launch().
     """
     workdir.mkdir(parents=True, exist_ok=True)
     apis = ("inference", "management", "metrics", "grpc_inference", "grpc_management")
     server = TorchServe(workdir, dict(zip(apis, free_ports(len(apis)))), token_auth)
     atexit.register(server.stop)  # last resort if pytest itself is interrupted; stop() is idempotent
     try:
-        launch(server, write_config(server, model_store, config_overrides or {}), python)
+        launch(server, write_config(server, model_store, config_overrides or {}), python, malloc)
         wait_until_ready(server, ready_workers)
         yield server
     finally:

@@ -194,3 +194,22 @@ def test_make_kserve_store_lays_out_config_and_model_store_from_the_archive(seq2
     docker = properties("container")
     assert {k: config[k] for k in ("enable_model_api", "max_request_size", "disable_token_authorization")} == \
         {k: docker[k] for k in ("enable_model_api", "max_request_size", "disable_token_authorization")}
+
+
+def test_the_servers_preload_tcmalloc_where_installed_and_malloc_chooses_otherwise(tmp_path, monkeypatch):
+    """tools/server_config.py's malloc_library: the one decision `make serve`, `make serve-kserve` and the harness
+    take (LD_PRELOAD); tcmalloc where its library is, $MALLOC when set, nothing (glibc's malloc) else."""
+    from tools import server_config
+
+    monkeypatch.delenv("MALLOC", raising=False)
+    monkeypatch.setattr(server_config, "LIBRARY_DIRS", (str(tmp_path / "none"), str(tmp_path)))
+    assert server_config.malloc_library() == ""
+    (tmp_path / server_config.TCMALLOC).write_bytes(b"")
+    assert server_config.malloc_library() == str(tmp_path / server_config.TCMALLOC)
+    assert server_config.preload_env({"LD_PRELOAD": "/old.so", "A": "1"}) == \
+        {"A": "1", "LD_PRELOAD": str(tmp_path / server_config.TCMALLOC)}
+    assert server_config.preload_env({"LD_PRELOAD": "/old.so", "A": "1"}, malloc=False) == {"A": "1"}
+    monkeypatch.setenv("MALLOC", "")
+    assert server_config.malloc_library() == "" and server_config.preload_env({"A": "1"}) == {"A": "1"}
+    monkeypatch.setenv("MALLOC", "/opt/libjemalloc.so.2")
+    assert server_config.malloc_library() == "/opt/libjemalloc.so.2"

@@ -17,6 +17,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import replace
 from pathlib import Path
 
+import psutil
 import pytest
 import requests
 import torch
@@ -210,6 +211,17 @@ def test_workers_import_the_model_package_shipped_in_the_archive(torchserve):
     log = (torchserve.workdir / "logs" / "model_log.log").read_text()
     packages = set(re.findall(r"model package (\S+)\)", log))
     assert packages and all(Path(p).is_relative_to(torchserve.workdir / "tmp" / "models") for p in packages)
+
+
+def test_workers_run_on_the_allocator_make_serve_preloads(torchserve):
+    from tools.server_config import malloc_library
+
+    library = malloc_library()
+    if not library:
+        pytest.skip("no tcmalloc here (apt install libtcmalloc-minimal4): the servers run on glibc's malloc")
+    workers = [p for p in map(psutil.Process, torchserve.pids)
+               if any("model_service_worker" in part for part in p.cmdline())]
+    assert workers and all(library in Path(f"/proc/{p.pid}/maps").read_text() for p in workers)
 
 
 def test_ping(torchserve):
