@@ -149,7 +149,7 @@ class ReplyRules:
 def mask_logits(logits: torch.Tensor, never: torch.Tensor, length: int, min_length: int,
                 min_lengths: Optional[torch.Tensor], allowed: Optional[torch.Tensor], states: Optional[torch.Tensor],
                 max_lengths: Optional[torch.Tensor], horizon: int, eos: int = EOS_token) -> torch.Tensor:
-    """ReplyRules.mask's work on tensors alone, so TorchScript compiles it too (model/seq2seq.py's compiled greedy
+    """ReplyRules.mask's work on tensors alone, so TorchScript compiles it too (model/greedy_loop.py's compiled greedy
     loop): logits (n, V) masked in place for token number `length`. never: the ids no reply holds; allowed
     (S, horizon + 1, V), states (n,), max_lengths (n,): the byte-level table (all None for words); min_lengths:
     None when every row's is min_length, else each row's (n,), min_length then the largest of them. (eos: a

@@ -68,22 +68,27 @@ def gru_cell(gates_x: Tensor, h: Tensor, weight: PackedWeight, bias: Tensor, wei
     return torch.lerp(torch.tanh(n), h, z)  # (1 - z) * n + z * h
 
 
+def gru_step(gates_x: Tensor, h: Tensor, weight: PackedWeight, bias: Tensor, weight_sums: Tensor, range_cols: Tensor,
+             hidden: int) -> tuple[Tensor, Tensor]:
+    """One time step of packed rows: gates_x (n, 3H), h (B, H) -> (output (n, H), h (B, H) after the step).
+
+    Sequences are sorted by length (packing), so the first n are active and the others keep their hidden
+    state, as nn.GRU does with a PackedSequence.
+    """
+    n = gates_x.size(0)
+    out = gru_cell(gates_x, h[:n], weight, bias, weight_sums, range_cols, hidden)
+    return out, out if n == h.size(0) else torch.cat((out, h[n:]))
+
+
 def gru_steps(gates_x: list[Tensor], h: Tensor, weight: PackedWeight, bias: Tensor, weight_sums: Tensor,
               range_cols: Tensor, hidden: int, reverse: bool) -> tuple[list[Tensor], Tensor]:
-    """One layer and direction over time: gates_x[t] (n_t, 3H), h (B, H) -> outputs[t] (n_t, H), final h.
-
-    Sequences are sorted by length (packing), so at step t the first n_t are active and the
-    others keep their hidden state, as nn.GRU does with a PackedSequence.
-    """
+    """One layer and direction over time: gates_x[t] (n_t, 3H), h (B, H) -> outputs[t] (n_t, H), final h."""
     outputs = [h] * len(gates_x)
     steps = list(range(len(gates_x)))
     if reverse:
         steps.reverse()
     for t in steps:
-        n = gates_x[t].size(0)
-        out = gru_cell(gates_x[t], h[:n], weight, bias, weight_sums, range_cols, hidden)
-        outputs[t] = out
-        h = out if n == h.size(0) else torch.cat((out, h[n:]))
+        outputs[t], h = gru_step(gates_x[t], h, weight, bias, weight_sums, range_cols, hidden)
     return outputs, h
 
 
@@ -91,18 +96,12 @@ def gru_steps_both(gates_f: list[Tensor], gates_b: list[Tensor], h_f: Tensor, h_
                    bias_f: Tensor, sums_f: Tensor, weight_b: PackedWeight, bias_b: Tensor, sums_b: Tensor,
                    range_cols: Tensor, hidden: int) -> tuple[list[Tensor], list[Tensor], Tensor, Tensor]:
     """gru_steps for both directions of a layer in one compiled loop (one call from Python instead of two): the
-    forward's step t, then the backward's step T-1-t; the same operations on each as gru_steps."""
+    forward's step t, then the backward's step T-1-t."""
     outputs_f, outputs_b = [h_f] * len(gates_f), [h_b] * len(gates_b)
     for t in range(len(gates_f)):
-        n = gates_f[t].size(0)
-        out = gru_cell(gates_f[t], h_f[:n], weight_f, bias_f, sums_f, range_cols, hidden)
-        outputs_f[t] = out
-        h_f = out if n == h_f.size(0) else torch.cat((out, h_f[n:]))
+        outputs_f[t], h_f = gru_step(gates_f[t], h_f, weight_f, bias_f, sums_f, range_cols, hidden)
         back = len(gates_b) - 1 - t
-        n = gates_b[back].size(0)
-        out = gru_cell(gates_b[back], h_b[:n], weight_b, bias_b, sums_b, range_cols, hidden)
-        outputs_b[back] = out
-        h_b = out if n == h_b.size(0) else torch.cat((out, h_b[n:]))
+        outputs_b[back], h_b = gru_step(gates_b[back], h_b, weight_b, bias_b, sums_b, range_cols, hidden)
     return outputs_f, outputs_b, h_f, h_b
 
 
