@@ -1,6 +1,7 @@
 """How far a batch-1 greedy reply can go: int8 product kernels at one row, and ours against the tutorial's loop.
 
     python -m bench.decode_floor                 # random tutorial-size weights (hidden 500, 7,826 words), one thread
+    LD_PRELOAD=$(python -m tools.server_config --print malloc) python -m bench.decode_floor   # as the servers run
 
 Two measurements for issue 30 (docs/benchmarks.md, "Faster single-reply decoding"):
 - kernels: microseconds per call of the decoder's largest product (1 x 500 -> 7,826) and a GRU product
