@@ -20,10 +20,12 @@ Last lines: `name: value`.
 from __future__ import annotations
 
 import argparse
+import importlib
 import sys
 import time
 import warnings
 from collections.abc import Callable, Sequence
+from types import ModuleType
 
 import numpy as np
 import torch
@@ -86,11 +88,21 @@ def fbgemm_read_speed(calls: int) -> tuple[float, float]:
     return us, n * (k + 2) / us / 1e3
 
 
+def tutorial_code() -> ModuleType:
+    """tests/test_tutorial_checkpoint.py, which holds the PyTorch Chatbot Tutorial's own classes and functions
+    (imported once; its folder joins sys.path once)."""
+    tests = str(REPO / "tests")
+    if tests not in sys.path:
+        sys.path.insert(0, tests)
+    return importlib.import_module("test_tutorial_checkpoint")
+
+
 def tutorial_searcher(ckpt: dict, int8: bool = True) -> nn.Module:
     """The tutorial's GreedySearchDecoder over its own modules, loaded with `ckpt`'s weights (torch.ao dynamic int8
     unless int8 is False)."""
-    sys.path.insert(0, str(REPO / "tests"))
-    from test_tutorial_checkpoint import EncoderRNN, GreedySearchDecoder, LuongAttnDecoderRNN
+    tutorial = tutorial_code()
+    EncoderRNN, GreedySearchDecoder, LuongAttnDecoderRNN = (  # noqa: N806 (the tutorial's class names)
+        tutorial.EncoderRNN, tutorial.GreedySearchDecoder, tutorial.LuongAttnDecoderRNN)
 
     config, words = ckpt["config"], len(ckpt["decoder"]["out.bias"])
     embedding = nn.Embedding(words, config["hidden_size"])

@@ -27,7 +27,7 @@ import litserve as ls
 import requests
 import torch
 
-from bench.decode_floor import tutorial_searcher
+from bench.decode_floor import tutorial_code, tutorial_searcher
 from bench.workload import FALLBACK_PROMPTS, random_checkpoint, synthetic_voc
 from harness.launcher import STARTUP_TIMEOUT_S, STOP_TIMEOUT_S, free_ports
 from model.voc import EOS_token, PAD_token, Voc
@@ -48,10 +48,7 @@ def tutorial_bot(checkpoint: Path | None) -> tuple[torch.nn.Module, Voc]:
 
 def normalized_words(text: str) -> list[str]:
     """The tutorial's normalizeString, split as indexesFromSentence splits it."""
-    sys.path.insert(0, str(REPO / "tests"))
-    from test_tutorial_checkpoint import normalizeString
-
-    return normalizeString(text).split(" ")
+    return tutorial_code().normalizeString(text).split(" ")
 
 
 def knows_every_word(voc: Voc, text: str) -> bool:

@@ -315,7 +315,6 @@ def run_scenario(scenario: str, workload: Workload, args: argparse.Namespace, wo
             urls["kserve"] = kserve.predict_url
         if "before" in cases:  # the decode before issue 30, on a TorchServe of its own beside this one
             urls["before"] = stack.enter_context(serve_before(workload, args, workdir / "before")).predictions_url
-            cases["before"] = scenario_cases(expected, None)
         if "litserve" in cases:  # the peer: the tutorial's own loop under LitServe
             urls["litserve"] = stack.enter_context(serve_tutorial(workdir / "litserve", workload.checkpoint))
             cases["litserve"] = tutorial_cases(workload)
