@@ -71,7 +71,7 @@ import sys
 import tempfile
 import time
 from collections.abc import Callable, Sequence
-from contextlib import ExitStack, contextmanager
+from contextlib import ExitStack, contextmanager, suppress
 from dataclasses import dataclass, field
 from importlib.metadata import version
 from pathlib import Path
@@ -186,15 +186,11 @@ def build_echo_mar(config_file: Path, store: Path) -> Path:
 
 
 def worker_rss_mb(server: TorchServe) -> list[float]:
-    """Resident memory of each Python worker of the server (MB)."""
+    """Resident memory of each Python worker of the server alive now (MB)."""
     sizes = []
-    for pid in server.pids:
-        try:
-            process = psutil.Process(pid)
-            if any("model_service_worker" in part for part in process.cmdline()):
-                sizes.append(process.memory_info().rss / 1e6)
-        except psutil.NoSuchProcess:
-            pass
+    for worker in server.worker_processes():
+        with suppress(psutil.NoSuchProcess):
+            sizes.append(worker.memory_info().rss / 1e6)
     return sizes
 
 

@@ -114,6 +114,27 @@ class TorchServe:
                 return count
             time.sleep(0.1)
 
+    def java_process(self) -> psutil.Process:
+        """The TorchServe frontend (Java) this launcher started; a child that exits meanwhile is passed over."""
+        for child in psutil.Process(self.process.pid).children(recursive=True):
+            with suppress(psutil.Error):
+                if child.name() == "java":
+                    return child
+        raise LookupError(f"no Java frontend under pid {self.process.pid}: see {self.workdir / 'logs'}")
+
+    def worker_processes(self) -> list[psutil.Process]:
+        """The Python model workers alive now (one that exits while they are listed is left out).
+
+        Read from the live process tree, never from pids recorded earlier: TorchServe replaces a worker that dies,
+        and a recorded pid may be gone or, on a busy machine, already someone else's.
+        """
+        workers = []
+        for child in self.java_process().children():
+            with suppress(psutil.Error):
+                if "model_service_worker" in " ".join(child.cmdline()):
+                    workers.append(child)
+        return workers
+
     def log_tail(self, lines: int = 40) -> str:
         log = self.workdir / "logs" / "ts_log.log"
         return "\n".join(log.read_text().splitlines()[-lines:]) if log.exists() else "(no ts_log.log)"

@@ -105,21 +105,6 @@ def mixed_summary(results: list[Result], good: list[Case]) -> dict:
     }
 
 
-def java_process(server: TorchServe) -> psutil.Process:
-    """The TorchServe frontend (Java) of a server started by harness.launcher."""
-    return next(p for p in psutil.Process(server.process.pid).children(recursive=True) if p.name() == "java")
-
-
-def worker_processes(server: TorchServe) -> list[psutil.Process]:
-    """The Python model workers the frontend started (one that exits meanwhile is left out)."""
-    workers = []
-    for child in java_process(server).children():
-        with suppress(psutil.Error):
-            if "model_service_worker" in " ".join(child.cmdline()):
-                workers.append(child)
-    return workers
-
-
 @dataclass
 class KillReport:
     """What a worker SIGKILL in the middle of a load did."""
@@ -157,10 +142,11 @@ def kill_worker_during_load(server: TorchServe, cases: list[Case], clients: int,
     report = KillReport()
 
     def kill() -> None:
-        workers = worker_processes(server)
+        workers = server.worker_processes()
         report.killed_at = time.monotonic()
         for worker in workers:
-            worker.kill()
+            with suppress(psutil.NoSuchProcess):  # exited by itself meanwhile: nothing to kill
+                worker.kill()
         report.killed_pids = [w.pid for w in workers]
 
     timer = threading.Timer(kill_after, kill)
@@ -301,10 +287,10 @@ def parse_args(argv=None) -> argparse.Namespace:
 def mixed_phase(server: TorchServe, chatbot: Chatbot, clients: int, seconds: float) -> dict:
     """Load with one hostile request in four; the figures, and whether the worker kept its pid."""
     good = [c for c in load_cases(chatbot) if c.status == 200]
-    pids = sorted(p.pid for p in worker_processes(server))
+    pids = sorted(p.pid for p in server.worker_processes())
     results = run_load(server.predictions_url, one_bad_in(4, good, hostile_cases(chatbot) + bad_input_cases(chatbot)),
                        clients, seconds)
-    return {**mixed_summary(results, good), "worker_pid_kept": sorted(p.pid for p in worker_processes(server)) == pids}
+    return {**mixed_summary(results, good), "worker_pid_kept": sorted(p.pid for p in server.worker_processes()) == pids}
 
 
 def mixed_ok(mixed: dict) -> bool:

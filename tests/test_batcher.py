@@ -116,7 +116,7 @@ def test_the_event_loop_keeps_running_while_a_batch_decodes():
         batcher.close()
         return ticks
 
-    assert run(main()) >= 10  # a decode on the loop's thread would have blocked every tick
+    assert run(main()) >= 5  # a decode on the loop's thread would have blocked every tick (~25 on an idle machine)
 
 
 def test_streamed_pieces_come_before_the_final_response_in_order():

@@ -37,12 +37,10 @@ from harness.soak import (
     TEXT,
     bad_input_cases,
     hostile_cases,
-    java_process,
     kill_worker_during_load,
     load_cases,
     mixed_phase,
     served_quantize,
-    worker_processes,
 )
 from model import load_chatbot
 from tools.build_mar import archiver_command, stage_model_package
@@ -79,14 +77,14 @@ def send_all_at_once(url: str, cases: list[Case]) -> list:
 
 def test_each_bad_input_gets_its_documented_answer_and_good_ones_in_the_batch_their_reply(torchserve,
                                                                                            served_chatbot):
-    worker = [p.pid for p in worker_processes(torchserve)]
+    worker = [p.pid for p in torchserve.worker_processes()]
     batched_before = torchserve.batches_of_more_than_one()
     cases = bad_input_cases(served_chatbot) + hostile_cases(served_chatbot)
     cases = [c for pair in zip(cases, good_cases(served_chatbot, len(cases))) for c in pair]  # bad, good, ...
     results = send_all_at_once(torchserve.predictions_url, cases)
     assert failures(results) == []
     assert torchserve.batches_of_more_than_one(above=batched_before) > batched_before, "the requests were never batched"
-    assert [p.pid for p in worker_processes(torchserve)] == worker, "a bad input killed the worker"
+    assert [p.pid for p in torchserve.worker_processes()] == worker, "a bad input killed the worker"
 
 
 def test_one_hostile_request_in_four_from_32_clients_fails_no_good_request(torchserve, served_chatbot):
@@ -97,7 +95,7 @@ def test_one_hostile_request_in_four_from_32_clients_fails_no_good_request(torch
 
 
 def test_a_body_over_max_request_size_gets_413_and_the_server_goes_on(torchserve, served_chatbot):
-    worker = [p.pid for p in worker_processes(torchserve)]
+    worker = [p.pid for p in torchserve.worker_processes()]
     too_big = b"hello " * (MAX_REQUEST_SIZE // 6 + 1)
     chunked = (too_big[i:i + 4096] for i in range(0, len(too_big), 4096))  # no Content-Length: streamed
     for body in (too_big, chunked):
@@ -105,7 +103,7 @@ def test_a_body_over_max_request_size_gets_413_and_the_server_goes_on(torchserve
         assert (refused.status_code, refused.content) == (413, b"")
     [good] = good_cases(served_chatbot, 1)
     assert send(requests.Session(), torchserve.predictions_url, good).correct
-    assert [p.pid for p in worker_processes(torchserve)] == worker
+    assert [p.pid for p in torchserve.worker_processes()] == worker
 
 
 # ---------------------------------------------------------------- fuzzing the handler's request parsing
@@ -250,7 +248,7 @@ def queue_server(seq2seq_mar, tmp_path_factory):
 
 def test_a_full_job_queue_answers_503_at_once_instead_of_hanging(queue_server, served_chatbot):
     cases = good_cases(served_chatbot, 24)
-    [worker] = worker_processes(queue_server)
+    [worker] = queue_server.worker_processes()
     worker.suspend()  # a model that does not answer: the batch in flight waits, the queue fills up
     try:
         with ThreadPoolExecutor(len(cases)) as pool:
@@ -276,7 +274,7 @@ def test_a_killed_worker_is_restarted_and_the_requests_it_had_fail_visibly(tmp_p
         report = kill_worker_during_load(server, load_cases(served_chatbot), clients=16, seconds=8, kill_after=2)
         summary = report.summary()
         print(f"worker kill: {summary}")  # pytest -s shows the figures
-        assert report.killed_pids and not set(report.killed_pids) & {p.pid for p in worker_processes(server)}
+        assert report.killed_pids and not set(report.killed_pids) & {p.pid for p in server.worker_processes()}
         assert all(isinstance(r.status, int) and r.status >= 500 for r in report.failed), summary
         assert summary["max_latency_s"] < RESPONSE_TIMEOUT_S, summary
         assert summary["recovery_s"] is not None and summary["recovery_s"] < RECOVERY_LIMIT_S, summary
@@ -457,7 +455,7 @@ def test_a_bad_archive_fails_its_worker_with_a_clear_error_and_retries_stop(tmp_
         time.sleep(5)  # longer than any back-off step inside the window, plus a worker start
         assert len(log_lines("model_log.log", "cannot load the chatbot")) == len(tries) and gave_up()
         [model] = requests.get(server.url("management", "/models/my_s2s"), timeout=10).json()
-        assert "READY" not in {w["status"] for w in model["workers"]} and not worker_processes(server)
+        assert "READY" not in {w["status"] for w in model["workers"]} and not server.worker_processes()
     assert not marker.exists(), "the checkpoint's code ran in the worker"
 
 
@@ -465,13 +463,13 @@ def test_a_bad_archive_fails_its_worker_with_a_clear_error_and_retries_stop(tmp_
 
 
 def test_every_listening_socket_is_on_loopback(torchserve):
-    listening = [c for c in java_process(torchserve).net_connections("inet") if c.status == psutil.CONN_LISTEN]
+    listening = [c for c in torchserve.java_process().net_connections("inet") if c.status == psutil.CONN_LISTEN]
     assert {c.laddr.port for c in listening} == set(torchserve.ports.values())
     assert {c.laddr.ip for c in listening} <= LOOPBACK
 
 
 def test_worker_sockets_are_private_to_the_server(torchserve):
-    workers = worker_processes(torchserve)
+    workers = torchserve.worker_processes()
     assert workers
     for worker in workers:
         [socket_path] = {Path(c.laddr) for c in worker.net_connections("unix") if c.laddr}  # the one it listens on

@@ -14,10 +14,10 @@ import sys
 import time
 import zipfile
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import suppress
 from dataclasses import replace
 from pathlib import Path
 
-import psutil
 import pytest
 import requests
 import torch
@@ -219,9 +219,14 @@ def test_workers_run_on_the_allocator_make_serve_preloads(torchserve):
     library = malloc_library()
     if not library:
         pytest.skip("no tcmalloc here (apt install libtcmalloc-minimal4): the servers run on glibc's malloc")
-    workers = [p for p in map(psutil.Process, torchserve.pids)
-               if any("model_service_worker" in part for part in p.cmdline())]
-    assert workers and all(library in Path(f"/proc/{p.pid}/maps").read_text() for p in workers)
+    mapped = {}  # pid -> whether the allocator is in its memory map, for each worker alive while read
+    deadline = time.monotonic() + 30  # a worker TorchServe is replacing right now: wait for the replacement
+    while not mapped and time.monotonic() < deadline:
+        for worker in torchserve.worker_processes():
+            with suppress(FileNotFoundError, ProcessLookupError):  # exited after it was listed: not a worker now
+                mapped[worker.pid] = library in Path(f"/proc/{worker.pid}/maps").read_text()
+        time.sleep(0 if mapped else 0.5)
+    assert mapped and all(mapped.values()), mapped
 
 
 def test_ping(torchserve):
