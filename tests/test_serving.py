@@ -366,6 +366,19 @@ def test_workers_scale_through_the_management_api(torchserve):
     assert len(requests.get(scale, timeout=10).json()[0]["workers"]) == 1
 
 
+def settled_buckets(torchserve, histogram: str) -> dict[str, float]:
+    """{le: count} of a histogram once two scrapes agree: each bucket is its own metric line that the frontend
+    reads from the worker's log, so on a busy machine a scrape can fall between the lines of one update."""
+    deadline, last = time.monotonic() + 10, None
+    while True:
+        buckets = {re.search(r'le="([^"]+)"', k).group(1): v
+                   for k, v in torchserve.metric_values(f"{histogram}_bucket").items()}
+        if buckets == last or time.monotonic() > deadline:
+            return buckets
+        last = buckets
+        time.sleep(0.2)
+
+
 def test_metrics_port_serves_torchserve_and_custom_metrics(torchserve):
     requests.post(torchserve.predictions_url, json={"text": "hello zorblax"}, timeout=30)
     requests.post(torchserve.predictions_url, json={"text": " "}, timeout=30)
@@ -382,8 +395,7 @@ def test_metrics_port_serves_torchserve_and_custom_metrics(torchserve):
     assert any('Reason="EmptyInput"' in labels for labels in bad)
     assert sum(torchserve.metric_values("seq2seq_decode_seconds_count").values()) >= 1
     for counted in ("seq2seq_reply_words", "seq2seq_batch_size"):  # histogram-style buckets of counts, cumulative
-        buckets = {re.search(r'le="([^"]+)"', k).group(1): v for k, v in torchserve.metric_values(
-            f"{counted}_bucket").items()}
+        buckets = settled_buckets(torchserve, counted)
         bounds = sorted((b for b in buckets if b != "+Inf"), key=int)
         assert buckets["+Inf"] >= 1 and sum(torchserve.metric_values(f"{counted}_sum").values()) >= 1
         assert [buckets[b] for b in bounds] == sorted(buckets[b] for b in bounds) <= [buckets["+Inf"]] * len(bounds)
