@@ -13,6 +13,9 @@ export PYTHONPATH := $(CURDIR)
 
 .DEFAULT_GOAL := help
 
+print-%: # A variable's value, for scripts (harness/images.py): make -s print-IMAGE
+	@echo '$($*)'
+
 help: ## List the targets
 	@grep -E '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-14s %s\n", $$1, $$2}'
 
@@ -28,10 +31,18 @@ $(VENV)/.installed: requirements.txt requirements-dev.txt requirements-ui.txt
 install: $(VENV)/.installed ## Create .venv and install pinned dependencies
 
 test: install $(KSERVE_VENV)/.installed ## Run the test suite (starts and stops its own TorchServe and KServe runtime)
-	$(PY) -m pytest -q tests
+	$(PY) -m pytest -q -m "not images" tests
+
+# The images, built and run as real containers (tests/test_images.py): a Docker engine is started if none answers
+# (docker/engine.sh; stopped afterwards), and the bases are pulled, or built as stand-ins where they cannot be
+# (docker/standin/bases.sh). Each image's bill of materials: logs/images/*.cdx.json.
+test-images: install ## Build our three images and test the running containers (~15 min the first time, starts a Docker engine if needed)
+	@eval "$$(docker/engine.sh start)" && trap 'docker/engine.sh stop' EXIT && \
+	  DOCKER=$$DOCKER docker/standin/bases.sh && \
+	  DOCKER=$$DOCKER $(PY) -m pytest -q -m images tests/test_images.py
 
 test-unit: install ## The tests that need no server, browser or Java (pytest -m "not server"): ~1.5 min instead of ~4
-	$(PY) -m pytest -q -m "not server" tests
+	$(PY) -m pytest -q -m "not server and not images" tests
 
 # The serving image's runtime (pytorch/torchserve:0.12.0-gpu: Python 3.9, torch 2.4.0, TorchServe 0.12.0),
 # natively: torch 2.4 from PyPI is ~2.8 GB of CUDA wheels, kept in IMAGE_WHEELS after the first download.
@@ -59,7 +70,7 @@ $(KSERVE_VENV)/.installed: requirements-kserve.txt
 
 install-kserve: $(KSERVE_VENV)/.installed ## Create .venv-kserve: KServe's model server for make serve-kserve
 
-.PHONY: help install install-kserve test test-unit test-image-runtime
+.PHONY: help install install-kserve test test-images test-unit test-image-runtime
 
 # ---------------------------------------------------------------- data and training
 # make data [DATA_PATH=dir]; make train [CORPUS=cornell DATA_PATH=... ITERATIONS=4000 DEVICE=auto TRAIN_ARGS=...];
@@ -133,11 +144,35 @@ TS_ENV := env -u PYTHONPATH -u LD_PRELOAD $(if $(PRELOAD),LD_PRELOAD=$(PRELOAD))
 TS_CONFIG := $(if $(filter 1,$(TOKEN_AUTH)),logs/token-config.properties,config.properties)
 token_flag = $(if $(filter 1,$(TOKEN_AUTH)),--token-auth)
 DOCKER ?= docker
-DOCKER_GPUS ?= --gpus all
+# BuildKit for every build: the per-Dockerfile .dockerignore files keep the context to what the image copies (the
+# legacy builder ignores them and sends the whole checkout, .venv included)
+DOCKER_BUILD = DOCKER_BUILDKIT=1 $(DOCKER) build $(docker_build_flags)
+# An engine without a bridge network (dockerd --bridge=none, as docker/engine.sh starts one in a sandbox) runs
+# builds and containers on the host's network: -p would be dropped silently, so the container binds 127.0.0.1 itself
+docker_host_network = $$($(DOCKER) network inspect bridge >/dev/null 2>&1 || echo 1)
+docker_build_flags = $$([ -n "$(docker_host_network)" ] && echo --network host) $(DOCKER_BUILD_SECRETS)
+# How a container is reached: its ports published on the host's loopback, or (host network) bound there
+docker_ports = $$(if [ -n "$(docker_host_network)" ]; then echo --network host -e TS_BIND_ADDRESS=127.0.0.1; \
+	else echo -p 127.0.0.1:8080:8080 -p 127.0.0.1:8081:8081 -p 127.0.0.1:8082:8082; fi)
+# The GPUs: --gpus all where the engine has the NVIDIA runtime, else CPU (said so); DOCKER_GPUS= forces CPU
+DOCKER_GPUS ?= $$($(DOCKER) info -f '{{json .Runtimes}}' 2>/dev/null | grep -q '"nvidia"' && echo --gpus all)
+gpu_note = $$([ -n "$(DOCKER_GPUS)" ] && echo "on the GPUs ($(DOCKER_GPUS))" || \
+	echo "on the CPU: the engine has no NVIDIA runtime")
+# pip inside a build reaches the index as pip does here: this machine's pip.conf, PIP_* variables and CA bundle, as
+# BuildKit secrets (never stored in a layer). Nothing of them is written into the repo.
+PIP_ENV_FILE := logs/pip.env
+CA_BUNDLE ?= $(or $(PIP_CERT),$(wildcard /etc/ssl/certs/ca-certificates.crt))
+DOCKER_BUILD_SECRETS = --secret id=pip.env$(comma)src=$(PIP_ENV_FILE) \
+	$(if $(wildcard /etc/pip.conf),--secret id=pip.conf$(comma)src=/etc/pip.conf) \
+	$(if $(CA_BUNDLE),--secret id=ca$(comma)src=$(CA_BUNDLE))
+write_pip_env = mkdir -p logs && env | grep '^PIP_' | while IFS='=' read -r k v; do printf 'export %s=%q\n' "$$k" "$$v"; \
+	done > $(PIP_ENV_FILE)
 # docker/Dockerfile's `runtime` stage: pytorch/torchserve:0.12.0-gpu plus tokenizers (byte-level BPE models)
 RUNTIME_IMAGE ?= seq2seq-torchserve-runtime:0.12.0
 TS_CONTAINER := seq2seq-torchserve
 DOCKER_CONFIG := logs/$(if $(filter 1,$(TOKEN_AUTH)),token-)container-config.properties
+# How long `make stop` (docker stop) lets the container drain and stop before killing it
+STOP_TIMEOUT_S ?= 30
 IMAGE ?= seq2seq-torchserve:1.0
 
 # curl option with the key of the "inference" or "management" API, when key_file.json exists
@@ -149,24 +184,30 @@ check_mar = [ -f $(MAR) ] || { echo "error: $(MAR) not found: run 'make mar' fir
 check_java = java_major=$$(java -version 2>&1 | sed -n 's/.* version "\([0-9]*\).*/\1/p' | head -1); \
 	[ "$${java_major:-0}" -ge 17 ] || { echo "error: native TorchServe needs Java 17+ (found: $${java_major:-none});" \
 	"install it with: sudo apt-get install -y openjdk-17-jre-headless" >&2; exit 1; }
+# $(1): where the logs are; $(2): a command that fails once the server has died (then waiting is over)
 wait_ready = for i in $$(seq 120); do \
 	  curl -sf $(call ts_auth,management) $(MANAGEMENT_URL)/models/$(MODEL_NAME) 2>/dev/null | grep -q '"READY"' && \
 	  { echo "TorchServe is up: curl $(INFERENCE_URL)/predictions/$(MODEL_NAME) -T $(HELLO)$(token_hint)"; exit 0; }; \
+	  $(or $(2),true) || { echo "error: TorchServe exited while starting: see $(1)" >&2; exit 1; }; \
 	  sleep 1; done; \
 	echo "error: $(MODEL_NAME) not ready after 120 s: see $(1)" >&2; exit 1
 native_serve = $(check_java) && mkdir -p $(TS_TMP) && \
 	$(TS_ENV) torchserve --start --ncs --ts-config $(TS_CONFIG) --model-store $(MODEL_STORE) >logs/torchserve.out 2>&1 && \
 	$(call wait_ready,logs/torchserve.out$(comma) logs/ts_log.log and logs/model_log.log)
-docker_serve = $(DOCKER) build -q --target runtime -f docker/Dockerfile -t $(RUNTIME_IMAGE) . >/dev/null || exit 1; \
+container_running = [ "$$($(DOCKER) inspect -f '{{.State.Running}}' $(TS_CONTAINER) 2>/dev/null)" = true ]
+# No --rm: a container that dies at start-up keeps its logs for `docker logs` (make stop removes it)
+docker_runtime = $(write_pip_env) && $(DOCKER_BUILD) -q --target runtime -f docker/Dockerfile -t $(RUNTIME_IMAGE) .
+docker_serve = $(docker_runtime) >/dev/null || exit 1; \
 	$(DOCKER) rm -f $(TS_CONTAINER) >/dev/null 2>&1; \
-	$(DOCKER) run -d --rm --name $(TS_CONTAINER) $(DOCKER_GPUS) \
-	  -p 127.0.0.1:8080:8080 -p 127.0.0.1:8081:8081 -p 127.0.0.1:8082:8082 \
+	echo "Serving in a container $(gpu_note)."; \
+	$(DOCKER) run -d --name $(TS_CONTAINER) $(DOCKER_GPUS) $(docker_ports) \
 	  -v "$(CURDIR)/$(MODEL_STORE):/home/model-server/model-store:ro" \
 	  -v "$(CURDIR)/$(DOCKER_CONFIG):/home/model-server/config.properties:ro" \
 	  -v "$(CURDIR)/handler/metrics.yaml:/home/model-server/metrics.yaml:ro" \
-	  --entrypoint torchserve $(RUNTIME_IMAGE) --start --foreground --ncs --ts-config /home/model-server/config.properties && \
+	  $(RUNTIME_IMAGE) >/dev/null && \
 	$(if $(filter 1,$(TOKEN_AUTH)),$(copy_key_file) &&) \
-	$(call wait_ready,$(DOCKER) logs $(TS_CONTAINER))
+	$(call wait_ready,$(DOCKER) logs $(TS_CONTAINER),$(container_running)) || \
+	{ $(DOCKER) logs --tail 30 $(TS_CONTAINER) >&2; exit 1; }
 
 copy_key_file = for i in $$(seq 60); do \
 	  $(DOCKER) cp $(TS_CONTAINER):/home/model-server/$(KEY_FILE) $(KEY_FILE) 2>/dev/null && break; sleep 1; done; \
@@ -210,14 +251,25 @@ serve-kserve: $(KSERVE_VENV)/.installed ## Serve the archive on KServe's model s
 	  kill -0 $$(cat $(KSERVE_PID)) 2>/dev/null || break; sleep 1; done; \
 	echo "error: the KServe runtime is not ready: see logs/kserve.log" >&2; tail -5 logs/kserve.log >&2; exit 1
 
-docker-build-kserve: ## Build the KServe runtime image $(KSERVE_IMAGE) (docker/Dockerfile.kserve; the archive comes from the model store)
-	DOCKER_BUILDKIT=1 $(DOCKER) build -f docker/Dockerfile.kserve -t $(KSERVE_IMAGE) .
+# TORCH_WHEELS=dir: take the CPU torch wheel from that folder (e.g. one PIP_FIND_LINKS names) instead of PyTorch's
+# CPU index (TORCH_INDEX); TORCH_INDEX=https://pypi.org/simple builds the CUDA variant for GPU nodes
+TORCH_WHEELS ?=
+TORCH_INDEX ?= https://download.pytorch.org/whl/cpu
+docker-build-kserve: ## Build the KServe runtime image $(KSERVE_IMAGE), CPU torch (docker/Dockerfile.kserve; TORCH_WHEELS=dir, TORCH_INDEX=url)
+	@rm -rf docker/.wheels && mkdir -p docker/.wheels
+	$(if $(TORCH_WHEELS),cp -l $(TORCH_WHEELS)/torch-$(shell sed -n 's/^torch==//p' requirements-kserve.txt)+cpu-*.whl \
+	  docker/.wheels/ 2>/dev/null || cp $(TORCH_WHEELS)/torch-*+cpu-*.whl docker/.wheels/)
+	@$(write_pip_env)
+	$(DOCKER_BUILD) --build-arg TORCH_INDEX=$(TORCH_INDEX) -f docker/Dockerfile.kserve -t $(KSERVE_IMAGE) .
 
 logs/token-config.properties: config.properties tools/server_config.py
 	@$(SERVER_CONFIG) local --token-auth -o $@
 
 stop: ## Stop TorchServe (container and native) and the KServe runtime, and remove stale pid and key files
-	@$(DOCKER) rm -f $(TS_CONTAINER) >/dev/null 2>&1 && echo "Stopped container $(TS_CONTAINER)." || true
+	@if $(DOCKER) inspect $(TS_CONTAINER) >/dev/null 2>&1; then \
+	  $(DOCKER) stop -t $(STOP_TIMEOUT_S) $(TS_CONTAINER) >/dev/null; \
+	  echo "Stopped container $(TS_CONTAINER) (exit code $$($(DOCKER) inspect -f '{{.State.ExitCode}}' $(TS_CONTAINER)))."; \
+	  $(DOCKER) rm $(TS_CONTAINER) >/dev/null; fi
 	@[ ! -d $(TS_TMP) ] || [ ! -x $(VENV)/bin/torchserve ] || $(TS_ENV) torchserve --stop --foreground
 	@[ ! -f $(KSERVE_PID) ] || { kill $$(cat $(KSERVE_PID)) 2>/dev/null && echo "Stopped the KServe runtime."; \
 	  rm -f $(KSERVE_PID); }
@@ -237,9 +289,13 @@ models: ## List the models and describe the served one (management API, :8081)
 metrics: ## Prometheus metrics (:8082): TorchServe's ts_* and the handler's seq2seq_*
 	@curl -sS $(METRICS_URL)/metrics | grep -v '^#'
 
+docker-runtime: ## Build the image make serve runs: $(RUNTIME_IMAGE) (docker/Dockerfile's runtime stage)
+	@$(docker_runtime)
+
 docker-build: ## Build the deployable image $(IMAGE) from docker/Dockerfile (config + archive baked in)
 	@$(check_mar)
-	DOCKER_BUILDKIT=1 $(DOCKER) build -f docker/Dockerfile -t $(IMAGE) .
+	@$(write_pip_env)
+	$(DOCKER_BUILD) -f docker/Dockerfile -t $(IMAGE) .
 
 UI_PORT ?= 7860
 
@@ -252,7 +308,8 @@ ui: $(VENV)/.ui-installed ## Chat in the browser with the served bot: http://127
 	$(PY) -m tools.chat_page --url $(INFERENCE_URL) --model $(MODEL_NAME) --port $(UI_PORT) \
 	  $$([ -f $(KEY_FILE) ] && echo --token-auth --key-file $(KEY_FILE))
 
-.PHONY: mar serve serve-local serve-kserve stop ping predict models metrics docker-build docker-build-kserve ui
+.PHONY: mar serve serve-local serve-kserve stop ping predict models metrics docker-runtime docker-build \
+	docker-build-kserve ui
 
 # ---------------------------------------------------------------- Kubernetes and KServe
 # make k8s: deploy/rendered/{dev,prod}.yaml from the kustomize overlays (kubectl kustomize). Their ConfigMap is

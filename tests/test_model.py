@@ -192,8 +192,10 @@ def vermin_py39(*paths):
 
 
 def test_shipped_code_runs_on_python_3_9():
-    """model/ and handler/ go into the .mar and run on the pytorch/torchserve image (Python 3.9)."""
-    result = vermin_py39(*[ROOT / d for d in ("model", "serving", "handler") if (ROOT / d).exists()])
+    """model/ and handler/ go into the .mar and run on the pytorch/torchserve image (Python 3.9); so do the
+    container-config renderer and the drain on SIGTERM, which the image runs."""
+    shipped = [ROOT / d for d in ("model", "serving", "handler") if (ROOT / d).exists()]
+    result = vermin_py39(*shipped, ROOT / "tools" / "server_config.py", ROOT / "tools" / "drain.py")
     assert result.returncode == 0, result.stdout + result.stderr
 
 

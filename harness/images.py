@@ -1,0 +1,284 @@
+"""Our Docker images as a user builds and runs them: build, run, stop, and list what is inside.
+
+    python -m harness.images                 # build the three images (make targets), then print their figures
+                                             # (after make mar: the deployable image bakes model-store/ in)
+    python -m harness.images --no-cache      # the same from an empty build cache (base images kept)
+
+Used by tests/test_images.py (`make test-images`, which starts an engine and the stand-in bases first). DOCKER and
+DOCKER_HOST come from the environment, as docker/engine.sh prints them. Each build writes a bill of materials
+(CycloneDX JSON: the image's Python packages through cyclonedx-bom, plus its Debian packages) to logs/images/.
+The last lines printed are `name: value` figures: what SIGTERM during a load (32 clients, docker stop 0.5 s in)
+did to the requests sent before and after it, for the deployable and the KServe image; build seconds and size of
+each image.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import re
+import shutil
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from tools.server_config import REPO
+
+DOCKER = os.environ.get("DOCKER", "docker")
+ARTIFACTS = REPO / "logs" / "images"
+# make target -> the Makefile variable that names the image it builds (the Makefile is the one definition)
+TARGETS = {"docker-build": "IMAGE", "docker-build-kserve": "KSERVE_IMAGE", "docker-runtime": "RUNTIME_IMAGE"}
+
+
+def docker(*args: str, timeout: float = 120, check: bool = True) -> subprocess.CompletedProcess:
+    """The docker client, as the Makefile runs it."""
+    result = subprocess.run([DOCKER, *args], capture_output=True, text=True, timeout=timeout)
+    if check and result.returncode:
+        raise RuntimeError(f"docker {' '.join(args)} failed ({result.returncode}):\n{result.stderr[-2000:]}")
+    return result
+
+
+def make(checkout: Path, *arguments: str, timeout: float = 1800) -> subprocess.CompletedProcess:
+    """The repo's Makefile in `checkout`, with this engine's client."""
+    command = ["make", "--no-print-directory", "-C", str(checkout), f"DOCKER={DOCKER}", *arguments]
+    return subprocess.run(command, capture_output=True, text=True, timeout=timeout)
+
+
+def make_variable(name: str, checkout: Path = REPO) -> str:
+    """A variable's value as the Makefile defines it (make print-NAME)."""
+    return make(checkout, "-s", f"print-{name}", timeout=60).stdout.strip()
+
+
+def host_network() -> bool:
+    """Whether the engine runs containers on the host's network (no bridge: docker/engine.sh's sandbox flags)."""
+    return docker("network", "inspect", "bridge", check=False).returncode != 0
+
+
+def user_checkout(destination: Path, mar: Path) -> Path:
+    """A copy of this checkout as a user has it after `make mar`: the repo's files (as in the working tree), its
+    virtual environments (links) and model-store/ holding `mar`."""
+    listed = subprocess.run(["git", "ls-files", "-co", "--exclude-standard"], cwd=REPO, capture_output=True,
+                            text=True, check=True).stdout.splitlines()
+    for name in listed:
+        source = REPO / name
+        if source.is_file():
+            (destination / name).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(source, destination / name)
+    for venv in (".venv", ".venv-kserve"):
+        if (REPO / venv).exists():
+            (destination / venv).symlink_to(REPO / venv)
+    (destination / "model-store").mkdir(exist_ok=True)
+    shutil.copy(mar, destination / "model-store" / mar.name)
+    return destination
+
+
+def build(checkout: Path, target: str, *arguments: str) -> float:
+    """`make <target>` in `checkout`; the seconds it took. Writes the image's bill of materials to ARTIFACTS."""
+    started = time.monotonic()
+    result = make(checkout, target, *arguments)
+    seconds = time.monotonic() - started
+    if result.returncode:
+        raise RuntimeError(f"make {target} failed:\n{result.stdout[-3000:]}\n{result.stderr[-3000:]}")
+    image = make_variable(TARGETS[target], checkout)
+    write_bill_of_materials(image, ARTIFACTS / f"{image.replace(':', '_').replace('/', '_')}.cdx.json")
+    return seconds
+
+
+def image_size_mb(image: str) -> float:
+    return int(docker("image", "inspect", "-f", "{{.Size}}", image).stdout) / 1e6
+
+
+def python_packages(image: str) -> dict[str, str]:
+    """{normalised name: version} of every Python package the image's `python` has."""
+    listed = docker("run", "--rm", "--entrypoint", "python", image, "-m", "pip", "list", "--format", "json").stdout
+    return {normalise(p["name"]): p["version"] for p in json.loads(listed)}
+
+
+def debian_packages(image: str) -> dict[str, str]:
+    """{name: version} of the image's installed Debian packages."""
+    listed = docker("run", "--rm", "--entrypoint", "dpkg-query", image, "-W", "-f", "${Package}\t${Version}\n").stdout
+    return dict(line.split("\t") for line in listed.splitlines() if "\t" in line)
+
+
+def normalise(name: str) -> str:
+    """PEP 503's form of a package name."""
+    return re.sub(r"[-_.]+", "-", name).lower()
+
+
+def pins(requirements: Path) -> dict[str, str]:
+    """{normalised name: version} of a requirements file's name==version lines."""
+    found = re.findall(r"^([A-Za-z0-9_.-]+)==(\S+)", requirements.read_text(), re.MULTILINE)
+    return {normalise(name): version for name, version in found}
+
+
+def drift(installed: dict[str, str], pinned: dict[str, str]) -> dict[str, str]:
+    """{name: 'pinned X, installed Y'} for each pin the image does not hold (a local label such as +cpu aside)."""
+    return {name: f"pinned {version}, installed {installed.get(name)}" for name, version in pinned.items()
+            if installed.get(name, "").split("+")[0] != version}
+
+
+def write_bill_of_materials(image: str, path: Path) -> dict:
+    """A CycloneDX JSON SBOM of the image: cyclonedx-bom's from its `pip freeze`, plus its Debian packages."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory() as tmp:
+        frozen = Path(tmp) / "frozen.txt"
+        frozen.write_text("".join(f"{n}=={v}\n" for n, v in sorted(python_packages(image).items())))
+        cyclonedx = Path(sys.executable).with_name("cyclonedx-py")
+        subprocess.run([str(cyclonedx), "requirements", str(frozen), "--of", "JSON", "-o", str(path)],
+                       check=True, capture_output=True, timeout=120)
+    bom = json.loads(path.read_text())
+    bom["metadata"]["component"] = {"type": "container", "name": image, "bom-ref": image}
+    bom["components"] += [{"type": "library", "name": name, "version": version, "bom-ref": f"deb:{name}",
+                           "purl": f"pkg:deb/debian/{name}@{version}"}
+                          for name, version in sorted(debian_packages(image).items())]
+    path.write_text(json.dumps(bom, indent=1))
+    return bom
+
+
+@dataclass
+class Container:
+    """A running container of ours."""
+
+    name: str
+
+    def inspect(self, template: str) -> str:
+        return docker("inspect", "-f", template, self.name).stdout.strip()
+
+    @property
+    def running(self) -> bool:
+        return self.inspect("{{.State.Running}}") == "true"
+
+    def exec(self, *command: str, user: str | None = None) -> subprocess.CompletedProcess:
+        return docker("exec", *(["-u", user] if user else []), self.name, *command, check=False)
+
+    def logs(self) -> str:
+        result = docker("logs", "--tail", "60", self.name, check=False)
+        return result.stdout + result.stderr
+
+    def stop(self, timeout: int = 30) -> tuple[float, int]:
+        """`docker stop` (SIGTERM, then SIGKILL after `timeout` s): (seconds it took, the exit code)."""
+        started = time.monotonic()
+        docker("stop", "-t", str(timeout), self.name, timeout=timeout + 30)
+        return time.monotonic() - started, int(self.inspect("{{.State.ExitCode}}"))
+
+    def remove(self) -> None:
+        docker("rm", "-f", self.name, check=False)
+
+
+def run_container(name: str, image: str, *arguments: str, options: tuple[str, ...] = ()) -> Container:
+    """`docker run -d` of `image` (a container of that name is replaced); arguments follow the image name."""
+    docker("rm", "-f", name, check=False)
+    docker("run", "-d", "--name", name, *options, image, *arguments)
+    return Container(name)
+
+
+def wait_for(url: str, container: Container, timeout: float = 180) -> None:
+    """Poll `url` until it answers 200, failing early (with the container's logs) if the container exits."""
+    import requests
+
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if not container.running:
+            raise RuntimeError(f"{container.name} exited:\n{container.logs()}")
+        try:
+            if requests.get(url, timeout=5).ok:
+                return
+        except requests.ConnectionError:
+            pass
+        time.sleep(0.5)
+    raise RuntimeError(f"{url} did not answer within {timeout} s:\n{container.logs()}")
+
+
+def burst_then_stop(container: Container, url: str, cases: list, clients: int = 32, seconds: float = 4) -> dict:
+    """`clients` clients send `cases` for `seconds`; SIGTERM (docker stop) comes 0.5 s in. How long the stop took,
+    its exit code, and what became of the requests sent before it (answered or lost) and after it (answered,
+    refused or reset; a wrong reply counts apart)."""
+    from harness.load import run_load
+
+    results, stopped = [], {}
+    sender = threading.Thread(target=lambda: results.extend(run_load(url, cases, clients, seconds)))
+    sender.start()
+    time.sleep(0.5)
+    stopped["at"] = time.monotonic()
+    stopped["stop_s"], stopped["exit_code"] = container.stop()
+    sender.join()
+    before = [r for r in results if r.start < stopped["at"]]
+    after = [r for r in results if r.start >= stopped["at"]]
+    return {"stop_s": round(stopped["stop_s"], 2), "exit_code": stopped["exit_code"],
+            "before": len(before), "before_lost": sum(not r.correct for r in before),
+            "after": len(after), "after_answered": sum(r.correct for r in after),
+            "after_wrong": sum(r.status == 200 and not r.correct for r in after)}
+
+
+def report(seconds: dict[str, float]) -> list[str]:
+    """`name: value` lines: each image's build seconds and size."""
+    lines = []
+    for target, taken in seconds.items():
+        image = make_variable(TARGETS[target])
+        key = TARGETS[target].lower()
+        lines += [f"{key}_build_s: {taken:.0f}", f"{key}_size_mb: {image_size_mb(image):.0f}"]
+    return lines
+
+
+def stop_under_load(image: str, arguments: tuple[str, ...], url: str, request: dict, ready: str,
+                    options: tuple[str, ...] = ()) -> dict:
+    """Run `image`, take its reply to `request` as the reference, then burst_then_stop with that case."""
+    import requests
+
+    from harness.load import Case
+
+    container = run_container("seq2seq-stop-under-load", image, *arguments, options=options)
+    try:
+        wait_for(ready, container)
+        reference = requests.post(url, timeout=30, **request)
+        body = reference.json()["predictions"][0]["reply"] if "predictions" in reference.text else reference.text
+        return burst_then_stop(container, url, [Case("reply", request, reply=body.removesuffix("\n"))])
+    finally:
+        container.remove()
+
+
+def stop_figures(model_store: Path) -> list[str]:
+    """`name: value` lines of SIGTERM under load, for the deployable and the KServe image."""
+    from tools.server_config import MODEL_NAME
+
+    host = ("--network", "host") if host_network() else ()
+    ts = "http://127.0.0.1:8080"
+    deployable = stop_under_load(
+        make_variable("IMAGE"), (), f"{ts}/predictions/{MODEL_NAME}", {"data": b"hello there"},
+        "http://127.0.0.1:8081/models/" + MODEL_NAME,
+        options=(*host, "-e", "TS_BIND_ADDRESS=127.0.0.1") if host else tuple(
+            f"-p127.0.0.1:{p}:{p}" for p in (8080, 8081, 8082)))
+    port = 8180
+    kserve = stop_under_load(
+        make_variable("KSERVE_IMAGE"), ("--mar", "/mnt/models/model-store/seq2seq.mar", "--model-name", MODEL_NAME,
+                                        "--host", "127.0.0.1", "--http-port", str(port)) if host else (),
+        f"http://127.0.0.1:{port}/v1/models/{MODEL_NAME}:predict", {"json": {"instances": [{"text": "hello there"}]}},
+        f"http://127.0.0.1:{port}/v2/models/{MODEL_NAME}/ready",
+        options=(*host, "-v", f"{model_store}:/mnt/models/model-store:ro") if host else (
+            "-p", f"127.0.0.1:{port}:8080", "-v", f"{model_store}:/mnt/models/model-store:ro"))
+    return [f"{name}_{key}: {value}" for name, figures in (("deployable", deployable), ("kserve", kserve))
+            for key, value in figures.items()]
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description="Build our three images; print their build time and size, and what "
+                                                 "a docker stop under load loses.")
+    parser.add_argument("--no-cache", action="store_true", help="build without the build cache (bases kept)")
+    parser.add_argument("--torch-wheels", default=os.environ.get("PIP_FIND_LINKS", ""),
+                        help="make's TORCH_WHEELS for the KServe image (default: $PIP_FIND_LINKS)")
+    args = parser.parse_args(argv)
+    if args.no_cache:
+        docker("builder", "prune", "-af", timeout=600)
+    wheels = args.torch_wheels if list(Path(args.torch_wheels or "/nonexistent").glob("torch-*+cpu-*.whl")) else ""
+    arguments = {"docker-build-kserve": [f"TORCH_WHEELS={wheels}"] if wheels else []}
+    seconds = {target: build(REPO, target, *arguments.get(target, [])) for target in TARGETS}
+    print("\n".join(stop_figures(REPO / "model-store") + report(seconds)))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
