@@ -243,7 +243,7 @@ def stop_under_load(image: str, arguments: tuple[str, ...], url: str, request: d
 
 def stop_figures(model_store: Path) -> list[str]:
     """`name: value` lines of SIGTERM under load, for the deployable and the KServe image."""
-    from tools.server_config import MODEL_NAME
+    from tools.server_config import ARCHIVE_NAME, MODEL_NAME
 
     host = ("--network", "host") if host_network() else ()
     ts = "http://127.0.0.1:8080"
@@ -254,7 +254,7 @@ def stop_figures(model_store: Path) -> list[str]:
             f"-p127.0.0.1:{p}:{p}" for p in (8080, 8081, 8082)))
     port = 8180
     kserve = stop_under_load(
-        make_variable("KSERVE_IMAGE"), ("--mar", "/mnt/models/model-store/seq2seq.mar", "--model-name", MODEL_NAME,
+        make_variable("KSERVE_IMAGE"), ("--mar", f"/mnt/models/model-store/{ARCHIVE_NAME}.mar", "--model-name", MODEL_NAME,
                                         "--host", "127.0.0.1", "--http-port", str(port)) if host else (),
         f"http://127.0.0.1:{port}/v1/models/{MODEL_NAME}:predict", {"json": {"instances": [{"text": "hello there"}]}},
         f"http://127.0.0.1:{port}/v2/models/{MODEL_NAME}/ready",
