@@ -253,9 +253,10 @@ def stop_figures(model_store: Path) -> list[str]:
         options=(*host, "-e", "TS_BIND_ADDRESS=127.0.0.1") if host else tuple(
             f"-p127.0.0.1:{p}:{p}" for p in (8080, 8081, 8082)))
     port = 8180
+    served = ("--mar", f"/mnt/models/model-store/{ARCHIVE_NAME}.mar", "--model-name", MODEL_NAME,
+              "--host", "127.0.0.1", "--http-port", str(port))
     kserve = stop_under_load(
-        make_variable("KSERVE_IMAGE"), ("--mar", f"/mnt/models/model-store/{ARCHIVE_NAME}.mar", "--model-name", MODEL_NAME,
-                                        "--host", "127.0.0.1", "--http-port", str(port)) if host else (),
+        make_variable("KSERVE_IMAGE"), served if host else (),
         f"http://127.0.0.1:{port}/v1/models/{MODEL_NAME}:predict", {"json": {"instances": [{"text": "hello there"}]}},
         f"http://127.0.0.1:{port}/v2/models/{MODEL_NAME}/ready",
         options=(*host, "-v", f"{model_store}:/mnt/models/model-store:ro") if host else (
