@@ -1,17 +1,18 @@
-"""TorchServe's adapter for the serving core (serving/core.py): each TorchServe batch decoded together, one batched
+"""TorchServe's adapter for the serving core (serving/pipeline.py): each TorchServe batch decoded together, one batched
 search per decoding mode, each request isolated from the others.
 
-The core owns every request format, option, OpenAI mapping, stream event and error body (README: "Talk to the bot",
-"OpenAI-compatible API"). This handler only moves them in and out of TorchServe:
+The core's protocol objects own every request format, option, OpenAI mapping, stream event and error body (README:
+"Talk to the bot", "OpenAI-compatible API"); serving/pipeline.py writes down the adapter contract. This handler only
+moves requests and responses in and out of TorchServe:
 - in: each batch entry's body as the worker decoded it (raw body, multipart field "data" or form field "text"), its
   Content-Type, and its route, the path after /predictions/{model}/{version}/, which TorchServe 0.12's frontend
   puts in the request header `url_path` ("" for /predictions/{model}: the JSON and text API);
 - out: each request's status, Content-Type and headers through TorchServe's context, its body as the return value,
   and the pieces of a streamed response through `send_intermediate_predict_response` as they are decoded;
 - metrics: the core's seq2seq_* metrics through TorchServe's metrics API (declared in handler/metrics.yaml), counters
-  summed in the worker and handed over once every `metrics_interval_s` (serving.core.BufferedMetrics).
+  summed in the worker and handed over once every `metrics_interval_s` (serving.metrics.BufferedMetrics).
 
-Model-config YAML (packed into the .mar), section `handler:` (serving/core.py's load_core reads it):
+Model-config YAML (packed into the .mar), section `handler:` (serving/loading.py's load_core reads it):
   quantize: int8    CPU only, GRU/Linear weights: int8 (model/int8.py), fp16, false (float32)
   threads: 1        torch threads per worker (0: torch's default, one per core)
   threads_alone: 0  torch threads for a batch of one request (0: as threads)
@@ -43,17 +44,10 @@ _HERE = os.path.dirname(os.path.abspath(__file__))
 if _HERE not in sys.path:
     sys.path.insert(0, _HERE)
 
-from serving.core import (  # noqa: E402
-    METRICS,
-    Batch,
-    BufferedMetrics,
-    Incoming,
-    Response,
-    load_core,
-    log_failure,
-    metrics_interval,
-)
-from serving.wire import BODY_FIELDS, internal_error  # noqa: E402
+from serving.loading import load_core, metrics_interval  # noqa: E402
+from serving.metrics import METRICS, BufferedMetrics  # noqa: E402
+from serving.pipeline import log_failure, protocol_for  # noqa: E402
+from serving.wire import BODY_FIELDS, Incoming, Response, internal_error  # noqa: E402
 
 logger = logging.getLogger(__name__)
 METRIC_TYPES = {"counter": MetricTypes.COUNTER, "counts": MetricTypes.COUNTER, "histogram": MetricTypes.HISTOGRAM}
@@ -101,7 +95,7 @@ def incoming(context, idx: int, row: dict) -> Incoming:
 
 
 class Seq2seqHandler(BaseHandler):
-    """Chatbot replies for a batch of requests: TorchServe's side of serving/core.py."""
+    """Chatbot replies for a batch of requests: TorchServe's side of serving/pipeline.py."""
 
     def initialize(self, context):
         """Rebuild the chatbot from the archive's checkpoint on the GPU TorchServe assigned, else the CPU."""
@@ -122,35 +116,22 @@ class Seq2seqHandler(BaseHandler):
         """One response per request, always: TorchServe answers a whole batch 503 if this raises.
 
         BaseHandler.handle is not used: it would answer a batch whose first request carries a
-        `describe: True` or `explain: True` header with one body (TorchServe then fails the batch).
+        `describe: True` or `explain: True` header with one body (TorchServe then fails the batch); and the core
+        answers a batch in one call (serving/pipeline.py's adapter contract), not in preprocess/inference/postprocess.
         """
         start = time.time()
         self.context = context
+        requests = [incoming(context, idx, row) for idx, row in enumerate(data)]
         try:
-            return self.postprocess(self.inference(self.preprocess(data)))
+            responses = self.core.answer(requests, self.emit)
         except Exception as e:  # unreachable unless the core's guards are broken: still one reply per request
             log_failure(f"batch of {len(data)} failed outside the per-request guards", e)
-            failed = Batch([internal_error("answering its batch") for _ in data], [""] * len(data))
-            return self.postprocess(failed)
+            responses = [protocol_for(r.route).error(internal_error("answering its batch")) for r in requests]
         finally:
             context.metrics.add_time("HandlerTime", round((time.time() - start) * 1000, 2), None, "ms")
-
-    def preprocess(self, data: list[dict]) -> Batch:
-        """Each request read, its options checked and its text encoded by the core (or the error that rejects it)."""
-        return self.core.read([incoming(self.context, idx, row) for idx, row in enumerate(data)], self.emit)
-
-    def inference(self, batch: Batch, *args, **kwargs) -> Batch:
-        """Every usable request decoded in ONE batched call; streamed ones send their tokens as they come."""
-        self.core.decode(batch)
-        return batch
-
-    def postprocess(self, batch: Batch) -> list[str]:
-        """One response body per request; status, Content-Type and headers set per request index."""
-        bodies = []
-        for idx, response in enumerate(self.core.respond(batch)):
+        for idx, response in enumerate(responses):
             self.set_response(idx, response)
-            bodies.append(response.body)
-        return bodies
+        return [response.body for response in responses]
 
     def emit(self, idx: int, piece: Response) -> None:
         """One piece of request idx's streamed response (a chunk of its HTTP response), sent now."""

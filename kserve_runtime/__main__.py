@@ -85,6 +85,7 @@ def serve(args: argparse.Namespace, folder: Path) -> int:
     from kserve import ModelServer, model_server
 
     from .body_limit import BodyLimit
+    from .client_watch import ClientWatch
     from .model import Seq2seqModel
     from .openai_routes import add_routes
 
@@ -95,6 +96,7 @@ def serve(args: argparse.Namespace, folder: Path) -> int:
         return 0
     add_routes(model_server.app, model)
     model_server.app.add_middleware(BodyLimit, limit=args.max_request_size)
+    model_server.app.add_middleware(ClientWatch)  # outermost: it sees the body end as the client sent it
     listen_on(args.host)
     # KServe logs three lines per request besides the access log (two timings, one latency): the same figures are
     # on /metrics (request_*_seconds), and at 16 clients the lines cost throughput on a small machine

@@ -5,9 +5,12 @@ KServe runtime batches here. The rules are TorchServe's, from the archive's mode
 - a batch is up to `batchSize` requests; the first waits at most `maxBatchDelay` ms for others, and requests that
   queued while the previous batch decoded join at once (under load batches fill while the decoder works);
 - one decoder thread, off the event loop, as one TorchServe worker: the loop keeps taking requests meanwhile;
-- the queue is bounded (`jobQueueSize`): a request that finds it full is refused at once (QueueFull, a 503),
-  never left to wait without bound;
-- a request whose client went away before its batch started is dropped from it (`Job.cancel`).
+- the queue is bounded (`jobQueueSize`) and a request's jobs (a v1 request's instances, say) are admitted together
+  or not at all: more jobs than the queue holds is TooMany (a 413 naming the limit, whatever the load), fewer than
+  that but more than the free slots is QueueFull (a 503: retry), never left to wait without bound;
+- a job whose client went away before its batch started is dropped from it (`Job.cancel`), and leaves its slot;
+- stopping (`close`) answers every job not answered yet with Stopped, and a crash of the loop is logged and its
+  batch answered with the exception, so no request waits forever.
 
 Plain asyncio: no KServe import, so it is tested without the server.
 """
@@ -24,7 +27,15 @@ logger = logging.getLogger(__name__)
 
 
 class QueueFull(Exception):
-    """The batcher's queue holds jobQueueSize requests already."""
+    """Too few of the queue's jobQueueSize slots are free for a request's jobs right now (retry)."""
+
+
+class TooMany(Exception):
+    """A request has more jobs than the queue holds at all (jobQueueSize): it can never be admitted."""
+
+
+class Stopped(Exception):
+    """The server is stopping: the job was not answered, and will not be."""
 
 
 @dataclass
@@ -61,20 +72,38 @@ class MicroBatcher:
         self.answer = answer
         self.max_batch_size = max_batch_size
         self.max_delay = max_delay_ms / 1000
-        self.queue: asyncio.Queue = asyncio.Queue(maxsize=max_queue)
+        self.max_queue = max_queue
+        self.queue: asyncio.Queue = asyncio.Queue()  # bounded by waiting(): cancelled jobs free their slots
         self.executor = ThreadPoolExecutor(1, thread_name_prefix="decoder")
         self.task: asyncio.Task | None = None
+        self.current: list[Job] = []  # the batch being decoded
+        self.closed = False
         self.batches = 0  # batches answered, for the tests and logs
 
     def submit(self, request: Any) -> Job:
         """Queue a request (its Job's events will say what it gets); QueueFull when jobQueueSize are waiting."""
+        return self.submit_all([request])[0]
+
+    def submit_all(self, requests: list) -> list[Job]:
+        """Queue a request's jobs together, or none of them: TooMany when they are more than the queue holds,
+        QueueFull when fewer slots are free now, Stopped once the batcher is closed."""
+        if self.closed:
+            raise Stopped("the server is stopping")
+        if len(requests) > self.max_queue:
+            raise TooMany(f"{len(requests)} texts in one request; the queue holds {self.max_queue} "
+                          f"(the model-config's jobQueueSize): send at most {self.max_queue} at a time")
+        free = self.max_queue - self.waiting()
+        if len(requests) > free:
+            raise QueueFull(f"{free} of {self.max_queue} queue slots are free, {len(requests)} needed")
         self.start()
-        job = Job(request)
-        try:
+        jobs = [Job(request) for request in requests]
+        for job in jobs:
             self.queue.put_nowait(job)
-        except asyncio.QueueFull:
-            raise QueueFull(f"{self.queue.maxsize} requests are waiting already") from None
-        return job
+        return jobs
+
+    def waiting(self) -> int:
+        """Jobs queued for a batch whose client is still there (a cancelled one has left its slot)."""
+        return sum(not job.cancelled for job in self.queue._queue)  # asyncio.Queue's deque: read, never changed
 
     def start(self) -> None:
         """Start the batching loop on the running event loop (once)."""
@@ -82,21 +111,26 @@ class MicroBatcher:
             self.task = asyncio.get_running_loop().create_task(self.run())
 
     async def run(self) -> None:
-        """Forever: take a batch, answer it in the decoder thread, hand each job its pieces and response."""
+        """Until closed: take a batch, answer it in the decoder thread, hand each job its pieces and response. A
+        crash is logged and its batch answered with the exception, and the loop goes on."""
         loop = asyncio.get_running_loop()
         while True:
-            jobs = [job for job in await self.take() if not job.cancelled]
-            if not jobs:
+            self.current = [job for job in await self.take() if not job.cancelled]
+            if not self.current:
                 continue
-            emit = self.emitter(loop, jobs)
+            emit = self.emitter(loop, self.current)
             try:
-                responses = await loop.run_in_executor(self.executor, self.answer, [j.request for j in jobs], emit)
-            except Exception as e:  # answer() never raises by contract; if it does, every job still gets an end
-                logger.exception("a batch of %d failed outside the core's guards", len(jobs))
-                responses = [e] * len(jobs)
+                responses = await loop.run_in_executor(self.executor, self.answer,
+                                                       [j.request for j in self.current], emit)
+            except asyncio.CancelledError:  # close(): it answers the batch
+                raise
+            except BaseException as e:  # answer() never raises by contract; if it does, every job still gets an end
+                logger.exception("a batch of %d failed outside the core's guards", len(self.current))
+                responses = [e] * len(self.current)
             self.batches += 1
-            for job, response in zip(jobs, responses):
+            for job, response in zip(self.current, responses):
                 job.events.put_nowait(("final", response))
+            self.current = []
 
     async def take(self) -> list[Job]:
         """The next batch: the first job, all that are already queued, then more until maxBatchDelay or batchSize."""
@@ -124,7 +158,15 @@ class MicroBatcher:
         return emit
 
     def close(self) -> None:
-        """Stop the loop and the decoder thread."""
+        """Stop taking batches and answer every job not answered yet (queued, or in the batch being decoded) with
+        Stopped; the decoder thread finishes its batch in the background."""
+        self.closed = True
         if self.task is not None:
             self.task.cancel()
+        stopped = Stopped("the server is stopping: retry on another replica")
+        for job in self.current:
+            job.events.put_nowait(("final", stopped))
+        self.current = []
+        while not self.queue.empty():
+            self.queue.get_nowait().events.put_nowait(("final", stopped))
         self.executor.shutdown(wait=False)

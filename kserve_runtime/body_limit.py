@@ -5,8 +5,9 @@ it once it grows past the limit (the app then reads the end of the request, and 
 """
 from __future__ import annotations
 
-from serving.core import json_error
-from serving.wire import BadRequest, ErrorKind
+from serving.wire import ErrorKind
+
+from .protocols import refusal
 
 
 class BodyLimit:
@@ -21,7 +22,7 @@ class BodyLimit:
             return await self.app(scope, receive, send)
         length = dict(scope.get("headers") or []).get(b"content-length", b"0")
         if length.isdigit() and int(length) > self.limit:
-            return await self.refuse(int(length), send)
+            return await self.refuse(scope, int(length), send)
         seen, refused = 0, False
 
         async def bounded():
@@ -31,7 +32,7 @@ class BodyLimit:
                 seen += len(message.get("body", b""))
                 if seen > self.limit:
                     refused = True
-                    await self.refuse(seen, send)
+                    await self.refuse(scope, seen, send)
             return {"type": "http.disconnect"} if refused else message
 
         async def unless_refused(message):
@@ -40,11 +41,12 @@ class BodyLimit:
 
         return await self.app(scope, bounded, unless_refused)
 
-    async def refuse(self, length: int, send) -> None:
-        """413 with the core's error body."""
-        response = json_error(BadRequest(ErrorKind.INPUT_TOO_LONG, f"the request body has {length} bytes or more; "
-                                         f"send at most {self.limit}"))
+    async def refuse(self, scope, length: int, send) -> None:
+        """413 with the error body of the route's protocol."""
+        response = refusal(scope.get("path", ""), ErrorKind.INPUT_TOO_LONG,
+                           f"the request body has {length} bytes or more; send at most {self.limit}")
         body = response.body.encode()
-        await send({"type": "http.response.start", "status": response.status,
-                    "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]})
+        headers = [(b"content-type", response.content_type.encode()), (b"content-length", str(len(body)).encode())]
+        headers += [(name.encode(), value.encode()) for name, value in response.headers.items()]
+        await send({"type": "http.response.start", "status": response.status, "headers": headers})
         await send({"type": "http.response.body", "body": body})

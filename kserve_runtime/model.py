@@ -1,46 +1,39 @@
 """KServe's adapter for the serving core: the archive's chatbot as a `kserve.Model`, batched as TorchServe batches.
 
 Routes (<model>: the served name, TorchServe's by default, config.properties' load_models):
-- v1 `POST /v1/models/<model>:predict` `{"instances": [{"text": "hello", <options>}, "or a bare text", ...]}` ->
-  `{"predictions": [<the JSON API's reply body, or the error body of that instance>, ...]}`;
-- v2 `POST /v2/models/<model>/infer` with a BYTES input `text` (one or more texts) and the options as request
-  `parameters` -> outputs `reply` (BYTES: each text's reply, "" where it got an error) and `error` (BYTES: "" or
-  that text's error body as JSON);
+- v1 `POST /v1/models/<model>:predict` and v2 `POST /v2/models/<model>/infer` (protocols.py: KServe's envelopes
+  around the JSON API's requests and replies);
 - the OpenAI API under KServe's `/openai` prefix (openai_routes.py);
 - KServe's own: v2 health and readiness, `/metrics` (with the core's seq2seq_* metrics beside KServe's).
 
-A request with one instance (or one text) that is refused gets the error's own status and body, as from TorchServe;
-in a request with several, each refused one is an error body among the others' replies (200): one bad instance
-never fails the others. A full queue is a 503 ServiceUnavailable.
+It keeps serving/pipeline.py's adapter contract: a request's texts are admitted to the batcher together (a 413
+naming jobQueueSize when they are more than it holds, a 503 only when too few slots are free now), each batch is
+one core.answer call, and the refusals it makes itself (too many, busy, client gone, stopping) come from the
+route's protocol object.
 """
 from __future__ import annotations
 
+import asyncio
 import logging
-import uuid
+from contextlib import suppress
 from typing import Any
 
 import torch
 from kserve import Model
-from kserve.protocol.infer_type import InferOutput, InferRequest, InferResponse
+from kserve.protocol.infer_type import InferRequest
 from prometheus_client import Counter, Histogram
 
-from serving.core import COUNT_BUCKETS, METRICS, Incoming, Metrics, Response, json_error, load_core
-from serving.wire import JSON_TYPE, TEXT_TYPE, BadRequest, ErrorKind, internal_error, load_json, to_text
+from serving.loading import load_core
+from serving.metrics import COUNT_BUCKETS, METRICS, Metrics
+from serving.pipeline import protocol_for
+from serving.wire import BadRequest, ErrorKind, Incoming, Response, internal_error
 
 from .archive import Archive
-from .batcher import MicroBatcher, QueueFull
+from .batcher import MicroBatcher, QueueFull, Stopped, TooMany
+from .client_watch import client_gone
+from .protocols import V1, V2, Rejected
 
 logger = logging.getLogger(__name__)
-V2_INPUT = "text"  # the v2 input that holds the texts
-V2_PROTOCOL_PARAMETERS = ("binary_data_output", "content_type", "headers")  # KServe's own, not decoding options
-
-
-class Rejected(Exception):
-    """A request answered with an error: its core Response (status and JSON body) goes back as it is."""
-
-    def __init__(self, response: Response):
-        super().__init__(response.body)
-        self.response = response
 
 
 class PrometheusMetrics(Metrics):
@@ -72,16 +65,6 @@ class PrometheusMetrics(Metrics):
             self.observe(name, value)
 
 
-def error(kind: ErrorKind, message: str) -> Response:
-    """The core's error response (the JSON API's body) for what the adapter itself refuses."""
-    return json_error(BadRequest(kind, message))
-
-
-def busy(detail: str) -> Response:
-    """The 503 of a full queue."""
-    return error(ErrorKind.SERVICE_UNAVAILABLE, f"the server is busy ({detail}): retry shortly")
-
-
 class Seq2seqModel(Model):
     """The archive's chatbot behind KServe's v1 and v2 protocols (and, through openai_routes, OpenAI's API)."""
 
@@ -102,99 +85,56 @@ class Seq2seqModel(Model):
         self.ready = True
         return self.ready
 
-    def submit(self, request: Incoming) -> Any:
-        """Queue a request for the next batch (its Job); Rejected with a 503 when the queue is full."""
+    def submit_all(self, requests: list[Incoming]) -> list:
+        """Queue a request's texts together (their Jobs); Rejected, in the route's protocol, when they can never fit
+        (413), do not fit now (503) or the server is stopping (503)."""
         try:
-            return self.batcher.submit(request)
+            return self.batcher.submit_all(requests)
+        except TooMany as e:
+            kind, message = ErrorKind.INPUT_TOO_LONG, str(e)
         except QueueFull as e:
-            raise Rejected(busy(str(e))) from None
+            kind, message = ErrorKind.SERVICE_UNAVAILABLE, f"the server is busy ({e}): retry shortly"
+        except Stopped as e:
+            kind, message = ErrorKind.SERVICE_UNAVAILABLE, str(e)
+        raise Rejected(protocol_for(requests[0].route).error(BadRequest(kind, message)))
 
     async def answer(self, requests: list[Incoming]) -> list[Response]:
-        """Each request's Response, decoded in the batches it lands in (a request's instances usually share one)."""
-        jobs = []
+        """Each request's Response, decoded in the batches it lands in (a request's texts usually share one). If
+        the client goes away first, its jobs leave the queue and any batch not started yet (Rejected, 499)."""
+        jobs = self.submit_all(requests)
+        replies = asyncio.ensure_future(asyncio.gather(*(job.final() for job in jobs)))
+        gone = asyncio.ensure_future(client_gone().wait())
         try:
-            for request in requests:
-                jobs.append(self.submit(request))
-            return [final(await job.final()) for job in jobs]
-        except BaseException:  # refused, or the client went away: the others need not be decoded
-            for job in jobs:
-                job.cancel()
-            raise
+            await asyncio.wait({replies, gone}, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            gone.cancel()
+            if not replies.done():
+                for job in jobs:
+                    job.cancel()
+                replies.cancel()
+                with suppress(asyncio.CancelledError):  # retrieved, so asyncio logs no "never retrieved" error
+                    await replies
+        if replies.cancelled():
+            raise Rejected(protocol_for(requests[0].route).error(BadRequest(
+                ErrorKind.CLIENT_CLOSED_REQUEST, "the client closed the connection before its reply")))
+        return [final(request, value) for request, value in zip(requests, replies.result())]
 
     async def predict(self, payload: Any, headers: dict | None = None, response_headers: dict | None = None) -> Any:
         """v1 (a dict with "instances") or v2 (an InferRequest)."""
         if isinstance(payload, InferRequest):
-            return await self.predict_v2(payload)
-        return await self.predict_v1(payload)
-
-    async def predict_v1(self, payload: Any) -> dict:
-        """{"instances": [...]} -> {"predictions": [...]}: each instance a JSON API request ({"text", options} or a
-        bare text)."""
-        if isinstance(payload, (bytes, bytearray)):  # sent without a JSON Content-Type: KServe left it unparsed
-            try:
-                payload = load_json(to_text(payload, {}))
-            except BadRequest as e:
-                raise Rejected(error(e.kind, e.message)) from None
-        instances = payload.get("instances") if isinstance(payload, dict) else None
-        if not isinstance(instances, list) or not instances:
-            raise Rejected(error(ErrorKind.MISSING_TEXT, 'the body must be {"instances": [{"text": ...}, ...]}'))
-        responses = await self.answer([Incoming("", {"text": i} if isinstance(i, str) else i, JSON_TYPE)
-                                       for i in instances])
-        one_failed(responses)
-        return {"predictions": [r.json() for r in responses]}
-
-    async def predict_v2(self, request: InferRequest) -> InferResponse:
-        """A BYTES input `text` (its options as request parameters) -> outputs `reply` and `error`."""
-        texts = v2_texts(request)
-        options = {k: v for k, v in (request.parameters or {}).items() if k not in V2_PROTOCOL_PARAMETERS}
-        incoming = [Incoming("", {"text": t, **options}, JSON_TYPE) if isinstance(t, str) else
-                    Incoming("", t, TEXT_TYPE) for t in texts]  # bytes that are not UTF-8: InvalidEncoding
-        responses = await self.answer(incoming)
-        one_failed(responses)
-        replies = [r.json().get("reply", "") if r.status == 200 else "" for r in responses]
-        errors = ["" if r.status == 200 else r.body.strip() for r in responses]
-        outputs = [InferOutput("reply", [len(texts)], "BYTES", replies),
-                   InferOutput("error", [len(texts)], "BYTES", errors)]
-        return InferResponse(request.id or str(uuid.uuid4()), self.name, outputs)
+            return V2.reply(payload, await self.answer(V2.parse(payload)), self.name)
+        return V1.reply(await self.answer(V1.parse(payload)))
 
     def stop(self):
         if self.batcher is not None:
             self.batcher.close()
 
 
-def final(value: Any) -> Response:
-    """A job's final value as a Response (the batcher hands an exception over if a batch failed outside the core)."""
-    return value if isinstance(value, Response) else json_error(internal_error("answering its batch"))
-
-
-def one_failed(responses: list[Response]) -> None:
-    """A lone request that was refused gets its own status and body (Rejected); several go back as they are."""
-    if len(responses) == 1 and responses[0].status != 200:
-        raise Rejected(responses[0])
-
-
-def v2_texts(request: InferRequest) -> list:
-    """The texts of the BYTES input `text`: str, or bytes where they are not UTF-8; Rejected when there is none."""
-    found = next((i for i in request.inputs if i.name == V2_INPUT), None)
-    if found is None or found.datatype != "BYTES":
-        raise Rejected(error(ErrorKind.MISSING_TEXT, f'the request needs a BYTES input named "{V2_INPUT}"'))
-    texts = []
-    for value in flatten(found.data):
-        if isinstance(value, (bytes, bytearray)):
-            try:
-                value = bytes(value).decode("utf-8")
-            except UnicodeDecodeError:
-                value = bytes(value)
-        texts.append(value)
-    if not texts:
-        raise Rejected(error(ErrorKind.EMPTY_INPUT, f'the input "{V2_INPUT}" holds no text'))
-    return texts
-
-
-def flatten(data: Any) -> list:
-    """A tensor's nested lists (or numpy array) as one flat list."""
-    if hasattr(data, "tolist"):
-        data = data.tolist()
-    if isinstance(data, (list, tuple)):
-        return [v for item in data for v in flatten(item)]
-    return [data]
+def final(request: Incoming, value: Any) -> Response:
+    """A job's final value as a Response: the batcher hands over Stopped when the server stops before the job was
+    answered, or an exception if a batch failed outside the core's guards."""
+    if isinstance(value, Response):
+        return value
+    if isinstance(value, Stopped):
+        return protocol_for(request.route).error(BadRequest(ErrorKind.SERVICE_UNAVAILABLE, str(value)))
+    return protocol_for(request.route).error(internal_error("answering its batch"))

@@ -17,11 +17,13 @@ from starlette.responses import Response as HTTPResponse
 from starlette.responses import StreamingResponse
 
 from serving import openai_api
-from serving.core import Incoming, Response
+from serving.wire import BadRequest, ErrorKind, Incoming, Response
 
-from .model import Rejected, Seq2seqModel, final
+from .client_watch import client_gone
+from .model import Seq2seqModel, final
+from .protocols import OPENAI_PREFIX, Rejected
 
-PREFIX = "/openai"
+PREFIX = OPENAI_PREFIX
 
 
 def to_http(response: Response) -> HTTPResponse:
@@ -59,35 +61,37 @@ def add_routes(app: FastAPI, model: Seq2seqModel) -> None:
 
     @app.post(f"{PREFIX}/{openai_api.CHAT_PATH}")
     async def chat_completions(request: Request) -> HTTPResponse:
-        job = model.submit(Incoming(openai_api.CHAT_PATH, await request.body(), request.headers.get("content-type",
-                                                                                                    "")))
-        first = await first_event(job, request)
+        incoming = Incoming(openai_api.CHAT_PATH, await request.body(), request.headers.get("content-type", ""))
+        [job] = model.submit_all([incoming])
+        first = await first_event(job)
         if first is None:  # the client went away before its batch: it was never decoded
-            return HTTPResponse(status_code=499)
+            return to_http(openai_api.OPENAI.error(BadRequest(ErrorKind.CLIENT_CLOSED_REQUEST,
+                                                              "the client closed the connection before its reply")))
         kind, value = first
         if kind == "final":
-            return to_http(final(value))
-        return StreamingResponse(pieces(job, value), value.status, value.headers, media_type=value.content_type)
+            return to_http(final(incoming, value))
+        return StreamingResponse(pieces(job, incoming, value), value.status, value.headers,
+                                 media_type=value.content_type)
 
 
-async def pieces(job, first: Response):
+async def pieces(job, incoming: Incoming, first: Response):
     """A streamed response's bodies: the first piece, each piece as it is decoded, then the last; the job is
     cancelled if the client goes away (Starlette then stops this generator)."""
     try:
         yield first.body
         while True:
             kind, value = await job.events.get()
-            yield final(value).body if kind == "final" else value.body
+            yield final(incoming, value).body if kind == "final" else value.body
             if kind == "final":
                 return
     finally:
         job.cancel()
 
 
-async def first_event(job: Any, request: Request) -> tuple | None:
+async def first_event(job: Any) -> tuple | None:
     """The job's first event, or None if the client went away first (the job is then cancelled)."""
     event = asyncio.ensure_future(job.events.get())
-    gone = asyncio.ensure_future(disconnected(request))
+    gone = asyncio.ensure_future(client_gone().wait())
     done, pending = await asyncio.wait({event, gone}, return_when=asyncio.FIRST_COMPLETED)
     for task in pending:
         task.cancel()
@@ -95,9 +99,3 @@ async def first_event(job: Any, request: Request) -> tuple | None:
         return event.result()
     job.cancel()
     return None
-
-
-async def disconnected(request: Request) -> None:
-    """Return once the client has closed the connection (the body was read already)."""
-    while (await request.receive())["type"] != "http.disconnect":
-        pass

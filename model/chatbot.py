@@ -74,11 +74,11 @@ class Chatbot:
         return self.voc.encode(text, self.max_length)
 
     def answer(self, batch: Sequence[Encoded], options: Sequence[DecodeOptions],
-               on_token: Callable[[int, int], None] | None = None) -> list[Reply]:
+               on_token: dict[int, Callable[[int], None]] | None = None) -> list[Reply]:
         """The Reply to each encoded text, decoded together (one batched search per decoding mode).
 
-        on_token: called as on_token(i, token) with each token of batch[i] as it is chosen, for requests of one
-        reply decoded greedily or by sampling (model/decoding.py's `listen`); TextStream turns them into text.
+        on_token: {i: listener} calls listener(token) with each token of batch[i] as it is chosen, for requests of
+        one reply decoded greedily or by sampling (model/decoding.py's `listen`); TextStream turns them into text.
         """
         found = self.generate([e.ids for e in batch], options, on_token)
         return [self.to_reply(e, o, candidates) for e, o, candidates in zip(batch, options, found)]
@@ -91,16 +91,19 @@ class Chatbot:
                      token_ids=[list(c.ids) for c in candidates], prompt_tokens=len(encoded.ids))
 
     def generate(self, batch: list[list[int]], options: Sequence[DecodeOptions],
-                 on_token: Callable[[int, int], None] | None = None) -> list[list[Candidate]]:
+                 on_token: dict[int, Callable[[int], None]] | None = None) -> list[list[Candidate]]:
         """Each encoded input's candidates, best first: requests are grouped by decoding mode (greedy, beam,
-        sample) and each group is decoded in one batched search."""
-        groups: dict[str, list[int]] = {}
+        sample) and each group is decoded in one batched search. The rows with a listener (on_token) are a group
+        of their own, so that a streamed request never takes the others of its mode off the compiled greedy loop
+        (which has no per-step hook); replies do not depend on the batch, so the split changes none."""
+        on_token = on_token or {}
+        groups: dict[tuple[str, bool], list[int]] = {}
         for i, o in enumerate(options):
-            groups.setdefault(o.mode, []).append(i)
+            groups.setdefault((o.mode, i in on_token), []).append(i)
         results: list[list[Candidate]] = [[] for _ in batch]
-        for mode, indices in groups.items():
+        for (mode, listened), indices in groups.items():
             input_seq, lengths = self.pad([batch[i] for i in indices])
-            listen = None if on_token is None else (lambda r, token, indices=indices: on_token(indices[r], token))
+            listen = (lambda r, token, indices=indices: on_token[indices[r]](token)) if listened else None
             found = SEARCHES[mode](self.encoder, self.decoder, input_seq, lengths, [options[i] for i in indices],
                                    self.step, self.rules, listen)
             for i, candidates in zip(indices, found):

@@ -1,3 +1,11 @@
-"""The engine-free serving core (core.py): the JSON, text and OpenAI APIs over a model.chatbot.Chatbot, for any
-engine's adapter (TorchServe's handler, the KServe runtime). wire.py: requests, error kinds and their bodies;
-openai_api.py: the OpenAI Chat Completions mapping and its stream events. Shipped inside the .mar."""
+"""The engine-free serving core, shipped inside the .mar, for any engine's adapter (TorchServe's handler, the KServe
+runtime). Where each job lives:
+
+    pipeline.py    the request pipeline (read, decode, respond; one batched decode per batch, per-request guards)
+                   and the adapter contract both adapters keep
+    protocols.py   the protocol contract, and the JSON and text API's parsing, replies and errors
+    openai_api.py  OpenAI's Chat Completions: its field table, parsing, replies, errors and stream chunks
+    wire.py        the values that pass between them (Incoming, Response, ChatRequest) and the error kinds
+    metrics.py     the metrics' names and kinds, and where they go
+    loading.py     a checkpoint and a model-config section -> the pipeline, set up
+"""

@@ -26,7 +26,24 @@ import uuid
 from dataclasses import dataclass
 from typing import Any
 
-from .wire import BadRequest, ChatRequest, ErrorKind, check_text
+from model.schema import InvalidOption, parse_options
+from model.voc import EOS_token
+
+from .protocols import Protocol, input_headers
+from .wire import (
+    FORM_TYPES,
+    JSON_TYPE,
+    Answered,
+    BadRequest,
+    ChatRequest,
+    ErrorKind,
+    Incoming,
+    Response,
+    check_text,
+    load_json,
+    media_type,
+    to_text,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -63,7 +80,7 @@ FIELDS = {
     "max_tokens": Field(HONOURED, "the older name of max_completion_tokens"),
     "n": Field(HONOURED, "replies: n samples, or without sampling the n best of a beam search"),
     "temperature": Field(HONOURED, "> 0 samples at that temperature; 0 is greedy search"),
-    "top_p": Field(HONOURED, "< 1 samples from the nucleus; 1 (keep everything) changes nothing"),
+    "top_p": Field(HONOURED, "< 1 samples from the nucleus; 0 is greedy search; 1 (keep everything) changes nothing"),
     "seed": Field(HONOURED, "the same seed gives the same sampled replies, alone or in any batch"),
     "stop": Field(HONOURED, "a string or a list of up to 4: the reply ends before the first one it holds"),
     "presence_penalty": Field(HONOURED, "-2..2, subtracted from the logit of every token already in the reply"),
@@ -124,10 +141,15 @@ class Completion:
     id: str = ""
     created: int = 0
     stop: tuple = ()
+    length_field: str = "max_completion_tokens"  # the name the client sent the reply's length under
 
     def __post_init__(self):
         self.id = self.id or f"chatcmpl-{uuid.uuid4().hex}"
         self.created = self.created or int(time.time())
+
+    def sent_name(self, param: str) -> str:
+        """The body field as the client named it (max_tokens, where it sent the older name)."""
+        return self.length_field if param == "max_completion_tokens" else param
 
 
 @dataclass
@@ -167,7 +189,10 @@ def parse_chat(body: Any, max_chars: int, model_name: str, limits: dict) -> Chat
                                               f"not {body['model'][:80]!r}", "model")
     text = last_user_text(body.get("messages"))
     stream = flag(body, "stream")
-    completion = Completion(model_name, stream, include_usage=stream_usage(body, stream), stop=stop_strings(body))
+    length_field = "max_tokens" if body.get("max_completion_tokens") is None and "max_tokens" in body else \
+        "max_completion_tokens"
+    completion = Completion(model_name, stream, include_usage=stream_usage(body, stream), stop=stop_strings(body),
+                            length_field=length_field)
     request = ChatRequest(check_text(text, max_chars), option_values=decoding_options(body, limits))
     request.completion = completion
     return request
@@ -259,8 +284,9 @@ def stream_usage(body: dict, stream: bool) -> bool:
 def decoding_options(body: dict, limits: dict) -> dict:
     """The body's decoding fields under the JSON API's names (model/schema.py OPTIONS); values unchecked.
 
-    Sampling is on when the protocol asks for it: temperature > 0, top_p < 1 or top_k. temperature 0 is greedy
-    search; top_p 1 keeps every token, so it alone changes nothing. n > 1 without sampling is beam search with at
+    Sampling is on when the protocol asks for it: temperature > 0, 0 < top_p < 1 or top_k. temperature 0 is greedy
+    search, and so is top_p 0 (a nucleus of the likeliest token alone); top_p 1 keeps every token, so it alone
+    changes nothing. n > 1 without sampling is beam search with at
     least n beams, its n best replies. A max_completion_tokens over limits' max_length is clamped to it.
     """
     names = EXTRA_OPTIONS + ("top_p", "seed", "presence_penalty", "frequency_penalty")
@@ -269,6 +295,10 @@ def decoding_options(body: dict, limits: dict) -> dict:
                   temperature=body.get("temperature"))
     if values.get("top_p") == 1 and not isinstance(values["top_p"], bool):
         values.pop("top_p")
+    if values.get("top_p") == 0 and not isinstance(values["top_p"], bool):  # a nucleus of the likeliest token
+        values.pop("top_p")
+        values.pop("top_k", None)
+        values["temperature"] = None
     if values["temperature"] == 0 and not isinstance(values["temperature"], bool):
         if "top_k" in values:
             raise invalid("top_k", "samples, while temperature 0 asks for the likeliest reply: send one of them")
@@ -424,3 +454,85 @@ def event(value: dict) -> str:
 def models_body(model_name: str) -> dict:
     """GET v1/models: the one served model."""
     return {"object": "list", "data": [{"id": model_name, "object": "model", "created": 0, "owned_by": "torchserve"}]}
+
+
+class OpenAIChat(Protocol):
+    """OpenAI's Chat Completions protocol (routes v1/chat/completions and v1/models): the body's fields (FIELDS),
+    `chat.completion` objects, server-sent `chat.completion.chunk`s as tokens are decoded, and errors as
+    {"error": {"message", "type", "param", "code"}}; every response says what of the history was read
+    (X-Context-Used)."""
+
+    name = "openai"
+
+    def parse(self, request: Incoming, core: Any) -> ChatRequest | Answered:
+        """v1/models: the model list; v1/chat/completions: JSON whatever its Content-Type (the SDKs send
+        application/json), its options' errors naming the OpenAI field (n, not num_replies)."""
+        if request.route == MODELS_PATH:
+            return Answered(json.dumps(models_body(core.model_name)) + "\n")
+        body = request.body
+        if isinstance(body, (bytes, bytearray, str)):
+            body = load_json(to_text(body, {}))
+        elif body is None and media_type(request.content_type)[0] in FORM_TYPES:  # curl -d without a Content-Type
+            raise BadRequest(ErrorKind.UNSUPPORTED_MEDIA_TYPE, "the body was sent as a form: send the Chat "
+                             "Completions JSON with -H 'Content-Type: application/json'")
+        chat = parse_chat(body, core.max_chars, core.model_name, core.limits)
+        try:
+            chat.options = parse_options(chat.option_values, core.defaults, core.limits)
+        except InvalidOption as e:
+            raise invalid(chat.completion.sent_name(option_param(e.field)), e.detail) from None
+        return chat
+
+    def streams(self, request: ChatRequest) -> bool:
+        return request.completion is not None and request.completion.stream
+
+    def start_stream(self, request: ChatRequest, core: Any) -> tuple[Streamed, Response]:
+        """A streamed request's state and first piece: status 200, the event-stream type, headers (what the input
+        lost is known before decoding) and each choice's role chunk."""
+        streamed = Streamed(request.completion, core.chatbot.stream())
+        roles = "".join(chunk(request.completion, i, {"role": "assistant", "content": ""})
+                        for i in range(request.options.num_replies))
+        headers = {"Cache-Control": "no-cache", **input_headers(request.encoded), **CONTEXT_HEADERS}
+        return streamed, Response(200, EVENT_STREAM, roles, headers)
+
+    def token(self, streamed: Streamed, token: int) -> Response | None:
+        """The piece one more token of the first choice adds, if it completes any text (None otherwise)."""
+        delta = streamed.stop.push(streamed.text.push(token))
+        return Response(200, EVENT_STREAM, chunk(streamed.completion, 0, {"content": delta})) if delta else None
+
+    def reply(self, request: ChatRequest, core: Any, streamed: Streamed | None = None) -> Response:
+        """A `chat.completion`, or a stream's last events."""
+        headers = {**input_headers(request.encoded), **CONTEXT_HEADERS}
+        if streamed is not None:
+            return Response(200, EVENT_STREAM, self.stream_end(streamed, request, core), headers)
+        found = choices(request.completion, request.reply, core.chatbot.voc.decode, EOS_token)
+        body = completion_body(request.completion, request.reply, found)
+        return Response(200, JSON_TYPE, json.dumps(body, ensure_ascii=False) + "\n", headers)
+
+    def stream_end(self, streamed: Streamed, request: ChatRequest, core: Any) -> str:
+        """The last piece of a streamed reply: the text not streamed yet (all of it for beams and n > 1, one chunk
+        per token), each choice's finish chunk, the usage chunk if asked for, and [DONE]."""
+        completion, reply = request.completion, request.reply
+        pieces = [streamed.unsent]
+        if streamed.failed:
+            raise RuntimeError("the stream failed")
+        found = choices(completion, reply, core.chatbot.voc.decode, EOS_token)
+        for i, (choice, ids) in enumerate(zip(found, reply.token_ids)):
+            if i == 0 and streamed.text.ids:  # streamed as it was decoded
+                deltas = [streamed.stop.finish(choice.text)]
+            else:
+                stream, stop = core.chatbot.stream(), StopFilter(completion.stop)
+                deltas = [stop.push(stream.push(token)) for token in ids] + [stop.finish(choice.text)]
+            pieces += [chunk(completion, i, {"content": d}) for d in deltas if d]
+            pieces.append(chunk(completion, i, {}, choice.finish_reason))
+        if completion.include_usage:
+            pieces.append(usage_chunk(completion, reply, found))
+        return "".join(pieces) + DONE
+
+    def error(self, error: BadRequest, streamed: Streamed | None = None) -> Response:
+        """OpenAI's error object with the kind's status; in a stream already begun, an error event and [DONE]."""
+        if streamed is not None:
+            return Response(200, EVENT_STREAM, streamed.unsent + event(error_body(error)) + DONE, dict(CONTEXT_HEADERS))
+        return Response(error.kind.status, JSON_TYPE, json.dumps(error_body(error)) + "\n", dict(CONTEXT_HEADERS))
+
+
+OPENAI = OpenAIChat()

@@ -2,7 +2,7 @@
 
 A request's way through the core: `parse_body` turns what an engine received into a ChatRequest or raises
 BadRequest; the decode gives the ChatRequest its model.schema.Reply; the response is built from the one or the
-other. Every stage runs per request behind a guard (core.py), so whatever one request's bytes make any code raise,
+other. Every stage runs per request behind a guard (pipeline.py), so whatever one request's bytes make any code raise,
 only that request gets an error.
 
 Part of the serving core, shipped in the .mar; pure Python 3.9 (no torch, no engine).
@@ -33,8 +33,9 @@ class ErrorKind(Enum):
     INPUT_TOO_LONG = ("InputTooLong", 413)
     UNSUPPORTED_MEDIA_TYPE = ("UnsupportedMediaType", 415)
     NO_KNOWN_WORDS = ("NoKnownWords", 422)
+    CLIENT_CLOSED_REQUEST = ("ClientClosedRequest", 499)  # the client went away before its reply (nginx's 499)
     INTERNAL_ERROR = ("InternalError", 500)  # our bug, scoped to the one request it hit
-    SERVICE_UNAVAILABLE = ("ServiceUnavailable", 503)  # the queue is full (TorchServe says so itself)
+    SERVICE_UNAVAILABLE = ("ServiceUnavailable", 503)  # no room in the queue now, or the server is stopping
 
     def __init__(self, type_name: str, status: int):
         self.type_name = type_name
@@ -61,6 +62,32 @@ def internal_error(stage: str) -> BadRequest:
     return BadRequest(ErrorKind.INTERNAL_ERROR,
                       f"the server failed on this request while {stage}; it is logged, and other requests "
                       "are not affected: retry, or report it if it persists")
+
+
+@dataclass
+class Incoming:
+    """One request as an engine received it: its route (the path after the model's base URL: "" for the JSON and
+    text API, "v1/chat/completions" ...), its body (bytes, text, parsed JSON, or None when it has none) and its
+    Content-Type; failed: the stage at which the adapter could not read it (it gets a 500)."""
+
+    route: str
+    body: Any = None
+    content_type: str = ""
+    failed: str = ""
+
+
+@dataclass
+class Response:
+    """What an engine sends back for one request (or one piece of a streamed one)."""
+
+    status: int
+    content_type: str
+    body: str
+    headers: dict = field(default_factory=dict)
+
+    def json(self) -> Any:
+        """The body parsed as JSON."""
+        return json.loads(self.body)
 
 
 @dataclass

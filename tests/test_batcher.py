@@ -8,7 +8,7 @@ import time
 
 import pytest
 
-from kserve_runtime.batcher import MicroBatcher, QueueFull
+from kserve_runtime.batcher import MicroBatcher, QueueFull, Stopped, TooMany
 
 
 class Recorder:
@@ -134,3 +134,63 @@ def test_streamed_pieces_come_before_the_final_response_in_order():
 def test_settings_out_of_range_are_refused(size, delay, queue):
     with pytest.raises(ValueError, match="batchSize"):
         MicroBatcher(Recorder(), size, delay, queue)
+
+
+def test_a_requests_jobs_are_admitted_together_or_refused_together():
+    """More jobs than the queue holds is TooMany at any load; more than the free slots is QueueFull, and admits
+    none of them; a job whose client went away leaves its slot."""
+    async def main():
+        batcher = MicroBatcher(Recorder(seconds=0.2), max_batch_size=1, max_delay_ms=0, max_queue=4)
+        with pytest.raises(TooMany, match="jobQueueSize"):
+            batcher.submit_all(list(range(5)))  # idle, and still never admissible
+        busy = batcher.submit("busy")
+        await asyncio.sleep(0.05)  # decoding: the queue is empty
+        first = batcher.submit_all(["a", "b", "c"])
+        with pytest.raises(QueueFull):
+            batcher.submit_all(["d", "e"])  # one slot free: neither is queued
+        assert batcher.waiting() == 3
+        first[2].cancel()  # its client went away: its slot is free again
+        later = batcher.submit_all(["d", "e"])
+        replies = [await job.final() for job in [busy, *first[:2], *later]]
+        batcher.close()
+        return replies
+
+    assert run(main()) == ["reply to busy", "reply to a", "reply to b", "reply to d", "reply to e"]
+
+
+def test_closing_answers_every_job_not_answered_yet():
+    async def main():
+        batcher = MicroBatcher(Recorder(seconds=0.3), max_batch_size=1, max_delay_ms=0, max_queue=10)
+        jobs = batcher.submit_all(["decoding", "queued 1", "queued 2"])
+        await asyncio.sleep(0.05)
+        batcher.close()
+        finals = [await asyncio.wait_for(job.final(), 1) for job in jobs]
+        with pytest.raises(Stopped):
+            batcher.submit("after")
+        return finals
+
+    assert all(isinstance(f, Stopped) for f in run(main()))
+
+
+def test_a_crash_of_the_loop_is_logged_and_its_batch_answered(caplog):
+    """answer() must not raise; if it does, even with a BaseException, its jobs get the exception and the loop
+    goes on with the next batch."""
+    calls = []
+
+    def answer(requests, emit):
+        calls.append(requests)
+        if len(calls) == 1:
+            raise SystemExit("out of the guards")
+        return [f"reply to {r}" for r in requests]
+
+    async def main():
+        batcher = MicroBatcher(answer, max_batch_size=2, max_delay_ms=0, max_queue=10)
+        crashed = batcher.submit_all(["x", "y"])
+        finals = [await asyncio.wait_for(job.final(), 1) for job in crashed]
+        after = await asyncio.wait_for(batcher.submit("z").final(), 1)
+        batcher.close()
+        return finals, after
+
+    finals, after = run(main())
+    assert all(isinstance(f, SystemExit) for f in finals) and after == "reply to z"
+    assert "a batch of 2 failed outside the core's guards" in caplog.text

@@ -16,7 +16,7 @@ from model.decoding import greedy
 from model.int8 import Int8GRU
 from model.schema import DecodeOptions
 from model.voc import EOS_token
-from serving.core import load_core
+from serving.loading import load_core
 from tools.server_config import model_config
 
 TEXTS = ["hello there .", "how are you ?", "i am fine", "what is your name ?", "my name is bob .", "you",

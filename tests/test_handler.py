@@ -306,7 +306,7 @@ def test_under_torchserves_kserve_envelope_each_instance_gets_its_reply_or_error
 
 def test_counters_are_summed_and_handed_over_within_the_interval_histograms_at_once():
     """BufferedMetrics: ~15 metric lines a batch become one per counter and interval, none lost, none late."""
-    from serving.core import BufferedMetrics
+    from serving.metrics import BufferedMetrics
 
     seen = []
 

@@ -204,6 +204,21 @@ def test_the_deployable_image_answers_what_it_accepted_before_sigterm(deployable
     assert outcome["before"] > 0 and outcome["before_lost"] == 0 and outcome["after_wrong"] == 0, outcome
 
 
+@pytest.mark.parametrize("server", ["torchserve", "kserve"])
+def test_a_rolling_restart_with_the_manifests_prestop_loses_nothing(deployable, kserve_image, checkout, server):
+    """harness/rolling_restart.py, short: the endpoints go, requests still arrive for 0.5 s, the manifest's preStop
+    pauses, SIGTERM: every request sent before it is answered, none reset, and the pod exits 0 well within its
+    grace period."""
+    from harness.rolling_restart import manifest_pod, restart
+
+    deployable.remove()  # the image is built; its ports are the restarted pod's now
+    pod = manifest_pod(server)
+    assert pod.prestop_s >= 1 and (server == "kserve" or pod.env["DRAIN_TIMEOUT_S"])
+    found = restart(server, pod, clients=8, seconds=4, lag=0.5, model_store=checkout / "model-store")
+    assert found["accepted"] > 0 and found["lost"] == 0 and found["reset"] == 0 and found["wrong"] == 0, found
+    assert found["exit_code"] == 0 and found["stop_s"] < pod.grace_s - pod.prestop_s, found
+
+
 # ---------------------------------------------------------------- the KServe image
 
 

@@ -228,7 +228,8 @@ def test_a_stop_filter_sends_the_text_cut_at_the_first_stop_and_never_more(text,
     ({"logprobs": True}, 400, "logprobs", "InvalidOption"),
     ({"modalities": ["text", "audio"]}, 400, "modalities", "InvalidOption"),
     ({"n": 0}, 400, "n", "InvalidOption"),
-    ({"max_tokens": 0}, 400, "max_completion_tokens", "InvalidOption"),
+    ({"max_tokens": 0}, 400, "max_tokens", "InvalidOption"),  # named as the client sent it
+    ({"max_completion_tokens": 0}, 400, "max_completion_tokens", "InvalidOption"),
     ({"temperature": -1}, 400, "temperature", "InvalidOption"),
     ({"stream_options": {"include_usage": True}}, 400, "stream_options", "InvalidOption"),
     ({"model": "gpt-4o"}, 404, "model", "NotFound"),
@@ -251,10 +252,20 @@ def test_what_the_route_cannot_honour_is_an_openai_error_and_costs_the_batch_not
     body = {"model": MODEL_NAME, "messages": [{"role": "user", "content": "how are you ?"}], **fields}
     refused, other = run_batch(handler, [chat(body), ask("how are you ?")])
     assert other.status == 200 and refused.status == status, refused.body
+    assert refused.headers["X-Context-Used"] == "last-user-message"  # on every response of the route, errors too
     if code:
         error = refused.json()["error"]
         assert (error["param"], error["code"], error["type"]) == (param, code, "invalid_request_error")
-        assert error["message"]
+        assert error["message"].startswith(f"{param}: ") if param else error["message"]
+
+
+def test_top_p_0_is_accepted_as_greedy_search(handler, serving_chatbot):
+    """OpenAI takes top_p in [0, 1]: 0 keeps the likeliest token alone, which is greedy search."""
+    body = {"model": MODEL_NAME, "messages": [{"role": "user", "content": "how are you ?"}], "top_p": 0,
+            "temperature": 0.9}
+    [reply] = run_batch(handler, [chat(body)])
+    assert reply.status == 200, reply.body
+    assert reply.json()["choices"][0]["message"]["content"] == serving_chatbot.reply("how are you ?").text
 
 
 def test_models_and_unknown_paths(handler):
@@ -373,3 +384,23 @@ def test_the_readmes_field_table_is_the_routes():
             for name in re.findall(r"`(\w+)`", row.group(2)):
                 listed[name] = row.group(1)
     assert listed == {name: field.policy for name, field in openai_api.FIELDS.items()}
+
+
+def test_a_streamed_request_leaves_the_others_of_its_batch_on_the_compiled_greedy_loop(handler, monkeypatch):
+    """Only the streamed row needs a per-token hook: the greedy rows beside it keep the compiled loop (a search
+    called without a listener), and every reply is what it is alone."""
+    from model import decoding
+
+    entries = [ask("how are you ?", stream=True), json_request({"text": "how are you ?"}),
+               json_request({"text": "what is your name ?"})]
+    alone = [run_batch(handler, [entry])[0].body for entry in entries]
+    calls = []
+    search = decoding.SEARCHES["greedy"]
+    monkeypatch.setitem(decoding.SEARCHES, "greedy", lambda *a, **k: calls.append(
+        (len(a[4]), a[7] is not None)) or search(*a, **k))
+    together = run_batch(handler, entries)
+    assert sorted(calls) == [(1, True), (2, False)]  # the streamed row alone with its listener; two compiled rows
+    assert [r.json() for r in together[1:]] == [json.loads(body) for body in alone[1:]]
+    assert [e["choices"][0]["delta"].get("content") for e in events(together[0].streamed)[1:-1]
+            if e["choices"]] == [e["choices"][0]["delta"].get("content") for e in events(
+                run_batch(handler, [entries[0]])[0].streamed)[1:-1] if e["choices"]]

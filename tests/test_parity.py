@@ -6,6 +6,8 @@ KServe's own protocols (v1 instances, v2 BYTES tensors), batching, its queue bou
 from __future__ import annotations
 
 import json
+import socket
+import time
 from concurrent.futures import ThreadPoolExecutor
 
 import openai
@@ -15,7 +17,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from model.schema import DecodeOptions
-from tools.server_config import MODEL_NAME
+from tools.server_config import MODEL_NAME, model_config
 
 pytestmark = pytest.mark.server
 REPLIES = [{"text": "how are you ?"}, {"text": "hello there .", "beam_size": 3, "num_replies": 2},
@@ -168,8 +170,68 @@ def test_a_body_over_the_request_size_limit_gets_413_on_kserve(kserve, serving_c
     for url in (kserve.predict_url, f"{kserve.openai_url}/chat/completions"):
         chunked = (text[i:i + 8192] for i in range(0, len(text), 8192))  # a generator: no Content-Length
         cut = requests.post(url, data=chunked, headers={"Content-Type": "application/json"}, timeout=60)
-        assert cut.status_code == 413 and cut.json()["type"] == "InputTooLong"
+        error = cut.json()["error"]["code"] if "openai" in url else cut.json()["type"]  # each route's own shape
+        assert cut.status_code == 413 and error == "InputTooLong"
     assert on_kserve(kserve, {"text": "how are you ?"}) == (200, on_kserve(kserve, {"text": "how are you ?"})[1])
+
+
+QUEUE = int(model_config().get("jobQueueSize", 100))  # the archive's jobQueueSize, as the KServe runtime reads it
+
+
+def test_a_request_of_more_texts_than_the_queue_holds_gets_413_naming_it_and_one_that_fits_is_answered(
+        kserve, serving_chatbot):
+    """A request's texts are admitted together: more than jobQueueSize can never fit (413, even on an idle server),
+    and exactly jobQueueSize fit an idle one."""
+    expected = serving_chatbot.reply("how are you ?").text
+    too_many = requests.post(kserve.predict_url, json={"instances": ["how are you ?"] * (QUEUE + 1)}, timeout=60)
+    assert too_many.status_code == 413 and too_many.json()["type"] == "InputTooLong"
+    assert "jobQueueSize" in too_many.json()["message"] and str(QUEUE) in too_many.json()["message"]
+    v2 = {"inputs": [{"name": "text", "shape": [QUEUE + 1], "datatype": "BYTES", "data": ["hi"] * (QUEUE + 1)}]}
+    assert requests.post(kserve.infer_url, json=v2, timeout=60).status_code == 413
+    fits = requests.post(kserve.predict_url, json={"instances": ["how are you ?"] * QUEUE}, timeout=120)
+    assert fits.status_code == 200 and {p["reply"] for p in fits.json()["predictions"]} == {expected}
+
+
+def test_the_adapters_own_errors_come_in_the_openai_shape_on_the_openai_route(kserve_factory, serving_chatbot):
+    """413 (a history over the body limit) and 503 (a full queue) from the KServe adapter itself, on the OpenAI
+    route: OpenAI's error object, which the SDK reads, and X-Context-Used, as on every response of the route."""
+    server = kserve_factory({"jobQueueSize": 1, "batchSize": 1, "maxBatchDelay": 0})
+    history = [{"role": "user", "content": "x" * 900}] * 80 + [{"role": "user", "content": "how are you ?"}]
+    url = f"{server.openai_url}/chat/completions"
+    long = requests.post(url, json={"model": MODEL_NAME, "messages": history}, timeout=60)
+    assert long.status_code == 413 and long.json()["error"]["code"] == "InputTooLong"
+    assert long.headers["X-Context-Used"] == "last-user-message"
+    body = {"model": MODEL_NAME, "messages": [{"role": "user", "content": "how are you ?"}]}
+    with ThreadPoolExecutor(32) as pool:
+        found = list(pool.map(lambda _: requests.post(url, json=body, timeout=60), range(96)))
+    busy = [r for r in found if r.status_code == 503]
+    assert busy and all(r.json()["error"]["code"] == "ServiceUnavailable" and r.json()["error"]["type"] ==
+                        "server_error" and r.headers["X-Context-Used"] for r in busy)
+    client = openai.OpenAI(base_url=server.openai_url, api_key="unused", max_retries=0, timeout=60)
+    with pytest.raises(openai.APIStatusError) as raised:  # the SDK keeps code and param
+        client.chat.completions.create(model=MODEL_NAME, messages=history)
+    assert raised.value.status_code == 413 and raised.value.code == "InputTooLong"
+
+
+def test_a_v1_or_v2_client_that_hangs_up_leaves_the_queue_undecoded(kserve_factory, serving_chatbot):
+    """Its texts leave the queue (and any batch not started) when it goes away: they are not decoded."""
+    server = kserve_factory({"batchSize": 1, "maxBatchDelay": 0})
+    slow = {"text": "how are you ?", "beam_size": 10, "max_length": 20}
+    decoded = lambda: sum(float(line.split()[-1]) for line in requests.get(  # noqa: E731
+        server.url("/metrics"), timeout=10).text.splitlines() if line.startswith("seq2seq_requests_decoded_total{"))
+    before = decoded()
+    for path, body in ((server.predict_url, {"instances": [slow] * QUEUE}), (server.infer_url, {
+            "inputs": [{"name": "text", "shape": [QUEUE], "datatype": "BYTES", "data": ["how are you ?"] * QUEUE}],
+            "parameters": {"beam_size": 10, "max_length": 20}})):
+        data = json.dumps(body).encode()
+        with socket.create_connection(("127.0.0.1", server.port)) as client:  # sends, then hangs up
+            client.sendall(b"POST %s HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: %d"
+                           b"\r\n\r\n%s" % (path.split(str(server.port))[1].encode(), len(data), data))
+            time.sleep(0.05)
+        time.sleep(1)
+        assert decoded() - before < QUEUE / 2  # all QUEUE were decoded before (~0.4 s on an idle machine)
+        before = decoded()
+    assert on_kserve(server, {"text": "how are you ?"}) == (200, on_kserve(server, {"text": "how are you ?"})[1])
 
 
 def test_a_streamed_client_that_hangs_up_costs_the_others_nothing_on_kserve(kserve, serving_chatbot):
