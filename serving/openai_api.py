@@ -154,17 +154,13 @@ class Completion:
 
 @dataclass
 class Streamed:
-    """A streamed request's state while its batch decodes: its Completion, the TextStream of its first choice
-    (model.chatbot), the StopFilter after it, and whether sending to it failed."""
+    """A streamed request's state while its batch decodes: its Completion, the ChoiceText of its first choice (fed
+    as tokens are decoded), and whether sending to it failed."""
 
     completion: Completion
-    text: Any
-    stop: Any = None
+    first: Any  # ChoiceText
     failed: bool = False
     unsent: str = ""  # pieces not emitted yet (a core answering without an emit function sends them last)
-
-    def __post_init__(self):
-        self.stop = self.stop or StopFilter(self.completion.stop)
 
 
 def invalid(param: str, message: str) -> RouteError:
@@ -362,22 +358,43 @@ def stop_at(text: str, stops: tuple) -> int | None:
     return min(found) if found else None
 
 
-def choices(completion: Completion, reply: Any, decode: Any, eos: int) -> list[Choice]:
-    """Each reply of a model.schema.Reply as a Choice, stopped as generation would have stopped it: at the first
-    token after which the text holds one of the completion's stop strings, cut before the first of them that text
-    holds (a stream's StopFilter, fed token by token, sends the same). decode: token ids -> text (the vocabulary's)."""
-    found = []
-    for (text, _), ids in zip(reply.replies, reply.token_ids):
-        found.append(Choice(text, finish_reason(ids, eos), len(ids)))
-        if stop_at(text, completion.stop) is None:
-            continue
-        for k in range(1, len(ids) + 1):
-            prefix = decode(ids[:k]).rstrip("\ufffd")  # a byte-level prefix can end inside a character
-            at = stop_at(prefix, completion.stop)
-            if at is not None:
-                found[-1] = Choice(prefix[:at], "stop", k)
-                break
-    return found
+class ChoiceText:
+    """One choice's text as its tokens come, cut before the first stop string it holds: the one accumulator of a
+    choice's text, streamed (push gives what may be sent now) or not (every token pushed, then finish).
+
+    stream: a model.chatbot.TextStream (the text the tokens so far decode to, a character split across byte-level
+    tokens held back); generation stops at the token after which that text holds a stop string."""
+
+    def __init__(self, stream: Any, stops: tuple):
+        self.stream, self.stop, self.tokens = stream, StopFilter(stops), 0
+
+    def push(self, token: int) -> str:
+        """What one more token adds to the text that may be sent ('' once a stop string has ended the choice)."""
+        if self.stop.stopped:
+            return ""
+        self.tokens += 1
+        return self.stop.push(self.stream.push(token))
+
+    def finish(self, text: str, ids: list, eos: int) -> tuple[str, Choice]:
+        """(what is left to send, the Choice): cut where a stop string ended it, else the reply's whole `text`."""
+        if self.stop.stopped:
+            return "", Choice(self.stop.sent, "stop", self.tokens)
+        return self.stop.finish(text), Choice(text, finish_reason(ids, eos), len(ids))
+
+
+def settle(completion: Completion, reply: Any, stream: Any, eos: int, first: ChoiceText | None = None) -> list:
+    """Each reply of a model.schema.Reply as [deltas not sent yet, Choice], its text accumulated token by token by a
+    ChoiceText: `first` for the first choice where it was fed as the reply streamed, a new one (stream(): a fresh
+    TextStream) for every other choice, one delta per token."""
+    settled = []
+    for i, ((text, _), ids) in enumerate(zip(reply.replies, reply.token_ids)):
+        accumulator, deltas = first, []
+        if i > 0 or accumulator is None or not accumulator.tokens:
+            accumulator = ChoiceText(stream(), completion.stop)
+            deltas = [accumulator.push(token) for token in ids]
+        rest, choice = accumulator.finish(text, ids, eos)
+        settled.append((deltas + [rest], choice))
+    return settled
 
 
 class StopFilter:
@@ -488,7 +505,7 @@ class OpenAIChat(Protocol):
     def start_stream(self, request: ChatRequest, core: Any) -> tuple[Streamed, Response]:
         """A streamed request's state and first piece: status 200, the event-stream type, headers (what the input
         lost is known before decoding) and each choice's role chunk."""
-        streamed = Streamed(request.completion, core.chatbot.stream())
+        streamed = Streamed(request.completion, ChoiceText(core.chatbot.stream(), request.completion.stop))
         roles = "".join(chunk(request.completion, i, {"role": "assistant", "content": ""})
                         for i in range(request.options.num_replies))
         headers = {"Cache-Control": "no-cache", **input_headers(request.encoded), **CONTEXT_HEADERS}
@@ -496,7 +513,7 @@ class OpenAIChat(Protocol):
 
     def token(self, streamed: Streamed, token: int) -> Response | None:
         """The piece one more token of the first choice adds, if it completes any text (None otherwise)."""
-        delta = streamed.stop.push(streamed.text.push(token))
+        delta = streamed.first.push(token)
         return Response(200, EVENT_STREAM, chunk(streamed.completion, 0, {"content": delta})) if delta else None
 
     def reply(self, request: ChatRequest, core: Any, streamed: Streamed | None = None) -> Response:
@@ -504,7 +521,7 @@ class OpenAIChat(Protocol):
         headers = {**input_headers(request.encoded), **CONTEXT_HEADERS}
         if streamed is not None:
             return Response(200, EVENT_STREAM, self.stream_end(streamed, request, core), headers)
-        found = choices(request.completion, request.reply, core.chatbot.voc.decode, EOS_token)
+        found = [choice for _, choice in settle(request.completion, request.reply, core.chatbot.stream, EOS_token)]
         body = completion_body(request.completion, request.reply, found)
         return Response(200, JSON_TYPE, json.dumps(body, ensure_ascii=False) + "\n", headers)
 
@@ -512,18 +529,14 @@ class OpenAIChat(Protocol):
         """The last piece of a streamed reply: the text not streamed yet (all of it for beams and n > 1, one chunk
         per token), each choice's finish chunk, the usage chunk if asked for, and [DONE]."""
         completion, reply = request.completion, request.reply
-        pieces = [streamed.unsent]
         if streamed.failed:
             raise RuntimeError("the stream failed")
-        found = choices(completion, reply, core.chatbot.voc.decode, EOS_token)
-        for i, (choice, ids) in enumerate(zip(found, reply.token_ids)):
-            if i == 0 and streamed.text.ids:  # streamed as it was decoded
-                deltas = [streamed.stop.finish(choice.text)]
-            else:
-                stream, stop = core.chatbot.stream(), StopFilter(completion.stop)
-                deltas = [stop.push(stream.push(token)) for token in ids] + [stop.finish(choice.text)]
+        pieces, found = [streamed.unsent], []
+        for i, (deltas, choice) in enumerate(settle(completion, reply, core.chatbot.stream, EOS_token,
+                                                    streamed.first)):
             pieces += [chunk(completion, i, {"content": d}) for d in deltas if d]
             pieces.append(chunk(completion, i, {}, choice.finish_reason))
+            found.append(choice)
         if completion.include_usage:
             pieces.append(usage_chunk(completion, reply, found))
         return "".join(pieces) + DONE
