@@ -34,6 +34,10 @@ class TooMany(Exception):
     """A request has more jobs than the queue holds at all (jobQueueSize): it can never be admitted."""
 
 
+class Abandoned(Exception):
+    """The job's client went away before its reply."""
+
+
 class Stopped(Exception):
     """The server is stopping: the job was not answered, and will not be."""
 
@@ -50,6 +54,11 @@ class Job:
     def cancel(self) -> None:
         """The client went away: leave the job out of any batch not started yet, and drop what it would get."""
         self.cancelled = True
+
+    def abandon(self) -> None:
+        """Cancel the job and end its events with Abandoned now (its reply, if a batch gives it one, is dropped)."""
+        self.cancel()
+        self.events.put_nowait(("final", Abandoned("the client went away")))
 
     async def final(self) -> Any:
         """The final response, skipping streamed pieces."""

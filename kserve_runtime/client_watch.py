@@ -2,7 +2,8 @@
 
 KServe calls a model's predict() with the parsed body only, so the model cannot ask the request whether its client
 is still there. This ASGI middleware watches the connection once the body has been read: when the client closes
-it, the request's `client_gone()` event is set, and the model takes its jobs out of the queue (and out of any batch
+it, the request's Client (`current_client()`) runs what was registered with `on_gone`: the model takes its jobs out
+of the queue (and out of any batch
 not started yet) instead of decoding replies nobody reads. Anything downstream that reads the connection after the
 body (Starlette's streaming responses do) gets the disconnect as well.
 """
@@ -11,16 +12,43 @@ from __future__ import annotations
 import asyncio
 import contextvars
 
-_GONE: contextvars.ContextVar[asyncio.Event | None] = contextvars.ContextVar("client_gone", default=None)
+
+class Client:
+    """The current request's client: whether it has gone, and what is to happen when it goes (callbacks run on the
+    event loop, at once)."""
+
+    def __init__(self):
+        self.event = asyncio.Event()
+        self.callbacks = []
+
+    @property
+    def gone(self) -> bool:
+        return self.event.is_set()
+
+    def on_gone(self, callback) -> None:
+        """Run callback() when the client goes (now, if it has gone already)."""
+        if self.gone:
+            callback()
+        else:
+            self.callbacks.append(callback)
+
+    def went(self) -> None:
+        if not self.gone:
+            self.event.set()
+            for callback in self.callbacks:
+                callback()
 
 
-def client_gone() -> asyncio.Event:
-    """The current request's event, set once its client has gone (a fresh, never-set one outside a request)."""
-    return _GONE.get() or asyncio.Event()
+_CLIENT: contextvars.ContextVar[Client | None] = contextvars.ContextVar("client", default=None)
+
+
+def current_client() -> Client:
+    """The current request's Client (a fresh one, which never goes, outside a request)."""
+    return _CLIENT.get() or Client()
 
 
 class ClientWatch:
-    """ASGI middleware: set the request's client_gone() event when its client disconnects."""
+    """ASGI middleware: tell the request's Client when its client disconnects."""
 
     def __init__(self, app):
         self.app = app
@@ -28,29 +56,29 @@ class ClientWatch:
     async def __call__(self, scope, receive, send):
         if scope["type"] != "http":
             return await self.app(scope, receive, send)
-        gone, watcher = asyncio.Event(), None
+        client, watcher = Client(), None
 
         async def watch() -> None:
             while (await receive())["type"] != "http.disconnect":
                 pass
-            gone.set()
+            client.went()
 
         async def watched_receive():
             nonlocal watcher
             if watcher is not None:  # the body was read: only a disconnect is left to come
-                await gone.wait()
+                await client.event.wait()
                 return {"type": "http.disconnect"}
             message = await receive()
             if message["type"] == "http.disconnect":
-                gone.set()
+                client.went()
             elif not message.get("more_body", False):
                 watcher = asyncio.ensure_future(watch())
             return message
 
-        token = _GONE.set(gone)
+        token = _CLIENT.set(client)
         try:
             await self.app(scope, watched_receive, send)
         finally:
-            _GONE.reset(token)
+            _CLIENT.reset(token)
             if watcher is not None:
                 watcher.cancel()

@@ -13,9 +13,7 @@ route's protocol object.
 """
 from __future__ import annotations
 
-import asyncio
 import logging
-from contextlib import suppress
 from typing import Any
 
 import torch
@@ -29,8 +27,8 @@ from serving.pipeline import protocol_for
 from serving.wire import BadRequest, ErrorKind, Incoming, Response, internal_error
 
 from .archive import Archive
-from .batcher import MicroBatcher, QueueFull, Stopped, TooMany
-from .client_watch import client_gone
+from .batcher import Abandoned, MicroBatcher, QueueFull, Stopped, TooMany
+from .client_watch import current_client
 from .protocols import V1, V2, Rejected
 
 logger = logging.getLogger(__name__)
@@ -102,22 +100,12 @@ class Seq2seqModel(Model):
         """Each request's Response, decoded in the batches it lands in (a request's texts usually share one). If
         the client goes away first, its jobs leave the queue and any batch not started yet (Rejected, 499)."""
         jobs = self.submit_all(requests)
-        replies = asyncio.ensure_future(asyncio.gather(*(job.final() for job in jobs)))
-        gone = asyncio.ensure_future(client_gone().wait())
-        try:
-            await asyncio.wait({replies, gone}, return_when=asyncio.FIRST_COMPLETED)
-        finally:
-            gone.cancel()
-            if not replies.done():
-                for job in jobs:
-                    job.cancel()
-                replies.cancel()
-                with suppress(asyncio.CancelledError):  # retrieved, so asyncio logs no "never retrieved" error
-                    await replies
-        if replies.cancelled():
+        current_client().on_gone(lambda: [job.abandon() for job in jobs])
+        finals = [await job.final() for job in jobs]
+        if any(isinstance(value, Abandoned) for value in finals):
             raise Rejected(protocol_for(requests[0].route).error(BadRequest(
                 ErrorKind.CLIENT_CLOSED_REQUEST, "the client closed the connection before its reply")))
-        return [final(request, value) for request, value in zip(requests, replies.result())]
+        return [final(request, value) for request, value in zip(requests, finals)]
 
     async def predict(self, payload: Any, headers: dict | None = None, response_headers: dict | None = None) -> Any:
         """v1 (a dict with "instances") or v2 (an InferRequest)."""

@@ -6,7 +6,6 @@ them as on TorchServe: the SDK's base_url is `http://127.0.0.1:8180/openai/v1`.
 """
 from __future__ import annotations
 
-import asyncio
 import json
 import math
 from typing import Any
@@ -19,7 +18,8 @@ from starlette.responses import StreamingResponse
 from serving import openai_api
 from serving.wire import BadRequest, ErrorKind, Incoming, Response
 
-from .client_watch import client_gone
+from .batcher import Abandoned
+from .client_watch import current_client
 from .model import Seq2seqModel, final
 from .protocols import OPENAI_PREFIX, Rejected
 
@@ -90,12 +90,6 @@ async def pieces(job, incoming: Incoming, first: Response):
 
 async def first_event(job: Any) -> tuple | None:
     """The job's first event, or None if the client went away first (the job is then cancelled)."""
-    event = asyncio.ensure_future(job.events.get())
-    gone = asyncio.ensure_future(client_gone().wait())
-    done, pending = await asyncio.wait({event, gone}, return_when=asyncio.FIRST_COMPLETED)
-    for task in pending:
-        task.cancel()
-    if event in done:
-        return event.result()
-    job.cancel()
-    return None
+    current_client().on_gone(job.abandon)
+    kind, value = await job.events.get()
+    return None if kind == "final" and isinstance(value, Abandoned) else (kind, value)
