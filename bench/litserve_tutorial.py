@@ -18,18 +18,16 @@ import os
 import signal
 import subprocess
 import sys
-import time
 from collections.abc import Sequence
 from contextlib import contextmanager
 from pathlib import Path
 
 import litserve as ls
-import requests
 import torch
 
 from bench.decode_floor import tutorial_code, tutorial_searcher
 from bench.workload import FALLBACK_PROMPTS, random_checkpoint, synthetic_voc
-from harness.launcher import STARTUP_TIMEOUT_S, STOP_TIMEOUT_S, free_ports
+from harness.launcher import STOP_TIMEOUT_S, free_ports, wait_for_url
 from model.voc import EOS_token, PAD_token, Voc
 from tools.server_config import REPO
 
@@ -107,17 +105,8 @@ def serve_tutorial(workdir: Path, checkpoint: Path):
 
 def wait_until_healthy(process: subprocess.Popen, url: str, log: Path) -> None:
     """Poll LitServe's /health until it answers 200 (its worker has run setup)."""
-    deadline = time.monotonic() + STARTUP_TIMEOUT_S
-    while time.monotonic() < deadline:
-        if process.poll() is not None:
-            raise RuntimeError(f"the LitServe peer exited with {process.returncode}:\n{log.read_text()[-3000:]}")
-        try:
-            if requests.get(url, timeout=5).ok:
-                return
-        except requests.ConnectionError:
-            pass
-        time.sleep(0.5)
-    raise RuntimeError(f"the LitServe peer was not healthy after {STARTUP_TIMEOUT_S}s:\n{log.read_text()[-3000:]}")
+    wait_for_url(url, lambda: None if process.poll() is None else f"{process.returncode}\n{log.read_text()[-3000:]}",
+                 "the LitServe peer")
 
 
 def stop_group(process: subprocess.Popen) -> None:

@@ -178,19 +178,9 @@ def run_container(name: str, image: str, *arguments: str, options: tuple[str, ..
 
 def wait_for(url: str, container: Container, timeout: float = 180) -> None:
     """Poll `url` until it answers 200, failing early (with the container's logs) if the container exits."""
-    import requests
+    from harness.launcher import wait_for_url
 
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if not container.running:
-            raise RuntimeError(f"{container.name} exited:\n{container.logs()}")
-        try:
-            if requests.get(url, timeout=5).ok:
-                return
-        except requests.ConnectionError:
-            pass
-        time.sleep(0.5)
-    raise RuntimeError(f"{url} did not answer within {timeout} s:\n{container.logs()}")
+    wait_for_url(url, lambda: None if container.running else container.logs(), container.name, timeout)
 
 
 def burst_then_stop(container: Container, url: str, cases: list, clients: int = 32, seconds: float = 4) -> dict:

@@ -9,14 +9,11 @@ from __future__ import annotations
 import atexit
 import os
 import subprocess
-import time
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
-import requests
-
-from harness.launcher import STARTUP_TIMEOUT_S, STOP_TIMEOUT_S, free_ports
+from harness.launcher import STOP_TIMEOUT_S, free_ports, wait_for_url
 from tools.server_config import MODEL_NAME, REPO, preload_env
 
 PYTHON = REPO / ".venv-kserve" / "bin" / "python"  # make install-kserve (requirements-kserve.txt)
@@ -66,17 +63,8 @@ class KServe:
 
 def wait_until_ready(server: KServe) -> None:
     """Poll KServe's v2 model readiness until the model is ready."""
-    deadline = time.monotonic() + STARTUP_TIMEOUT_S
-    while time.monotonic() < deadline:
-        if server.process.poll() is not None:
-            raise RuntimeError(f"the KServe runtime exited with {server.process.returncode}:\n{server.log_tail()}")
-        try:
-            if requests.get(server.url(f"/v2/models/{MODEL_NAME}/ready"), timeout=5).ok:
-                return
-        except requests.ConnectionError:
-            pass
-        time.sleep(0.5)
-    raise RuntimeError(f"the KServe runtime was not ready after {STARTUP_TIMEOUT_S}s:\n{server.log_tail()}")
+    wait_for_url(server.url(f"/v2/models/{MODEL_NAME}/ready"), lambda: None if server.process.poll() is None else
+                 f"{server.process.returncode}\n{server.log_tail()}", "the KServe runtime")
 
 
 @contextmanager

@@ -13,6 +13,7 @@ import socket
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from contextlib import contextmanager, suppress
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -215,6 +216,23 @@ def launch(server: TorchServe, config: Path, python: Path | None = None, malloc:
         [str(torchserve), "--start", "--foreground", "--ncs", "--ts-config", str(config)],
         cwd=server.workdir, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
         start_new_session=True)
+
+
+def wait_for_url(url: str, died: Callable[[], str | None], what: str, timeout: float = STARTUP_TIMEOUT_S) -> None:
+    """Poll `url` until it answers 200. died(): why the server is gone (its exit and log), or None while it runs;
+    then, or after `timeout` s, RuntimeError naming `what`."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        reason = died()
+        if reason is not None:
+            raise RuntimeError(f"{what} exited: {reason}")
+        try:
+            if requests.get(url, timeout=5).ok:
+                return
+        except requests.ConnectionError:
+            pass
+        time.sleep(0.5)
+    raise RuntimeError(f"{what} did not answer {url} within {timeout:.0f} s: {died() or 'still running'}")
 
 
 def wait_until_ready(server: TorchServe, workers: int = 1) -> None:
