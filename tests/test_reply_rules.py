@@ -7,13 +7,13 @@ incremental decoder on arbitrary bytes, not against itself.
 """
 from __future__ import annotations
 
-import codecs
 import functools
+import itertools
 from dataclasses import replace
 
 import pytest
 import torch
-from hypothesis import given, settings
+from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
 from model import BpeTokenizer, Voc, build_model, default_config, load_chatbot
@@ -135,16 +135,26 @@ def test_a_word_model_never_replies_with_nothing_or_with_pad_and_sos(fields):
     assert reply.text and set(reply.text.split()) <= set("hello there how are you".split())
 
 
+def completes_to_utf8(data: bytes) -> bool:
+    """Whether some bytes after `data` make it valid UTF-8 (Python's strict decoder): the reference for a prefix.
+    Python's incremental decoder is not: it takes b"\\xed\\xa0", the start of a surrogate, as a prefix."""
+    tails = [bytes(t) for n in range(4) for t in itertools.product((0x80, 0x90, 0xA0), repeat=n)]
+    for tail in tails:  # every lead byte's allowed second byte is 80, 90 or A0 (ED: 80-9F, E0: A0-BF, F0: 90-BF)
+        try:
+            (data + tail).decode("utf-8")
+            return True
+        except UnicodeDecodeError:
+            pass
+    return False
+
+
 @settings(max_examples=400, deadline=None)
 @given(st.binary(max_size=12))
+@example(b"\xed\xa0")  # found by hypothesis on a CI-like run: the incremental decoder's surrogate quirk
+@example(b"\xe0\xa0")
 def test_the_utf8_automaton_accepts_exactly_what_pythons_decoder_does(data):
     state = utf8_step(START, data)
-    try:
-        codecs.getincrementaldecoder("utf-8")().decode(data, final=False)
-        prefix = True
-    except UnicodeDecodeError:
-        prefix = False
-    assert (state != REJECT) == prefix
+    assert (state != REJECT) == completes_to_utf8(data)
     try:
         data.decode("utf-8")
         whole = True
