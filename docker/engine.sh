@@ -38,8 +38,11 @@ install_engine() {
 }
 
 start_dockerd() {
-  local driver=$1
+  local driver=$1 stale
   mkdir -p "$ENGINE_DIR"
+  # a dockerd killed with its session leaves its pid file and socket behind: clear them unless it still runs
+  stale=$(cat "$ENGINE_DIR/dockerd.pid" 2>/dev/null || true)
+  if [ -z "$stale" ] || ! kill -0 "$stale" 2>/dev/null; then rm -f "$ENGINE_DIR/dockerd.pid" "$ENGINE_DIR/docker.sock"; fi
   nohup dockerd --host "$SOCKET" --data-root "$ENGINE_DIR/data" --exec-root "$ENGINE_DIR/exec" \
     --pidfile "$ENGINE_DIR/dockerd.pid" --storage-driver "$driver" \
     --bridge=none --iptables=false --ip6tables=false >"$ENGINE_DIR/dockerd.log" 2>&1 </dev/null &
