@@ -39,6 +39,7 @@ class Client:
                 callback()
 
 
+WATCH_AFTER_S = 0.02  # how long a request waits before its connection is watched (a timer, not a task, until then)
 _CLIENT: contextvars.ContextVar[Client | None] = contextvars.ContextVar("client", default=None)
 
 
@@ -63,22 +64,30 @@ class ClientWatch:
                 pass
             client.went()
 
-        async def watched_receive():
+        def start_watching() -> None:
             nonlocal watcher
-            if watcher is not None:  # the body was read: only a disconnect is left to come
+            watcher = asyncio.ensure_future(watch())
+
+        async def watched_receive():
+            nonlocal later
+            if later is not None:  # the body was read: only a disconnect is left to come
                 await client.event.wait()
                 return {"type": "http.disconnect"}
             message = await receive()
             if message["type"] == "http.disconnect":
                 client.went()
             elif not message.get("more_body", False):
-                watcher = asyncio.ensure_future(watch())
+                # a request answered within WATCH_AFTER_S needs no watch: no task for most requests under load
+                later = asyncio.get_running_loop().call_later(WATCH_AFTER_S, start_watching)
             return message
 
+        later = None
         token = _CLIENT.set(client)
         try:
             await self.app(scope, watched_receive, send)
         finally:
             _CLIENT.reset(token)
+            if later is not None:
+                later.cancel()
             if watcher is not None:
                 watcher.cancel()
