@@ -26,10 +26,13 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from tools.server_config import REPO
+from tools.server_config import ARCHIVE_NAME, MODEL_NAME, REPO
 
 DOCKER = os.environ.get("DOCKER", "docker")
 ARTIFACTS = REPO / "logs" / "images"
+TORCHSERVE_PORTS = (8080, 8081, 8082)  # inference, management, metrics: the container config's
+KSERVE_PORT = 8180  # make serve-kserve's
+PROMPT = "hello there"  # what serve_engine's request asks
 # make target -> the Makefile variable that names the image it builds (the Makefile is the one definition)
 TARGETS = {"docker-build": "IMAGE", "docker-build-kserve": "KSERVE_IMAGE", "docker-runtime": "RUNTIME_IMAGE"}
 
@@ -214,45 +217,69 @@ def report(seconds: dict[str, float]) -> list[str]:
     return lines
 
 
-def stop_under_load(image: str, arguments: tuple[str, ...], url: str, request: dict, ready: str,
-                    options: tuple[str, ...] = ()) -> dict:
-    """Run `image`, take its reply to `request` as the reference, then burst_then_stop with that case."""
+def ready(container: Container, url: str) -> Container:
+    """The container once `url` answers; removed (its logs in the error) if it never does."""
+    try:
+        wait_for(url, container)
+    except BaseException:
+        container.remove()
+        raise
+    return container
+
+
+def run_torchserve(name: str, image: str, *options: str) -> Container:
+    """A TorchServe image's container on this host's loopback, ready: its ports published on 127.0.0.1, or, on an
+    engine without a bridge, on the host's network with TorchServe bound to 127.0.0.1 (docker/entrypoint.sh)."""
+    reach = ("--network", "host", "-e", "TS_BIND_ADDRESS=127.0.0.1") if host_network() else \
+        tuple(f"-p127.0.0.1:{port}:{port}" for port in TORCHSERVE_PORTS)
+    return ready(run_container(name, image, options=(*options, *reach)),
+                 f"http://127.0.0.1:{TORCHSERVE_PORTS[1]}/models/{MODEL_NAME}")
+
+
+def run_kserve(name: str, image: str, model_store: Path, port: int, *options: str) -> Container:
+    """The KServe image's container serving model_store's archive on 127.0.0.1:port, ready (published there, or on
+    the host's network listening there)."""
+    store = ("-v", f"{model_store}:/mnt/models/model-store:ro")
+    if host_network():
+        arguments = ("--mar", f"/mnt/models/model-store/{ARCHIVE_NAME}.mar", "--model-name", MODEL_NAME,
+                     "--host", "127.0.0.1", "--http-port", str(port))
+        reach = ("--network", "host")
+    else:
+        arguments, reach = (), ("-p", f"127.0.0.1:{port}:8080")
+    return ready(run_container(name, image, *arguments, options=(*options, *store, *reach)),
+                 f"http://127.0.0.1:{port}/v2/models/{MODEL_NAME}/ready")
+
+
+def serve_engine(engine: str, name: str, model_store: Path, *options: str) -> tuple[Container, str, dict, str]:
+    """The engine's image ("torchserve": the deployable one, "kserve") running and ready: (container, URL, a request
+    of PROMPT, the reply it gives)."""
     import requests
 
-    from harness.load import Case
-
-    container = run_container("seq2seq-stop-under-load", image, *arguments, options=options)
-    try:
-        wait_for(ready, container)
-        reference = requests.post(url, timeout=30, **request)
-        body = reference.json()["predictions"][0]["reply"] if "predictions" in reference.text else reference.text
-        return burst_then_stop(container, url, [Case("reply", request, reply=body.removesuffix("\n"))])
-    finally:
-        container.remove()
+    if engine == "torchserve":
+        container = run_torchserve(name, make_variable("IMAGE"), *options)
+        url, request = f"http://127.0.0.1:{TORCHSERVE_PORTS[0]}/predictions/{MODEL_NAME}", {"data": PROMPT.encode()}
+    else:
+        container = run_kserve(name, make_variable("KSERVE_IMAGE"), model_store, KSERVE_PORT, *options)
+        url, request = f"http://127.0.0.1:{KSERVE_PORT}/v1/models/{MODEL_NAME}:predict", {
+            "json": {"instances": [{"text": PROMPT}]}}
+    reference = requests.post(url, timeout=30, **request)
+    expected = reference.json()["predictions"][0]["reply"] if engine == "kserve" else reference.text.rstrip("\n")
+    return container, url, request, expected
 
 
 def stop_figures(model_store: Path) -> list[str]:
-    """`name: value` lines of SIGTERM under load, for the deployable and the KServe image."""
-    from tools.server_config import ARCHIVE_NAME, MODEL_NAME
+    """`name: value` lines of SIGTERM under load (burst_then_stop), for the deployable and the KServe image."""
+    from harness.load import Case
 
-    host = ("--network", "host") if host_network() else ()
-    ts = "http://127.0.0.1:8080"
-    deployable = stop_under_load(
-        make_variable("IMAGE"), (), f"{ts}/predictions/{MODEL_NAME}", {"data": b"hello there"},
-        "http://127.0.0.1:8081/models/" + MODEL_NAME,
-        options=(*host, "-e", "TS_BIND_ADDRESS=127.0.0.1") if host else tuple(
-            f"-p127.0.0.1:{p}:{p}" for p in (8080, 8081, 8082)))
-    port = 8180
-    served = ("--mar", f"/mnt/models/model-store/{ARCHIVE_NAME}.mar", "--model-name", MODEL_NAME,
-              "--host", "127.0.0.1", "--http-port", str(port))
-    kserve = stop_under_load(
-        make_variable("KSERVE_IMAGE"), served if host else (),
-        f"http://127.0.0.1:{port}/v1/models/{MODEL_NAME}:predict", {"json": {"instances": [{"text": "hello there"}]}},
-        f"http://127.0.0.1:{port}/v2/models/{MODEL_NAME}/ready",
-        options=(*host, "-v", f"{model_store}:/mnt/models/model-store:ro") if host else (
-            "-p", f"127.0.0.1:{port}:8080", "-v", f"{model_store}:/mnt/models/model-store:ro"))
-    return [f"{name}_{key}: {value}" for name, figures in (("deployable", deployable), ("kserve", kserve))
-            for key, value in figures.items()]
+    lines = []
+    for engine, name in (("torchserve", "deployable"), ("kserve", "kserve")):
+        container, url, request, expected = serve_engine(engine, "seq2seq-stop-under-load", model_store)
+        try:
+            figures = burst_then_stop(container, url, [Case("reply", request, reply=expected)])
+        finally:
+            container.remove()
+        lines += [f"{name}_{key}: {value}" for key, value in figures.items()]
+    return lines
 
 
 def main(argv: list[str] | None = None) -> int:

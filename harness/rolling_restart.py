@@ -33,11 +33,7 @@ import requests
 import yaml
 
 from harness import images
-from tools.server_config import ARCHIVE_NAME, MODEL_NAME, REPO
-
-TORCHSERVE_PORTS = (8080, 8081, 8082)  # the container config's
-KSERVE_PORT = 8180
-PROMPT = "hello there"
+from tools.server_config import REPO
 
 
 @dataclass
@@ -107,33 +103,6 @@ def drive(url: str, request: dict, expected: str, engine: str, clients: int, unt
     return sent
 
 
-def start(engine: str, pod: Pod, model_store: Path) -> tuple[images.Container, str, dict, str]:
-    """The engine's container, ready: (container, URL, request, the reply it gives to PROMPT)."""
-    env = [arg for name, value in pod.env.items() for arg in ("-e", f"{name}={value}")]
-    if engine == "torchserve":
-        options = ("--network", "host", "-e", "TS_BIND_ADDRESS=127.0.0.1", *env) if images.host_network() else \
-            (*env, *(f"-p127.0.0.1:{p}:{p}" for p in TORCHSERVE_PORTS))
-        container = images.run_container("seq2seq-rolling", images.make_variable("IMAGE"), options=options)
-        images.wait_for(f"http://127.0.0.1:8081/models/{MODEL_NAME}", container)
-        url, request = f"http://127.0.0.1:8080/predictions/{MODEL_NAME}", {"data": PROMPT.encode()}
-    else:
-        store = ("-v", f"{model_store}:/mnt/models/model-store:ro")
-        served = ("--mar", f"/mnt/models/model-store/{ARCHIVE_NAME}.mar", "--model-name", MODEL_NAME)
-        if images.host_network():
-            options, arguments = ("--network", "host", *store, *env), (
-                *served, "--host", "127.0.0.1", "--http-port", str(KSERVE_PORT))
-        else:
-            options, arguments = (*store, *env, "-p", f"127.0.0.1:{KSERVE_PORT}:8080"), served
-        container = images.run_container("seq2seq-rolling", images.make_variable("KSERVE_IMAGE"), *arguments,
-                                         options=options)
-        images.wait_for(f"http://127.0.0.1:{KSERVE_PORT}/v2/models/{MODEL_NAME}/ready", container)
-        url, request = f"http://127.0.0.1:{KSERVE_PORT}/v1/models/{MODEL_NAME}:predict", {
-            "json": {"instances": [{"text": PROMPT}]}}
-    reference = requests.post(url, timeout=30, **request)
-    expected = reference.json()["predictions"][0]["reply"] if engine == "kserve" else reference.text.rstrip("\n")
-    return container, url, request, expected
-
-
 def terminate(container: images.Container, removed_at: float, pod: Pod, stopped: dict) -> None:
     """The kubelet's side: the preStop pause from the endpoints' removal, SIGTERM, then SIGKILL after the grace
     period; records when SIGTERM went and how long the container took to exit."""
@@ -151,7 +120,8 @@ def terminate(container: images.Container, removed_at: float, pod: Pod, stopped:
 
 def restart(engine: str, pod: Pod, clients: int, seconds: float, lag: float, model_store: Path) -> dict:
     """One rolling restart of one pod under load: the counts of the module's docstring."""
-    container, url, request, expected = start(engine, pod, model_store)
+    env = [arg for name, value in pod.env.items() for arg in ("-e", f"{name}={value}")]
+    container, url, request, expected = images.serve_engine(engine, "seq2seq-rolling", model_store, *env)
     try:
         removed_at = time.monotonic() + seconds / 2
         until, stopped = {"t": removed_at + lag}, {}

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from serving.wire import ErrorKind
 
-from .protocols import refusal
+from .protocols import refused, route_of
 
 
 class BodyLimit:
@@ -43,7 +43,7 @@ class BodyLimit:
 
     async def refuse(self, scope, length: int, send) -> None:
         """413 with the error body of the route's protocol."""
-        response = refusal(scope.get("path", ""), ErrorKind.INPUT_TOO_LONG,
+        response = refused(route_of(scope.get("path", "")), ErrorKind.INPUT_TOO_LONG,
                            f"the request body has {length} bytes or more; send at most {self.limit}")
         body = response.body.encode()
         headers = [(b"content-type", response.content_type.encode()), (b"content-length", str(len(body)).encode())]

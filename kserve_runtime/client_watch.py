@@ -3,9 +3,8 @@
 KServe calls a model's predict() with the parsed body only, so the model cannot ask the request whether its client
 is still there. This ASGI middleware watches the connection once the body has been read: when the client closes
 it, the request's Client (`current_client()`) runs what was registered with `on_gone`: the model takes its jobs out
-of the queue (and out of any batch
-not started yet) instead of decoding replies nobody reads. Anything downstream that reads the connection after the
-body (Starlette's streaming responses do) gets the disconnect as well.
+of the queue (and out of any batch not started yet) instead of decoding replies nobody reads. Anything downstream
+that reads the connection after the body (Starlette's streaming responses do) gets the disconnect as well.
 """
 from __future__ import annotations
 

@@ -24,12 +24,12 @@ from prometheus_client import Counter, Histogram
 from serving.loading import load_core
 from serving.metrics import COUNT_BUCKETS, METRICS, Metrics
 from serving.pipeline import protocol_for
-from serving.wire import BadRequest, ErrorKind, Incoming, Response, internal_error
+from serving.wire import ErrorKind, Incoming, Response, internal_error
 
 from .archive import Archive
 from .batcher import Abandoned, MicroBatcher, QueueFull, Stopped, TooMany
 from .client_watch import current_client
-from .protocols import V1, V2, Rejected
+from .protocols import V1, V2, Rejected, client_gone, refused
 
 logger = logging.getLogger(__name__)
 
@@ -94,7 +94,7 @@ class Seq2seqModel(Model):
             kind, message = ErrorKind.SERVICE_UNAVAILABLE, f"the server is busy ({e}): retry shortly"
         except Stopped as e:
             kind, message = ErrorKind.SERVICE_UNAVAILABLE, str(e)
-        raise Rejected(protocol_for(requests[0].route).error(BadRequest(kind, message)))
+        raise Rejected(refused(requests[0].route, kind, message))
 
     async def answer(self, requests: list[Incoming]) -> list[Response]:
         """Each request's Response, decoded in the batches it lands in (a request's texts usually share one). If
@@ -103,8 +103,7 @@ class Seq2seqModel(Model):
         current_client().on_gone(lambda: [job.abandon() for job in jobs])
         finals = [await job.final() for job in jobs]
         if any(isinstance(value, Abandoned) for value in finals):
-            raise Rejected(protocol_for(requests[0].route).error(BadRequest(
-                ErrorKind.CLIENT_CLOSED_REQUEST, "the client closed the connection before its reply")))
+            raise Rejected(client_gone(requests[0].route))
         return [final(request, value) for request, value in zip(requests, finals)]
 
     async def predict(self, payload: Any, headers: dict | None = None, response_headers: dict | None = None) -> Any:
@@ -124,5 +123,5 @@ def final(request: Incoming, value: Any) -> Response:
     if isinstance(value, Response):
         return value
     if isinstance(value, Stopped):
-        return protocol_for(request.route).error(BadRequest(ErrorKind.SERVICE_UNAVAILABLE, str(value)))
+        return refused(request.route, ErrorKind.SERVICE_UNAVAILABLE, str(value))
     return protocol_for(request.route).error(internal_error("answering its batch"))

@@ -16,12 +16,12 @@ from starlette.responses import Response as HTTPResponse
 from starlette.responses import StreamingResponse
 
 from serving import openai_api
-from serving.wire import BadRequest, ErrorKind, Incoming, Response
+from serving.wire import Incoming, Response
 
 from .batcher import Abandoned
 from .client_watch import current_client
 from .model import Seq2seqModel, final
-from .protocols import OPENAI_PREFIX, Rejected
+from .protocols import OPENAI_PREFIX, Rejected, client_gone
 
 PREFIX = OPENAI_PREFIX
 
@@ -65,8 +65,7 @@ def add_routes(app: FastAPI, model: Seq2seqModel) -> None:
         [job] = model.submit_all([incoming])
         first = await first_event(job)
         if first is None:  # the client went away before its batch: it was never decoded
-            return to_http(openai_api.OPENAI.error(BadRequest(ErrorKind.CLIENT_CLOSED_REQUEST,
-                                                              "the client closed the connection before its reply")))
+            return to_http(client_gone(incoming.route))
         kind, value = first
         if kind == "final":
             return to_http(final(incoming, value))

@@ -41,9 +41,14 @@ def route_of(path: str) -> str:
     return path[len(OPENAI_PREFIX):].strip("/") if path.startswith(OPENAI_PREFIX + "/") else ""
 
 
-def refusal(path: str, kind: ErrorKind, message: str) -> Response:
-    """The response of a request refused as a whole, in the shape of its path's protocol."""
-    return protocol_for(route_of(path)).error(BadRequest(kind, message))
+def refused(route: str, kind: ErrorKind, message: str) -> Response:
+    """The response of a request the adapter refuses as a whole, in the shape of its route's protocol."""
+    return protocol_for(route).error(BadRequest(kind, message))
+
+
+def client_gone(route: str) -> Response:
+    """The 499 of a request whose client went away before its reply (nobody reads it; it is logged as such)."""
+    return refused(route, ErrorKind.CLIENT_CLOSED_REQUEST, "the client closed the connection before its reply")
 
 
 def one_failed(responses: list[Response]) -> None:

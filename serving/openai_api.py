@@ -141,15 +141,10 @@ class Completion:
     id: str = ""
     created: int = 0
     stop: tuple = ()
-    length_field: str = "max_completion_tokens"  # the name the client sent the reply's length under
 
     def __post_init__(self):
         self.id = self.id or f"chatcmpl-{uuid.uuid4().hex}"
         self.created = self.created or int(time.time())
-
-    def sent_name(self, param: str) -> str:
-        """The body field as the client named it (max_tokens, where it sent the older name)."""
-        return self.length_field if param == "max_completion_tokens" else param
 
 
 @dataclass
@@ -185,10 +180,7 @@ def parse_chat(body: Any, max_chars: int, model_name: str, limits: dict) -> Chat
                                               f"not {body['model'][:80]!r}", "model")
     text = last_user_text(body.get("messages"))
     stream = flag(body, "stream")
-    length_field = "max_tokens" if body.get("max_completion_tokens") is None and "max_tokens" in body else \
-        "max_completion_tokens"
-    completion = Completion(model_name, stream, include_usage=stream_usage(body, stream), stop=stop_strings(body),
-                            length_field=length_field)
+    completion = Completion(model_name, stream, include_usage=stream_usage(body, stream), stop=stop_strings(body))
     request = ChatRequest(check_text(text, max_chars), option_values=decoding_options(body, limits))
     request.completion = completion
     return request
@@ -325,8 +317,11 @@ def reply_limit(body: dict, limits: dict) -> Any:
     return min(value, most) if is_int(value) and most is not None else value
 
 
-def option_param(field: str) -> str:
-    """The OpenAI body field behind a JSON API option name (for an InvalidOption's param)."""
+def option_param(field: str, body: dict) -> str:
+    """The OpenAI body field behind a JSON API option name (for an InvalidOption's param), as the client named it:
+    max_tokens where it sent the older name of max_completion_tokens."""
+    if field == "max_length" and body.get("max_completion_tokens") is None and "max_tokens" in body:
+        return "max_tokens"
     return {"max_length": "max_completion_tokens", "num_replies": "n"}.get(field, field)
 
 
@@ -479,8 +474,6 @@ class OpenAIChat(Protocol):
     {"error": {"message", "type", "param", "code"}}; every response says what of the history was read
     (X-Context-Used)."""
 
-    name = "openai"
-
     def parse(self, request: Incoming, core: Any) -> ChatRequest | Answered:
         """v1/models: the model list; v1/chat/completions: JSON whatever its Content-Type (the SDKs send
         application/json), its options' errors naming the OpenAI field (n, not num_replies)."""
@@ -496,7 +489,7 @@ class OpenAIChat(Protocol):
         try:
             chat.options = parse_options(chat.option_values, core.defaults, core.limits)
         except InvalidOption as e:
-            raise invalid(chat.completion.sent_name(option_param(e.field)), e.detail) from None
+            raise invalid(option_param(e.field, body), e.detail) from None
         return chat
 
     def streams(self, request: ChatRequest) -> bool:

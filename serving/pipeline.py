@@ -47,7 +47,6 @@ logger = logging.getLogger(__name__)
 # response known without decoding
 Outcome = Union[ChatRequest, BadRequest, Answered]
 PROTOCOLS = {"": JSON_TEXT, CHAT_PATH: OPENAI, MODELS_PATH: OPENAI}  # route -> the protocol that owns it
-ROUTES = tuple(PROTOCOLS)
 Emit = Callable[[int, Response], None]  # emit(request index, piece): send a piece of a streamed response now
 
 

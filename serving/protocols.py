@@ -28,8 +28,6 @@ class Protocol:
     and for a streamed request (streams() true) start_stream before decoding, token for each token decoded, and
     reply or error for its last piece."""
 
-    name = ""
-
     def parse(self, request: Incoming, core: Any) -> ChatRequest | Answered:
         """The request's ChatRequest with its checked options (core: max_chars, defaults, limits), or an answer known
         without decoding; raises BadRequest, InvalidOption or NoKnownWordsError."""
@@ -63,8 +61,6 @@ class JsonTextApi(Protocol):
     """The JSON and text API (route ""): a text body gets the reply as a line of text (what the input lost in
     headers), a JSON body {"text", <decoding options>} gets {"reply", "score", "unknown_words", "truncated"}; errors
     are {"code", "type", "message", "unknown_words"} with the kind's status."""
-
-    name = "json"
 
     def parse(self, request: Incoming, core: Any) -> ChatRequest:
         chat = parse_body(request.body, request.content_type, core.max_chars)

@@ -29,7 +29,7 @@ from tools.server_config import MODEL_NAME, REPO, render
 
 pytestmark = pytest.mark.images
 HELLO = REPO / "hello.txt"
-TS_PORTS = {"inference": 8080, "management": 8081, "metrics": 8082}  # the container config's own
+TS_PORTS = dict(zip(("inference", "management", "metrics"), images.TORCHSERVE_PORTS))  # the container config's
 STOP_LIMIT_S = 5
 BASE_LABEL = "{{index .Config.Labels \"seq2seq.standin\"}}"
 
@@ -173,13 +173,9 @@ exit 0
 @pytest.fixture(scope="module")
 def deployable(checkout, engine):
     images.build(checkout, "docker-build")
-    image = images.make_variable("IMAGE", checkout)
-    options = ("--network", "host", "-e", "TS_BIND_ADDRESS=127.0.0.1") if engine else \
-        tuple(f"-p127.0.0.1:{p}:{p}" for p in TS_PORTS.values())
-    container = images.run_container("seq2seq-test-deployable", image, options=options)
+    container = images.run_torchserve("seq2seq-test-deployable", images.make_variable("IMAGE", checkout))
     try:
         images.wait_for(container_server().url("inference", "/ping"), container)
-        images.wait_for(container_server().url("management", f"/models/{MODEL_NAME}"), container)
         yield container
     finally:
         container.remove()
@@ -230,19 +226,10 @@ def kserve_image(checkout, engine):
     local = [f"TORCH_WHEELS={wheels}"] if wheels and list(Path(wheels).glob("torch-*+cpu-*.whl")) else []
     images.build(checkout, "docker-build-kserve", *local)
     port = free_ports(1)[0]
-    store = f"{checkout / 'model-store'}:/mnt/models/model-store:ro"
-    if engine:
-        options, arguments = ("--network", "host", "-v", store), (
-            "--mar", "/mnt/models/model-store/seq2seq.mar", "--model-name", MODEL_NAME, "--host", "127.0.0.1",
-            "--http-port", str(port))
-    else:
-        options, arguments = ("-p", f"127.0.0.1:{port}:8080", "-v", store), ()
-    container = images.run_container("seq2seq-test-kserve", images.make_variable("KSERVE_IMAGE", checkout),
-                                     *arguments, options=options)
-    server = KServeContainer(port)
+    container = images.run_kserve("seq2seq-test-kserve", images.make_variable("KSERVE_IMAGE", checkout),
+                                  checkout / "model-store", port)
     try:
-        images.wait_for(server.url(f"/v2/models/{MODEL_NAME}/ready"), container)
-        yield container, server
+        yield container, KServeContainer(port)
     finally:
         container.remove()
 
@@ -284,13 +271,10 @@ def torchserve_container(checkout, engine):
     config = REPO / "logs" / "images" / "container-config.properties"
     config.parent.mkdir(parents=True, exist_ok=True)
     config.write_text(render("container", False, {}))
-    options = ("-v", store, "-v", f"{config}:/home/model-server/config.properties:ro",
-               "-v", f"{REPO / 'handler' / 'metrics.yaml'}:/home/model-server/metrics.yaml:ro")
-    options += ("--network", "host", "-e", "TS_BIND_ADDRESS=127.0.0.1") if engine else \
-        tuple(f"-p127.0.0.1:{p}:{p}" for p in TS_PORTS.values())
-    container = images.run_container("seq2seq-test-runtime", image, options=options)
+    container = images.run_torchserve("seq2seq-test-runtime", image, "-v", store,
+                                      "-v", f"{config}:/home/model-server/config.properties:ro",
+                                      "-v", f"{REPO / 'handler' / 'metrics.yaml'}:/home/model-server/metrics.yaml:ro")
     try:
-        images.wait_for(container_server().url("management", f"/models/{MODEL_NAME}"), container)
         yield container_server()
     finally:
         container.remove()
