@@ -82,6 +82,7 @@ import requests
 import torch
 import yaml
 
+from bench import profile
 from bench.litserve_tutorial import knows_every_word, serve_tutorial, tutorial_answer, tutorial_bot
 from bench.workload import (
     DECODING_FIELDS,
@@ -281,6 +282,20 @@ def measure(scenario: str, url: str, cases: Sequence[Case], clients: int, args: 
                  end - counted_from)
 
 
+@contextmanager
+def profiling(out: Path | None, pid: Callable[[], int], args: argparse.Namespace):
+    """py-spy the process pid() gives through the block into `out` and log the summary (nothing when out is None)."""
+    if out is None:
+        yield
+        return
+    recorder = profile.record(pid(), args.warmup_seconds + args.seconds, out)
+    try:
+        yield
+    finally:
+        recorder.wait()
+        logger.info("%s", profile.report(out))
+
+
 def run_scenario(scenario: str, workload: Workload, args: argparse.Namespace, workdir: Path,
                  decoding: Sequence[str] = ()) -> tuple[list, list]:
     """Serve one scenario and measure every concurrency: (levels, workers' resident memory in MB).
@@ -306,9 +321,11 @@ def run_scenario(scenario: str, workload: Workload, args: argparse.Namespace, wo
                  scenario_cases(workload.expected_by_scenario.get(name, expected), DECODING_FIELDS.get(name))
                  for name in (scenario, *decoding)}
         urls = {name: scenario_url(server, name) for name in cases}
+        pids = {name: lambda: server.worker_processes()[0].pid for name in cases}  # a worker: its process decodes
         if "kserve" in cases:  # the same archive on the other engine, beside this one
             kserve = stack.enter_context(start_kserve(workdir / "kserve", store / f"{ARCHIVE_NAME}.mar"))
             urls["kserve"] = kserve.predict_url
+            pids["kserve"] = lambda: kserve.process.pid
         if "before" in cases:  # the decode before issue 30, on a TorchServe of its own beside this one
             urls["before"] = stack.enter_context(serve_before(workload, args, workdir / "before")).predictions_url
         if "litserve" in cases:  # the peer: the tutorial's own loop under LitServe
@@ -319,7 +336,10 @@ def run_scenario(scenario: str, workload: Workload, args: argparse.Namespace, wo
         for turn in range(args.rounds):  # rounds interleave the scenarios: a warming server favours none of them
             for name in cases:
                 for clients in args.concurrency:
-                    levels.append(measure(name, urls[name], cases[name], clients, args))
+                    profiled = args.profile and turn == 0 and clients == max(args.concurrency) and \
+                        name in ("batched", *DECODING_FIELDS, "openai", "kserve")
+                    with profiling(args.profile / f"{name}-c{clients}.txt" if profiled else None, pids[name], args):
+                        levels.append(measure(name, urls[name], cases[name], clients, args))
                     levels[-1].round = turn
                     logger.info("%s", row(levels[-1]))
         if "openai" in cases:
@@ -495,6 +515,10 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
                         f"--threads (default: model-config's, {d['threads_alone']})")
     add_quantize_flag(p, d["quantize"])
     p.add_argument("--seed", type=int, default=0, help="seed of the random weights (default: 0)")
+    p.add_argument("--profile", type=Path, default=None,
+                   help="py-spy each scenario's serving process (a worker, the KServe runtime) through its first "
+                        "measurement at the highest concurrency, into this folder, and print where its time goes "
+                        "(bench/profile.py)")
     p.add_argument("--plot", type=Path, default=REPO / "docs" / "serve_bench.png",
                    help="PNG to write, '' for none (default: docs/serve_bench.png)")
     return p.parse_args(argv)

@@ -1,7 +1,9 @@
 """Tiny random-weight checkpoints whose replies differ from input to input: what the tests and the serving-image
-runtime check (harness.image_runtime) serve, a word model and a byte-level BPE one."""
+runtime check (harness.image_runtime) serve, a word model and a byte-level BPE one; and tiny corpora in
+chitchat-dataset's format."""
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import torch
@@ -22,14 +24,15 @@ BPE_SENTENCES = TINY_SENTENCES + [
 ]
 
 
-def make_tiny_checkpoint(path: Path, seed: int = 1, vocabulary=None) -> Path:
+def make_tiny_checkpoint(path: Path, seed: int = 1, vocabulary=None, context_turns: int = 0) -> Path:
     """Save a small random-weight checkpoint whose replies differ from input to input; vocabulary: the
-    tokens (a BpeTokenizer, say), default the words of TINY_SENTENCES."""
+    tokens (a BpeTokenizer, say), default the words of TINY_SENTENCES; context_turns: earlier turns it reads."""
     if vocabulary is None:
         vocabulary = Voc("tiny")
         for sentence in TINY_SENTENCES:
             vocabulary.add_sentence(sentence)
-    config = default_config(hidden_size=32, encoder_n_layers=1, decoder_n_layers=1, dropout=0.0)
+    config = default_config(hidden_size=32, encoder_n_layers=1, decoder_n_layers=1, dropout=0.0,
+                            context_turns=context_turns)
     torch.manual_seed(seed)
     encoder, decoder = build_model(config, vocabulary.num_words)
     with torch.no_grad():  # larger weights than the default init make replies depend on the input
@@ -43,3 +46,25 @@ def make_tiny_checkpoint(path: Path, seed: int = 1, vocabulary=None) -> Path:
 def make_tiny_bpe_checkpoint(path: Path, seed: int = 1) -> Path:
     """make_tiny_checkpoint with a 400-token byte-level BPE learnt from BPE_SENTENCES."""
     return make_tiny_checkpoint(path, seed, BpeTokenizer.train(BPE_SENTENCES * 3, 400, "tiny-bpe"))
+
+
+def message(text: str, sender: str) -> dict:
+    """One chitchat-dataset message."""
+    return {"text": text, "timestamp": "2018-05-02T19:38:15Z", "sender": sender}
+
+
+def write_chitchat(path: Path, conversations: list[list[list[dict]]]) -> Path:
+    """A corpus in chitchat-dataset's format: {id: {"messages": [[message, ...], ...]}}."""
+    path.write_text(json.dumps({f"c{i}": {"messages": messages} for i, messages in enumerate(conversations)}))
+    return path
+
+
+def make_tiny_chitchat(path: Path, conversations: int = 40) -> Path:
+    """Conversations of four turns that each name their conversation (w + letters: the normaliser drops digits), so
+    a pair's source is known."""
+    data = []
+    for n in range(conversations):
+        name = "w" + chr(97 + n // 26) + chr(97 + n % 26)
+        data.append([[message(f"hello {name}", "a")], [message(f"hi {name} there", "b")],
+                     [message(f"how are you {name} ?", "a")], [message(f"fine {name} thanks", "b")]])
+    return write_chitchat(path, data)

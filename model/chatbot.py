@@ -14,6 +14,7 @@ import torch
 from torch import nn
 
 from .constraints import ReplyRules
+from .context import context_ids, input_length, with_context
 from .decoding import SEARCHES, Candidate
 from .schema import DecodeOptions, Reply
 from .voc import Encoded, NoKnownWordsError, PAD_token
@@ -39,6 +40,7 @@ class Chatbot:
     step: Callable | None = None
     checkpoint: dict = field(default_factory=dict)
     rules: ReplyRules | None = None  # what a reply may hold (model/constraints.py), built from voc when None
+    context_turns: int = 0  # earlier turns the encoder reads before the user's (model/context.py)
 
     def __post_init__(self):
         if self.rules is None:
@@ -49,18 +51,21 @@ class Chatbot:
         """Greedy, up to the model's max_length tokens."""
         return DecodeOptions(max_length=self.max_length)
 
-    def reply(self, text: str, options: DecodeOptions | None = None) -> Reply:
-        """The reply to one text."""
-        return self.reply_batch([text], None if options is None else [options])[0]
+    def reply(self, text: str, options: DecodeOptions | None = None, earlier_turns: Sequence[str] = ()) -> Reply:
+        """The reply to one text (after earlier_turns, oldest first: see encode)."""
+        return self.reply_batch([text], None if options is None else [options], [earlier_turns])[0]
 
-    def reply_batch(self, texts: Sequence[str], options: Sequence[DecodeOptions] | None = None) -> list[Reply]:
-        """One Reply per text, in order; texts with no known word get an error, the rest are answered together."""
+    def reply_batch(self, texts: Sequence[str], options: Sequence[DecodeOptions] | None = None,
+                    earlier_turns: Sequence[Sequence[str]] | None = None) -> list[Reply]:
+        """One Reply per text, in order; texts with no known word get an error, the rest are answered together.
+        earlier_turns: each text's conversation before it, oldest first (see encode)."""
         options = list(options) if options is not None else [self.default_options] * len(texts)
+        earlier_turns = list(earlier_turns) if earlier_turns is not None else [()] * len(texts)
         replies: list[Reply | None] = [None] * len(texts)
         usable = []  # (position in batch, encoded text)
         for i, text in enumerate(texts):
             try:
-                usable.append((i, self.encode(text)))
+                usable.append((i, self.encode(text, earlier_turns[i])))
             except NoKnownWordsError as e:
                 replies[i] = Reply(unknown_words=e.unknown_words, error=str(e), error_type=NO_KNOWN_WORDS)
         answered = self.answer([e for _, e in usable], [options[i] for i, _ in usable]) if usable else []
@@ -68,10 +73,14 @@ class Chatbot:
             replies[i] = reply
         return replies
 
-    def encode(self, text: str) -> Encoded:
+    def encode(self, text: str, earlier_turns: Sequence[str] = ()) -> Encoded:
         """One text's token ids ending in EOS (cut to max_length), with the dropped unknown words; raises
-        NoKnownWordsError when a word vocabulary knows none of its words."""
-        return self.voc.encode(text, self.max_length)
+        NoKnownWordsError when a word vocabulary knows none of its words. A model trained with context reads the
+        last context_turns of earlier_turns (oldest first) before it (model/context.py); others ignore them."""
+        encoded = self.voc.encode(text, self.max_length)
+        if not self.context_turns or not earlier_turns:
+            return encoded
+        return with_context(encoded, context_ids(self.voc, earlier_turns, self.context_turns, self.max_length))
 
     def answer(self, batch: Sequence[Encoded], options: Sequence[DecodeOptions],
                on_token: dict[int, Callable[[int], None]] | None = None) -> list[Reply]:
@@ -119,7 +128,7 @@ class Chatbot:
         lengths = torch.tensor([len(ids) for ids in batch], dtype=torch.long)
         # Always padded to max_length (encode never gives more): attention then sums over the same
         # number of positions alone or in any batch, so its last bits, and the reply, cannot change.
-        src_len = max(self.max_length, int(lengths.max()))
+        src_len = max(input_length(self.max_length, self.context_turns), int(lengths.max()))
         input_seq = torch.full((src_len, len(batch)), PAD_token, dtype=torch.long)  # (T, B)
         for b, ids in enumerate(batch):
             input_seq[: len(ids), b] = torch.tensor(ids)

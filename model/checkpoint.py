@@ -25,7 +25,7 @@ import torch
 from torch import nn
 
 from .chatbot import Chatbot
-from .config import CONFIG_KEYS, default_config
+from .config import CONFIG_KEYS, default_config, with_added_keys
 from .greedy_loop import compile_greedy
 from .int8 import Int8GRU, quantize_int8, tabulate_input_gates
 from .seq2seq import Attn, EncoderRNN, LuongAttnDecoderRNN, trace_step
@@ -83,7 +83,7 @@ def to_project_format(ckpt: object, max_length: int | None = None) -> dict:
         if ckpt["format"] != FORMAT:
             raise CheckpointError(f"unknown checkpoint format {str(ckpt['format'])[:60]!r}: this version reads "
                                   f"{FORMAT!r} and the PyTorch Chatbot Tutorial's checkpoints")
-        return ckpt
+        return with_config_defaults(ckpt)
     if all(k in ckpt for k in TUTORIAL_KEYS):
         return from_tutorial(ckpt, MAX_LENGTH if max_length is None else max_length)
     missing = [k for k in REQUIRED_KEYS if k not in ckpt]
@@ -92,7 +92,15 @@ def to_project_format(ckpt: object, max_length: int | None = None) -> dict:
         raise CheckpointError(f"neither a {FORMAT} checkpoint nor the PyTorch Chatbot Tutorial's: it has no "
                               f"'format' field, is missing keys: {', '.join(missing)} (a tutorial checkpoint has "
                               f"{', '.join(TUTORIAL_KEYS)}), and holds {held}")
-    return {**ckpt, "format": FORMAT}
+    return with_config_defaults({**ckpt, "format": FORMAT})
+
+
+def with_config_defaults(ckpt: dict) -> dict:
+    """`ckpt`, or a copy whose config gains the keys added since it was written (model/config.py ADDED_KEYS)."""
+    config = ckpt.get("config")
+    if not isinstance(config, dict) or all(k in config for k in CONFIG_KEYS):
+        return ckpt
+    return {**ckpt, "config": with_added_keys(config)}
 
 
 def tutorial_voc(voc_dict: dict) -> Voc:
@@ -255,7 +263,8 @@ def ready_chatbot(ckpt: dict, voc, encoder: nn.Module, decoder: nn.Module, devic
     for gru in encoder.modules():
         if isinstance(gru, Int8GRU):
             gru.directions_together = compiled_decode
-    return Chatbot(voc, encoder, decoder, ckpt["config"]["max_length"], device, step, ckpt)
+    return Chatbot(voc, encoder, decoder, ckpt["config"]["max_length"], device, step, ckpt,
+                   context_turns=ckpt["config"]["context_turns"])
 
 
 def quantize_mode(quantize: bool | str | None) -> str | None:

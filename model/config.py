@@ -23,9 +23,23 @@ class ModelConfig:
     max_length: int = field(default=MAX_LENGTH, metadata={
         "help": "keep pairs whose sides have fewer tokens than this (words, or BPE tokens: 10 keeps about the same "
                 "share of Cornell's pairs for both); also the longest reply and input"})
+    context_turns: int = field(default=0, metadata={
+        "help": "earlier turns of the conversation the encoder reads before the user's, each ended by a separator "
+                "(model/context.py; needs a corpus of conversations: --corpus chitchat); 0 reads the user's turn "
+                "only, as the tutorial"})
+
+
+# Keys added to `config` after checkpoints were first written: a checkpoint without one has its default
+ADDED_KEYS = ("context_turns",)
 
 
 CONFIG_KEYS = tuple(f.name for f in fields(ModelConfig))
+
+
+def with_added_keys(config: dict) -> dict:
+    """A checkpoint's config with the defaults of ADDED_KEYS it lacks (an older checkpoint reads as it always did)."""
+    defaults = asdict(ModelConfig())
+    return {**{key: defaults[key] for key in ADDED_KEYS}, **config}
 
 
 def default_config(**overrides) -> dict:

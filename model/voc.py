@@ -30,11 +30,14 @@ def normalize(text: str) -> str:
 @dataclass
 class Encoded:
     """One text as the model's input: ids ending in EOS, the words dropped as unknown (word vocabulary only),
-    and whether the text was cut to the model's max_length."""
+    whether the text was cut to the model's max_length, and what of the earlier turns it reads (model/context.py):
+    how many turns, and how many of the ids (the first context_tokens) are theirs."""
 
     ids: list[int]
     unknown_words: list[str] = field(default_factory=list)
     truncated: bool = False
+    earlier_turns: int = 0
+    context_tokens: int = 0
 
 
 class Voc:

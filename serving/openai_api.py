@@ -8,8 +8,10 @@ the KServe runtime serves it under KServe's `/openai` prefix (base_url `http://h
                              text/event-stream of `chat.completion.chunk`s ending in `data: [DONE]`
   GET  v1/models             the served model as a `list` of one `model`
 
-The model is single-turn: it answers the last message, which must be the user's; system, developer and earlier
-turns are accepted and not read, and every response says so (header X-Context-Used: last-user-message). Each body
+The model answers the last message, which must be the user's. A model trained with context (model/context.py) also
+reads the user and assistant turns just before it; system, developer and tool messages, and older turns, are
+accepted and not read. Every response says what was read (X-Context-Used: last-user-message, or with earlier
+turns "last-user-message; earlier-turns=1; earlier-tokens=7"). Each body
 field is honoured, ignored (metadata, caching and routing hints) or refused with a 400 naming it (it asks for
 output this model cannot give): the one table FIELDS. An unknown field is accepted and logged once. Errors are
 the JSON API's kinds and statuses (wire.ErrorKind) in OpenAI's shape {"error": {"message", "type", "param",
@@ -29,7 +31,7 @@ from typing import Any
 from model.schema import InvalidOption, parse_options
 from model.voc import EOS_token
 
-from .protocols import Protocol, input_headers
+from .protocols import Protocol, context_headers, input_headers
 from .wire import (
     FORM_TYPES,
     JSON_TYPE,
@@ -74,7 +76,8 @@ NO_TOOLS = "the model only writes text: it cannot call tools"
 # once at WARNING by name: a server that lags the SDK by a release must not break every client that upgrades.
 FIELDS = {
     "model": Field(HONOURED, "must be the served model's name (GET v1/models)"),
-    "messages": Field(HONOURED, "the last message, which must be the user's, is answered (X-Context-Used)"),
+    "messages": Field(HONOURED, "the last message, which must be the user's, is answered; a model trained with "
+                                "context reads the turns before it too (X-Context-Used)"),
     "max_completion_tokens": Field(HONOURED, "the reply's longest length in tokens, EOS included; above the "
                                              "model's limit it is clamped to it"),
     "max_tokens": Field(HONOURED, "the older name of max_completion_tokens"),
@@ -116,7 +119,6 @@ FIELDS = {
 }
 STREAM_OPTIONS = {"include_usage": HONOURED, "include_obfuscation": IGNORED}
 ROLES = ("system", "developer", "user", "assistant", "tool", "function")
-CONTEXT_HEADERS = {"X-Context-Used": "last-user-message"}  # what of a history the model read (README)
 MAX_STOPS = 4
 MAX_LOGGED_UNKNOWN = 64  # distinct unknown field names logged; a client inventing names cannot fill the log
 _logged_unknown: set = set()
@@ -183,6 +185,8 @@ def parse_chat(body: Any, max_chars: int, model_name: str, limits: dict) -> Chat
     completion = Completion(model_name, stream, include_usage=stream_usage(body, stream), stop=stop_strings(body))
     request = ChatRequest(check_text(text, max_chars), option_values=decoding_options(body, limits))
     request.completion = completion
+    request.earlier_turns = earlier_turns(body["messages"])
+    request.context_sent = bool(request.earlier_turns)
     return request
 
 
@@ -228,6 +232,19 @@ def last_user_text(messages: Any) -> str:
         raise RouteError(ErrorKind.MISSING_TEXT, f"messages[{last}]: the last message must be the user's (role "
                                                  "\"user\"): the bot answers it", f"messages[{last}]")
     return content_text(messages[last].get("content"), f"messages[{last}].content")
+
+
+def earlier_turns(messages: list) -> list[str]:
+    """The user and assistant turns before the last message, oldest first (what a model trained with context
+    reads the last of); a turn whose content is not text reads as '' (it was said, its words unknown)."""
+    turns = []
+    for message in messages[:-1]:
+        if message["role"] in ("user", "assistant"):
+            try:
+                turns.append(content_text(message.get("content"), "messages"))
+            except BadRequest:  # an image or audio part in an old turn: the last turn alone must be text
+                turns.append("")
+    return turns
 
 
 def content_text(content: Any, param: str) -> str:
@@ -501,7 +518,7 @@ class OpenAIChat(Protocol):
         streamed = Streamed(request.completion, ChoiceText(core.chatbot.stream(), request.completion.stop))
         roles = "".join(chunk(request.completion, i, {"role": "assistant", "content": ""})
                         for i in range(request.options.num_replies))
-        headers = {"Cache-Control": "no-cache", **input_headers(request.encoded), **CONTEXT_HEADERS}
+        headers = {"Cache-Control": "no-cache", **input_headers(request.encoded), **context_headers(request.encoded)}
         return streamed, Response(200, EVENT_STREAM, roles, headers)
 
     def token(self, streamed: Streamed, token: int) -> Response | None:
@@ -511,7 +528,7 @@ class OpenAIChat(Protocol):
 
     def reply(self, request: ChatRequest, core: Any, streamed: Streamed | None = None) -> Response:
         """A `chat.completion`, or a stream's last events."""
-        headers = {**input_headers(request.encoded), **CONTEXT_HEADERS}
+        headers = {**input_headers(request.encoded), **context_headers(request.encoded)}
         if streamed is not None:
             return Response(200, EVENT_STREAM, self.stream_end(streamed, request, core), headers)
         found = [choice for _, choice in settle(request.completion, request.reply, core.chatbot.stream, EOS_token)]
@@ -537,8 +554,8 @@ class OpenAIChat(Protocol):
     def error(self, error: BadRequest, streamed: Streamed | None = None) -> Response:
         """OpenAI's error object with the kind's status; in a stream already begun, an error event and [DONE]."""
         if streamed is not None:
-            return Response(200, EVENT_STREAM, streamed.unsent + event(error_body(error)) + DONE, dict(CONTEXT_HEADERS))
-        return Response(error.kind.status, JSON_TYPE, json.dumps(error_body(error)) + "\n", dict(CONTEXT_HEADERS))
+            return Response(200, EVENT_STREAM, streamed.unsent + event(error_body(error)) + DONE, context_headers())
+        return Response(error.kind.status, JSON_TYPE, json.dumps(error_body(error)) + "\n", context_headers())
 
 
 OPENAI = OpenAIChat()

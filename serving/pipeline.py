@@ -136,7 +136,7 @@ class Core:
         chat = PROTOCOLS[route].parse(Incoming(route, request.body, request.content_type), self)
         if isinstance(chat, ChatRequest):
             logger.debug("request (%s): %r", route or ("json" if chat.as_json else "raw"), chat.text)
-            chat.encoded = self.chatbot.encode(chat.text)
+            chat.encoded = self.chatbot.encode(chat.text, chat.earlier_turns)
         return chat
 
     # ------------------------------------------------------------------ decoding

@@ -57,10 +57,23 @@ def input_headers(encoded: Any) -> dict:
     return headers
 
 
+LAST_TURN_ONLY = "last-user-message"  # X-Context-Used when the model read no earlier turn
+
+
+def context_headers(encoded: Any = None) -> dict:
+    """X-Context-Used: what of the conversation the model read (model.voc.Encoded): "last-user-message", or with
+    earlier turns "last-user-message; earlier-turns=1; earlier-tokens=7"."""
+    if encoded is None or not encoded.earlier_turns:
+        return {"X-Context-Used": LAST_TURN_ONLY}
+    return {"X-Context-Used": f"{LAST_TURN_ONLY}; earlier-turns={encoded.earlier_turns}; "
+                              f"earlier-tokens={encoded.context_tokens}"}
+
+
 class JsonTextApi(Protocol):
     """The JSON and text API (route ""): a text body gets the reply as a line of text (what the input lost in
     headers), a JSON body {"text", <decoding options>} gets {"reply", "score", "unknown_words", "truncated"}; errors
-    are {"code", "type", "message", "unknown_words"} with the kind's status."""
+    are {"code", "type", "message", "unknown_words"} with the kind's status. A JSON body's "context" (the turns
+    before the text) is read by a model trained with context; the reply then says what it read (X-Context-Used)."""
 
     def parse(self, request: Incoming, core: Any) -> ChatRequest:
         chat = parse_body(request.body, request.content_type, core.max_chars)
@@ -69,7 +82,8 @@ class JsonTextApi(Protocol):
 
     def reply(self, request: ChatRequest, core: Any, streamed: Any = None) -> Response:
         if request.as_json:  # UTF-8 as it is (a Chinese reply reads as Chinese)
-            return Response(200, JSON_TYPE, json.dumps(request.reply.body(), ensure_ascii=False) + "\n")
+            headers = context_headers(request.encoded) if request.context_sent else {}
+            return Response(200, JSON_TYPE, json.dumps(request.reply.body(), ensure_ascii=False) + "\n", headers)
         # a line: curl leaves the prompt on the next; the JSON body says these, the text reply's headers do
         return Response(200, TEXT_TYPE, request.reply.text + "\n", input_headers(request.encoded))
 

@@ -19,6 +19,7 @@ JSON_TYPE = "application/json"
 TEXT_TYPE = "text/plain; charset=utf-8"
 FORM_TYPES = ("application/x-www-form-urlencoded", "multipart/form-data")
 BODY_FIELDS = ("body", "data", "text")  # raw body, multipart field "data", form field "text"
+CONTEXT_FIELD = "context"  # the JSON API's earlier turns (context_field)
 
 
 class ErrorKind(Enum):
@@ -102,6 +103,8 @@ class ChatRequest:
     encoded: Any = None  # model.voc.Encoded: token ids, dropped unknown words, whether the text was cut
     reply: Any = None  # model.schema.Reply
     completion: Any = None  # openai_api.Completion when it came by the OpenAI route
+    earlier_turns: list = field(default_factory=list)  # the conversation before text, oldest first (model/context.py)
+    context_sent: bool = False  # the request sent earlier turns (a "context" field, or an OpenAI history)
 
 
 @dataclass
@@ -133,11 +136,30 @@ def parse_body(body: Any, content_type: str | None, max_chars: int) -> ChatReque
         value = load_json(to_text(body, params)) if isinstance(body, (bytes, bytearray)) else body
         if not isinstance(value, dict) or not isinstance(value.get("text"), str):
             raise BadRequest(ErrorKind.MISSING_TEXT, 'the JSON body must be an object with a string field "text"')
-        options = {k: v for k, v in value.items() if k != "text"}
-        return ChatRequest(check_text(value["text"], max_chars), as_json=True, option_values=options)
+        options = {k: v for k, v in value.items() if k not in ("text", CONTEXT_FIELD)}
+        request = ChatRequest(check_text(value["text"], max_chars), as_json=True, option_values=options)
+        request.earlier_turns = context_field(value.get(CONTEXT_FIELD), max_chars)
+        request.context_sent = CONTEXT_FIELD in value
+        return request
     if not isinstance(body, (bytes, bytearray, str)):
         raise BadRequest(ErrorKind.INVALID_ENCODING, "the request body is not text")
     return ChatRequest(check_text(to_text(body, params), max_chars))
+
+
+def context_field(value: Any, max_chars: int) -> list[str]:
+    """The JSON API's "context": the turn before the text (a string), or the turns before it, oldest first (a list
+    of strings); [] when absent or null. Raises BadRequest for another type, or more than max_chars in all."""
+    if value is None:
+        return []
+    turns = [value] if isinstance(value, str) else value
+    if not isinstance(turns, list) or not all(isinstance(turn, str) for turn in turns):
+        raise BadRequest(ErrorKind.INVALID_OPTION, f"{CONTEXT_FIELD}: a string (the turn before the text) or a list "
+                         "of strings (the turns before it, oldest first)")
+    chars = sum(len(turn) for turn in turns)
+    if chars > max_chars:
+        raise BadRequest(ErrorKind.INPUT_TOO_LONG, f"{CONTEXT_FIELD} has {chars} characters; send at most {max_chars}"
+                         " (the model reads only the last turns)")
+    return [check_unicode(turn) for turn in turns]
 
 
 def missing_body(kind: str) -> BadRequest:
@@ -193,6 +215,11 @@ def check_text(text: str, max_chars: int) -> str:
         raise BadRequest(ErrorKind.EMPTY_INPUT, "the text is empty or only whitespace")
     if len(text) > max_chars:
         raise BadRequest(ErrorKind.INPUT_TOO_LONG, f"the text has {len(text)} characters; send at most {max_chars}")
+    return check_unicode(text)
+
+
+def check_unicode(text: str) -> str:
+    """`text` unless it holds an unpaired surrogate; raises BadRequest."""
     try:
         text.encode("utf-8")
     except UnicodeEncodeError:  # JSON "\ud800": valid JSON, but not a Unicode character

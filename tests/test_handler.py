@@ -226,8 +226,8 @@ def poison(handler, monkeypatch, bad_text: str, where: str):
                             if bad_ids in batch else generate(batch, options, *listener))
     else:
         encode = handler.core.chatbot.encode
-        monkeypatch.setattr(handler.core.chatbot, "encode", lambda text: fail(KeyError(text))
-                            if text == bad_text else encode(text))
+        monkeypatch.setattr(handler.core.chatbot, "encode", lambda text, *turns: fail(KeyError(text))
+                            if text == bad_text else encode(text, *turns))
 
 
 @pytest.mark.parametrize("where", ["encode", "decode"])

@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 import torch
 
+from harness.tiny import make_tiny_chitchat
 from model.chatbot import Chatbot
 from model.checkpoint import build_model, default_config, load_chatbot
 from model.voc import Voc
@@ -297,3 +298,25 @@ def test_the_bundled_small_talk_is_trained_on_whole(caplog):
         with caplog.at_level("WARNING", logger="train.data"):
             load_data(settings)
     assert "not trained on" not in caplog.text
+
+
+def test_minutes_stop_a_run_at_its_time_with_a_checkpoint(corpus, tmp_path, monkeypatch):
+    """--minutes: the run stops at the first --print-every iteration past its time, and saves a checkpoint there."""
+    clock = iter(range(0, 10_000, 30))  # each reading of the clock is 30 s after the last
+    monkeypatch.setattr(train_main.time, "monotonic", lambda: next(clock))
+    save_dir = tmp_path / "run"
+    assert run_main(["--corpus", "tsv", "--data-path", str(corpus), "--iterations", "100", "--save-every", "50",
+                     "--minutes", "1", "--save-dir", str(save_dir), *TINY, "--print-every", "5"]) == 0
+    # the deadline is read at 0 s, then at iterations 5 (30 s), 10 (60 s: not past) and 15 (90 s: past)
+    assert sorted(p.name for p in save_dir.glob("[0-9]*_checkpoint.tar")) == ["15_checkpoint.tar"]
+    assert load(save_dir / "15_checkpoint.tar")["iteration"] == 15
+
+
+def test_a_chitchat_run_with_context_trains_and_serves_the_context_it_learnt(tmp_path):
+    """A run on a corpus in chitchat-dataset's format, reading the turn before, records it: the bot reads it."""
+    corpus = make_tiny_chitchat(tmp_path / "chitchat.json", conversations=12)
+    save_dir = tmp_path / "run"
+    assert run_main(["--corpus", "chitchat", "--data-path", str(corpus), "--context-turns", "1", "--iterations", "4",
+                     "--save-every", "4", "--save-dir", str(save_dir), *TINY]) == 0
+    bot = load_chatbot(save_dir / "4_checkpoint.tar")
+    assert bot.context_turns == 1 and bot.encode("hello", ["hi there"]).earlier_turns == 1

@@ -17,6 +17,7 @@ from typing import TextIO
 
 from model import CheckpointError, load_chatbot
 from model.chatbot import Chatbot
+from model.context import SENT_TURNS
 from model.schema import DecodeOptions, InvalidOption, parse_options
 from tools.flags import QUIT_WORDS, add_decoding_flags, decoding_fields, reply_lines, report_notes
 from train.config import RunConfig, add_flags
@@ -49,17 +50,20 @@ def one_shot(bot: Chatbot, text: str, options: DecodeOptions) -> int:
 
 
 def interactive(bot: Chatbot, options: DecodeOptions, stdin: TextIO = sys.stdin) -> int:
-    """The tutorial's evaluateInput: read a line after '> ', print 'Bot: ...', until q, quit or end of input."""
+    """The tutorial's evaluateInput: read a line after '> ', print 'Bot: ...', until q, quit or end of input. A bot
+    trained with context reads the turns before each line (model/context.py)."""
+    turns: list[str] = []
     while True:
         print("> ", end="", flush=True)
         line = stdin.readline()
         if not line or line.strip() in QUIT_WORDS:
             return 0
-        reply = bot.reply(line, options)
+        reply = bot.reply(line, options, turns[-SENT_TURNS:])
         report_notes(reply)
         if reply.error:
             print(f"Error: {reply.error}", file=sys.stderr)
         else:
+            turns += [line.strip(), reply.text]
             print("Bot: " + "\n".join(reply_lines(reply.replies, options.num_replies > 1)), flush=True)
 
 

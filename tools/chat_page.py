@@ -3,11 +3,11 @@
     make ui                                            # after make serve: http://127.0.0.1:7860
     python -m tools.chat_page --url http://127.0.0.1:8080 --port 7860 [--token-auth]
 
-Each message is one POST {"text": ..., <decoding options>} to /predictions/<model>, as
-`python -m tools.client` sends it: the page holds no model (and imports no torch). Under a reply it names the
-dropped unknown words; a rejected message shows the server's error (status, type, message) as a
-line of the conversation; an unreachable server or an unloaded model is said so plainly. The
-decoding controls (beam size, temperature, ...) appear when the server accepts the options, their
+Each message is one POST {"text": ..., "context": <the turns before it>, <decoding options>} to
+/predictions/<model>, as `python -m tools.client` sends it: the page holds no model (and imports no torch).
+Under a reply it names the dropped unknown words; a rejected message shows the server's error (status, type,
+message) as a line of the conversation; an unreachable server or an unloaded model is said so plainly. The decoding
+controls (beam size, temperature, ...) appear when the server accepts the options, their
 limits read from handler/model-config.yaml. Bound to 127.0.0.1 unless --host says otherwise.
 Needs the optional extra: pip install -r requirements-ui.txt (make ui installs it).
 """
@@ -21,7 +21,9 @@ from collections.abc import Sequence
 
 import requests
 
+from model.context import SENT_TURNS
 from model.schema import OPTIONS, Reply, server_limits
+from serving.wire import CONTEXT_FIELD
 from tools.client import ServerError, add_server_flags, request_reply, server_session
 from tools.flags import input_notes, reply_lines
 from tools.server_config import model_config
@@ -86,6 +88,19 @@ def render(reply: Reply, model: str) -> str:
     return text
 
 
+def history_turns(history: list) -> list[str]:
+    """The page's conversation so far as turns, oldest first: each message's text (a reply without the notes and
+    other replies rendered under it), from Gradio's {"role", "content"} messages."""
+    turns = []
+    for message in history or []:
+        content = message.get("content") if isinstance(message, dict) else None
+        if isinstance(content, list):  # Gradio 6 may give a message's content as parts
+            content = " ".join(str(part.get("text", "")) for part in content if isinstance(part, dict))
+        if isinstance(content, str):
+            turns.append(content.split("\n\n")[0] if message.get("role") == "assistant" else content)
+    return turns
+
+
 def supports_options(session: requests.Session, url: str, timeout: float) -> bool:
     """Whether the server checks decoding options: an unknown one must get 400 InvalidOption.
     An unreachable server is given the benefit of the doubt (the controls are shown)."""
@@ -100,8 +115,10 @@ def build(session: requests.Session, url: str, model: str, timeout: float, with_
     """The page: a ChatInterface whose every message is one request to `url`."""
 
     def respond(message: str, history: list, *values) -> str:
+        turns = history_turns(history)[-SENT_TURNS:]
+        sent = {**fields(values), CONTEXT_FIELD: turns} if turns else fields(values)
         try:
-            return render(request_reply(session, url, message, timeout, fields(values)), model)
+            return render(request_reply(session, url, message, timeout, sent), model)
         except ServerError as e:
             logger.warning("the server did not answer: %s", e)
             return f"**The server is not reachable** at {url} ({e}): is it running? Start it with `make serve`."

@@ -21,7 +21,9 @@ from pathlib import Path
 
 import requests
 
+from model.context import SENT_TURNS
 from model.schema import Reply
+from serving.wire import CONTEXT_FIELD
 from tools.flags import QUIT_WORDS, add_decoding_flags, decoding_fields, reply_lines, report_notes
 from tools.server_config import MODEL_NAME, read_properties
 
@@ -72,15 +74,19 @@ def ask(session: requests.Session, url: str, text: str, timeout: float,
 
 
 def chat(session: requests.Session, url: str, timeout: float, fields: dict) -> int:
-    """The chat CLI's loop: read a line after '> ', print 'Bot: ...', until q, quit or end of input."""
+    """The chat CLI's loop: read a line after '> ', print 'Bot: ...', until q, quit or end of input. Each request
+    sends the turns before it as "context" (a model trained with context reads them)."""
+    turns: list[str] = []
     while True:
         print("> ", end="", flush=True)
         line = sys.stdin.readline()
         if not line or line.strip() in QUIT_WORDS:
             return 0
-        ok, message, reply = ask(session, url, line.rstrip("\n"), timeout, fields)
+        sent = {**fields, CONTEXT_FIELD: turns[-SENT_TURNS:]} if turns else fields
+        ok, message, reply = ask(session, url, line.rstrip("\n"), timeout, sent)
         report_notes(reply)
         if ok:
+            turns += [line.strip(), reply.text]
             print(f"Bot: {message}", flush=True)
         else:
             print(f"Error: {message}", file=sys.stderr)

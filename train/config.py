@@ -15,7 +15,7 @@ from model.config import ModelConfig
 from model.tokenizer import DEFAULT_VOCAB_SIZE, KINDS
 from model.voc import MIN_COUNT
 
-CORPORA = ("chatterbot", "cornell", "convokit", "tsv")
+CORPORA = ("chatterbot", "chitchat", "cornell", "convokit", "tsv")
 DEVICES = ("auto", "cpu", "cuda")
 DEFAULT_CORNELL_PATH = "data/cornell"  # where `make data` puts the Cornell corpus
 # Flags older checkpoints stored under other names (their `args`): old name -> the field's
@@ -30,8 +30,9 @@ class DataConfig:
         "help": "training corpus (chatterbot is installed with the requirements and works offline)",
         "choices": CORPORA})
     data_path: str = field(default=None, metadata={
-        "help": f"the corpus: Cornell's folder (default {DEFAULT_CORNELL_PATH}), ConvoKit's utterances.jsonl, or a "
-                "tsv file of query<TAB>response lines", "type": str})
+        "help": f"the corpus: Cornell's folder (default {DEFAULT_CORNELL_PATH}), ConvoKit's utterances.jsonl, a "
+                "tsv file of query<TAB>response lines, or a JSON file in chitchat-dataset's format (default: the "
+                "installed package's)", "type": str})
     language: str = field(default="english", metadata={
         "help": "chatterbot-corpus language folder (chinese, spanish, ...; --corpus chatterbot only)"})
     tokenizer: str = field(default="word", metadata={
@@ -45,7 +46,8 @@ class DataConfig:
         "help": "a tsv file of query<TAB>response lines added to the training pairs, never held out (the demo's "
                 "small talk: train/smalltalk/<language>.tsv)", "type": str})
     heldout_fraction: float = field(default=0.05, metadata={
-        "help": "share of the corpus's pairs held out of training to measure held-out loss"})
+        "help": "share of the corpus's pairs held out of training to measure held-out loss (of its conversations, "
+                "for --corpus chitchat)"})
     seed: int = field(default=0, metadata={"help": "seed of the held-out split, weights, batches and dropout"})
 
 
@@ -82,6 +84,9 @@ class RunConfig:
         "help": "where to run: auto is a CUDA GPU when torch sees one, else the CPU", "choices": DEVICES})
     resume: str = field(default=None, metadata={
         "help": "continue the run saved in this checkpoint where it stopped", "type": str, "metavar": "CHECKPOINT"})
+    minutes: float = field(default=None, metadata={
+        "help": "stop once this many minutes of training have passed (checked every --print-every iterations), "
+                "saving a checkpoint there: a run of a fixed length in time, whatever the machine", "type": float})
     compile: bool = field(default=False, metadata={"help": "torch.compile the teacher-forced loss"})
     dry_run: bool = field(default=False, metadata={"help": "train on one batch, log its loss, save nothing"})
 

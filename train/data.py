@@ -25,13 +25,15 @@ import torch
 import yaml
 
 from model.config import ModelConfig
+from model.context import context_ids, join_turns, split_turns
 from model.tokenizer import BpeTokenizer
 from model.voc import MAX_LENGTH, MIN_COUNT, EOS_token, PAD_token, Voc, normalize
 from train.config import CORPORA, DEFAULT_CORNELL_PATH, DataConfig, add_flags, stored_settings
 
 logger = logging.getLogger(__name__)
 
-Pair = tuple[str, str]
+# (query, response), or (query, response, earlier turns) for a run with --context-turns (model/context.py's join_turns)
+Pair = tuple[str, ...]
 CORNELL_SEPARATOR = " +++$+++ "
 CORNELL_ENCODING = "iso-8859-1"
 CORNELL_FILES = ("movie_lines.txt", "movie_conversations.txt")
@@ -156,10 +158,61 @@ def load_chatterbot(language: str = "english") -> list[Pair]:
     return pairs
 
 
+def chitchat_path() -> Path:
+    """The dataset.json inside the installed chitchat-dataset package."""
+    spec = importlib.util.find_spec("chitchat_dataset")
+    if spec is None or not spec.submodule_search_locations:
+        raise FileNotFoundError("the chitchat-dataset package is not installed (pip install -r requirements.txt)")
+    return Path(next(iter(spec.submodule_search_locations))) / "dataset.json"
+
+
+def chitchat_turns(messages: list[list[dict]]) -> list[str]:
+    """One conversation's turns: each run of one sender's consecutive messages joined by spaces."""
+    turns: list[str] = []
+    last_sender = None
+    for group in messages:
+        for message in group:
+            text = str(message.get("text") or "").strip()
+            if not text:
+                continue
+            if message.get("sender") == last_sender and turns:
+                turns[-1] += " " + text
+            else:
+                turns.append(text)
+                last_sender = message.get("sender")
+    return turns
+
+
+def load_chitchat_conversations(path: str | Path | None = None) -> list[list[str]]:
+    """The turns of every conversation of the Chit Chat Challenge dataset (`chitchat-dataset`'s JSON:
+    {id: {"messages": [[{"text", "sender", ...}, ...], ...]}}), in file order; path defaults to the package's."""
+    with open(path or chitchat_path(), encoding="utf-8") as f:
+        data = json.load(f)
+    return [chitchat_turns(conversation.get("messages") or []) for conversation in data.values()]
+
+
+def conversation_pairs(conversations: Iterable[Sequence[str]], context_turns: int = 0) -> list[Pair]:
+    """Each turn and the next as a pair; with context_turns > 0 a pair carries the turns before its query as a
+    third item (model/context.py's join_turns, '' before a conversation's first turn)."""
+    pairs: list[Pair] = []
+    for turns in conversations:
+        for i, (query, response) in enumerate(zip(turns, turns[1:])):
+            pairs.append((query, response, join_turns(turns[max(0, i - context_turns):i])) if context_turns
+                         else (query, response))
+    return pairs
+
+
+def load_chitchat(path: str | Path | None = None) -> list[Pair]:
+    """Consecutive-turn pairs of every chitchat conversation (no context; load_data splits by conversation)."""
+    return conversation_pairs(load_chitchat_conversations(path))
+
+
 def load_corpus(corpus: str, path: str | Path | None = None, language: str = "english") -> list[Pair]:
     """Dispatch to a loader by corpus name; `path` is the Cornell folder or the jsonl/tsv file."""
     if corpus == "chatterbot":
         return load_chatterbot(language)
+    if corpus == "chitchat":
+        return load_chitchat(path)
     if path is None:
         raise ValueError(f"corpus {corpus!r} needs a path")
     loaders = {"cornell": load_cornell, "convokit": load_convokit, "tsv": load_tsv}
@@ -191,7 +244,10 @@ def normalize_pairs(pairs: Iterable[Pair]) -> list[Pair]:
             cache[text] = normalize(text)
         return cache[text]
 
-    return [(norm(q), norm(r)) for q, r in pairs]
+    def norm_context(context: str) -> str:
+        return join_turns([norm(turn) for turn in split_turns(context)])
+
+    return [(norm(p[0]), norm(p[1]), *(norm_context(c) for c in p[2:])) for p in pairs]
 
 
 def filter_pairs(pairs: Iterable[Pair], max_length: int = MAX_LENGTH) -> list[Pair]:
@@ -202,7 +258,7 @@ def filter_pairs(pairs: Iterable[Pair], max_length: int = MAX_LENGTH) -> list[Pa
 def build_voc(pairs: Iterable[Pair], name: str = "voc") -> Voc:
     """A vocabulary counting every word of both sides."""
     voc = Voc(name)
-    for query, response in pairs:
+    for query, response, *_ in pairs:  # earlier turns are counted as the turns they were
         voc.add_sentence(query)
         voc.add_sentence(response)
     return voc
@@ -248,12 +304,12 @@ def prepare(
 
 def short_pairs(tokenizer: BpeTokenizer, pairs: Iterable[Pair], max_length: int) -> list[Pair]:
     """Pairs whose both sides have fewer than `max_length` tokens (filter_pairs, counted in BPE tokens)."""
-    return [p for p in pairs if all(0 < len(tokenizer.token_ids(side)) < max_length for side in p)]
+    return [p for p in pairs if all(0 < len(tokenizer.token_ids(side)) < max_length for side in p[:2])]
 
 
 def prepare_bpe(pairs: Sequence[Pair], max_length: int, vocab_size: int, heldout_fraction: float, seed: int,
-                name: str = "bpe", tokenizer: BpeTokenizer | None = None, extra: Sequence[Pair] = ()
-                ) -> tuple[BpeTokenizer, list[Pair], list[Pair]]:
+                name: str = "bpe", tokenizer: BpeTokenizer | None = None, extra: Sequence[Pair] = (),
+                heldout: Sequence[Pair] | None = None) -> tuple[BpeTokenizer, list[Pair], list[Pair]]:
     """(byte-level BPE, training pairs, held-out pairs): hold out first (`extra` pairs always train), learn the BPE
     from the training side only (unless `tokenizer` is given: a resumed run keeps its own), then keep pairs of
     fewer than max_length tokens.
@@ -261,10 +317,10 @@ def prepare_bpe(pairs: Sequence[Pair], max_length: int, vocab_size: int, heldout
     No normalising or trimming: the tokenizer's own clean-up (NFC, whitespace) is all, and every text is known.
     """
     logger.info("Read %d sentence pairs (and %d extra training pairs)", len(pairs), len(extra))
-    train, heldout = split_heldout(pairs, heldout_fraction, seed)
+    train, heldout = split_heldout(pairs, heldout_fraction, seed) if heldout is None else (list(pairs), list(heldout))
     train += list(extra)
     if tokenizer is None:
-        tokenizer = BpeTokenizer.train((text for pair in train for text in pair), vocab_size, name)
+        tokenizer = BpeTokenizer.train((text for pair in train for text in pair[:2]), vocab_size, name)
         logger.info("Learnt a byte-level BPE of %d tokens from %d training pairs", tokenizer.num_words, len(train))
     kept, kept_heldout = short_pairs(tokenizer, train, max_length), short_pairs(tokenizer, heldout, max_length)
     logger.info("Trimmed to %d training and %d held-out pairs of fewer than %d tokens a side, %.4f of total",
@@ -299,9 +355,14 @@ def _padded(indexes_batch: list[list[int]]) -> torch.Tensor:
     return torch.tensor(list(itertools.zip_longest(*indexes_batch, fillvalue=PAD_token)), dtype=torch.long)
 
 
-def input_var(sentences: Sequence[str], voc) -> tuple[torch.Tensor, torch.Tensor]:
-    """(padded input (T, B), lengths (B,)); lengths is CPU int64, as pack_padded_sequence needs."""
-    indexes_batch = [indexes_from_sentence(voc, s) for s in sentences]
+def source_ids(voc, pair: Pair, max_length: int = MAX_LENGTH) -> list[int]:
+    """The encoder's ids for a pair's query: its earlier turns' first (model/context.py) when it carries them."""
+    turns = split_turns(pair[2]) if len(pair) > 2 else []
+    return context_ids(voc, turns, len(turns), max_length) + indexes_from_sentence(voc, pair[0])
+
+
+def input_var(indexes_batch: Sequence[list[int]]) -> tuple[torch.Tensor, torch.Tensor]:
+    """(padded input (T, B), lengths (B,)) of encoder ids; lengths is CPU int64, as pack_padded_sequence needs."""
     lengths = torch.tensor([len(ix) for ix in indexes_batch], dtype=torch.int64)
     return _padded(indexes_batch), lengths
 
@@ -315,14 +376,16 @@ def output_var(sentences: Sequence[str], voc) -> tuple[torch.Tensor, torch.Tenso
 
 
 def batch_to_tensors(
-    voc, pairs: Sequence[Pair]
+    voc, pairs: Sequence[Pair], max_length: int = MAX_LENGTH
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, int]:
     """batch2TrainData: (input, lengths, target, mask, max_target_len), longest input (in tokens) first.
 
-    The sort is stable and does not change `pairs` (the tutorial sorts in place).
+    The sort is stable and does not change `pairs` (the tutorial sorts in place). max_length cuts earlier turns.
     """
-    ordered = sorted(pairs, key=lambda p: len(voc.token_ids(p[0])), reverse=True)
-    inp, lengths = input_var([p[0] for p in ordered], voc)
+    sources = [source_ids(voc, p, max_length) for p in pairs]
+    order = sorted(range(len(pairs)), key=lambda i: len(sources[i]), reverse=True)
+    ordered = [pairs[i] for i in order]
+    inp, lengths = input_var([sources[i] for i in order])
     target, mask, max_target_len = output_var([p[1] for p in ordered], voc)
     return inp, lengths, target, mask, max_target_len
 
@@ -357,19 +420,37 @@ def resolve_data_path(settings: argparse.Namespace) -> None:
         raise ValueError(f"--corpus {settings.corpus} needs --data-path")
 
 
+def load_pairs(settings: argparse.Namespace) -> tuple[list[Pair], list[Pair] | None]:
+    """(pairs, held-out pairs) of a corpus of conversations, split by conversation (with each pair's earlier turns
+    when settings.context_turns > 0); (pairs, None) of a corpus of pairs, which the preparation splits."""
+    if settings.corpus != "chitchat":
+        if getattr(settings, "context_turns", 0):
+            raise ValueError(f"--context-turns needs a corpus of conversations (--corpus chitchat); the "
+                             f"{settings.corpus} loader gives pairs without their earlier turns")
+        return load_corpus(settings.corpus, settings.data_path, settings.language), None
+    conversations = load_chitchat_conversations(settings.data_path)
+    train, heldout = split_heldout(conversations, settings.heldout_fraction, settings.seed)
+    turns = getattr(settings, "context_turns", 0)
+    return conversation_pairs(train, turns), conversation_pairs(heldout, turns)
+
+
 def load_data(settings: argparse.Namespace, saved=None) -> tuple[object, list[Pair], list[Pair]]:
     """(vocabulary, training pairs, held-out pairs) for DataConfig settings and max_length; the preparation's
     counts are logged on the way. saved: a run's own vocabulary, kept when it is a BPE (else one is learnt from
     the training pairs; a word vocabulary is rebuilt from the corpus, as the tutorial does)."""
     resolve_data_path(settings)
-    pairs = load_corpus(settings.corpus, settings.data_path, settings.language)
+    pairs, held = load_pairs(settings)
     extra = load_tsv(settings.extra_pairs) if getattr(settings, "extra_pairs", None) else []
     if settings.tokenizer == "bpe":
         voc, train, heldout = prepare_bpe(pairs, settings.max_length, settings.vocab_size, settings.heldout_fraction,
                                           settings.seed, name=settings.corpus,
                                           tokenizer=saved if getattr(saved, "kind", None) == "bpe" else None,
-                                          extra=extra)
+                                          extra=extra, heldout=held)
         wanted = set(extra)
+    elif held is not None:  # held out by conversation: the vocabulary is the training side's
+        voc, train = prepare(pairs + extra, settings.max_length, settings.min_count, name=settings.corpus)
+        heldout = known_pairs(voc, filter_pairs(normalize_pairs(held), settings.max_length))
+        wanted = set(normalize_pairs(extra))
     else:
         voc, prepared = prepare(pairs + extra, settings.max_length, settings.min_count, name=settings.corpus)
         wanted = set(normalize_pairs(extra))  # they train, never held out

@@ -17,7 +17,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from model.seq2seq import EncoderRNN, LuongAttnDecoderRNN, source_mask
-from model.voc import SOS_token, Voc
+from model.voc import MAX_LENGTH, SOS_token, Voc
 from train.data import Pair, batch_to_tensors
 
 # (objective for backward, summed token NLL, token count), the first two 0-dim tensors
@@ -39,9 +39,10 @@ class Batch:
     n_tokens: int  # N, known on the CPU so counting it never syncs
 
 
-def make_batch(voc: Voc, pairs: Sequence[Pair], device: torch.device) -> Batch:
-    """batch_to_tensors plus masks and indexes, copied to `device` (pinned + non_blocking on CUDA)."""
-    inp, lengths, target, mask, max_target_len = batch_to_tensors(voc, pairs)
+def make_batch(voc: Voc, pairs: Sequence[Pair], device: torch.device, max_length: int = MAX_LENGTH) -> Batch:
+    """batch_to_tensors plus masks and indexes, copied to `device` (pinned + non_blocking on CUDA); max_length cuts
+    a pair's earlier turns (model/context.py)."""
+    inp, lengths, target, mask, max_target_len = batch_to_tensors(voc, pairs, max_length)
     cpu = {
         "input": inp,
         "src_mask": source_mask(lengths, inp.size(0), torch.device("cpu")),
@@ -173,7 +174,7 @@ def train_step(encoder: EncoderRNN, decoder: LuongAttnDecoderRNN, optimizers: Se
 
 @torch.no_grad()
 def evaluate(encoder: EncoderRNN, decoder: LuongAttnDecoderRNN, voc: Voc, pairs: Sequence[Pair],
-             batch_size: int, device: torch.device) -> float:
+             batch_size: int, device: torch.device, max_length: int = MAX_LENGTH) -> float:
     """Token-mean teacher-forced NLL over `pairs` in eval mode (nan for no pairs); restores the modes."""
     if not pairs:
         return float("nan")
@@ -182,7 +183,7 @@ def evaluate(encoder: EncoderRNN, decoder: LuongAttnDecoderRNN, voc: Voc, pairs:
     decoder.eval()
     total, tokens = torch.zeros((), device=device), 0
     for start in range(0, len(pairs), batch_size):
-        batch = make_batch(voc, pairs[start: start + batch_size], device)
+        batch = make_batch(voc, pairs[start: start + batch_size], device, max_length)
         total += teacher_forced_loss(encoder, decoder, batch)[1]
         tokens += batch.n_tokens
     encoder.train(modes[0])

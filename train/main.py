@@ -14,6 +14,7 @@ import math
 import os
 import random
 import sys
+import time
 from collections.abc import Iterator, Sequence
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
@@ -227,10 +228,10 @@ def numbered_batches(run: Run, pairs: list[Pair], args: argparse.Namespace,
     for batch_pairs in random_batches(pairs, args.batch_size, remaining, run.sampler_rng):
         state = run.sampler_rng.getstate()
         if size == 1:
-            yield make_batch(run.voc, batch_pairs, device), state
+            yield make_batch(run.voc, batch_pairs, device, args.max_length), state
         else:
             yield distributed.normalise_globally(make_batch(run.voc, distributed.shard(batch_pairs, rank, size),
-                                                            device)), state
+                                                            device, args.max_length)), state
 
 
 class LossWindow:
@@ -265,6 +266,7 @@ def train(run: Run, args: argparse.Namespace, pairs: list[Pair], heldout: list[P
         logger.info("already at iteration %d of %d: nothing to train", run.iteration, args.iterations)
         return
     printed, saved = LossWindow(device), LossWindow(device)
+    deadline = None if args.minutes is None else time.monotonic() + args.minutes * 60
     quiet = None if distributed.is_main() else True  # None: tqdm's own choice (off without a terminal)
     with logging_redirect_tqdm(), tqdm(total=args.iterations, initial=run.iteration, desc="training",
                                        unit="it", dynamic_ncols=True, disable=quiet) as bar:
@@ -284,8 +286,22 @@ def train(run: Run, args: argparse.Namespace, pairs: list[Pair], heldout: list[P
                 loss = printed.read()
                 bar.set_postfix(loss=f"{loss:.4f}")
                 logger.info("iteration %d: loss %.4f (perplexity %.1f)", run.iteration, loss, safe_exp(loss))
-            if run.iteration % args.save_every == 0 or run.iteration == args.iterations:
+            timed_out = run.iteration % args.print_every == 0 and past(deadline, device)
+            last = run.iteration == args.iterations or timed_out
+            if run.iteration % args.save_every == 0 or last:
                 checkpoint(run, args, saved.read(), heldout, device, save_dir)
+            if last:
+                if run.iteration < args.iterations:
+                    logger.info("--minutes %g have passed: stopped at iteration %d", args.minutes, run.iteration)
+                return
+
+
+def past(deadline: float | None, device: torch.device) -> bool:
+    """Whether the deadline (time.monotonic) has passed on any rank (a collective under torchrun)."""
+    if deadline is None:
+        return False
+    late = torch.tensor(float(time.monotonic() > deadline), device=device)
+    return bool(distributed.all_reduce_sum(late) > 0)
 
 
 def checkpoint(run: Run, args: argparse.Namespace, train_loss: float, heldout: list[Pair], device: torch.device,
@@ -293,7 +309,7 @@ def checkpoint(run: Run, args: argparse.Namespace, train_loss: float, heldout: l
     """Evaluate on the held-out pairs, save the checkpoint, redraw the loss curve (rank 0 alone under torchrun)."""
     if not distributed.is_main():
         return
-    heldout_loss = evaluate(run.encoder, run.decoder, run.voc, heldout, args.batch_size, device)
+    heldout_loss = evaluate(run.encoder, run.decoder, run.voc, heldout, args.batch_size, device, args.max_length)
     best, why = serving_choice(run.history, heldout_loss, len(heldout), args.best_min_heldout)
     run.history.append([run.iteration, train_loss, heldout_loss])
     ckpt = checkpoint_dict(run, args, train_loss, heldout_loss, device)
