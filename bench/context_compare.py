@@ -7,11 +7,13 @@
 Each run is `python -m train.main --corpus chitchat --context-turns T --minutes M` with the flags after `--`, all
 started together with --threads CPU threads each, so that they share the machine alike: equal time, not equal
 iterations (reading earlier turns makes an iteration dearer). The held-out set is the same conversations for every
-run (the split does not depend on the context). For each run's last checkpoint: the iterations it reached, its
-held-out loss and perplexity, and over the greedy replies to --prompts held-out prompts (each after its own
-earlier turns): distinct-1, distinct-2 and the share of the most frequent reply.
-Last lines: `iterations_turns<T>`, `heldout_loss_turns<T>`, `perplexity_turns<T>`, `distinct2_turns<T>`,
-`top_reply_share_turns<T>`.
+run (the split does not depend on the context). For each run: the iterations it reached in its time, its lowest
+held-out loss in that time (and at which iteration; a small corpus overfits, so the last is not the lowest) with
+its perplexity, the last checkpoint's held-out loss, and over the greedy replies of the lowest's checkpoint to
+--prompts held-out prompts (each after its own earlier turns): distinct-1, distinct-2 and the share of the most
+frequent reply.
+Last lines: `iterations_turns<T>`, `heldout_loss_turns<T>` (the lowest), `perplexity_turns<T>`,
+`distinct2_turns<T>`, `top_reply_share_turns<T>`.
 """
 from __future__ import annotations
 
@@ -27,7 +29,7 @@ from bench.reply_quality import quality
 from model import load_chatbot
 from model.context import split_turns
 from train.data import checkpoint_data
-from train.runs import PERIODIC_GLOB
+from train.runs import PERIODIC_GLOB, periodic_name
 
 
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
@@ -59,25 +61,28 @@ def train_all(args: argparse.Namespace) -> None:
         log.close()
 
 
-def last_checkpoint(folder: Path) -> Path:
-    """The run's checkpoint of the most iterations (where its time ran out)."""
+def periodic_checkpoints(folder: Path) -> list[Path]:
+    """The run's {iteration}_checkpoint.tar files, in order of iteration."""
     found = sorted(folder.glob(PERIODIC_GLOB), key=lambda p: int(p.name.split("_")[0]))
     if not found:
         raise FileNotFoundError(f"no checkpoint in {folder}: train the runs first (without --report-only)")
-    return found[-1]
+    return found
 
 
 def report(folder: Path, prompts: int) -> dict:
-    """A run's figures: iterations, held-out loss and perplexity, and its greedy replies' diversity."""
-    bot = load_chatbot(last_checkpoint(folder))
+    """A run's figures: iterations, lowest and last held-out loss, and the lowest one's greedy replies' diversity."""
+    checkpoints = periodic_checkpoints(folder)
+    last = load_chatbot(checkpoints[-1]).checkpoint
+    iteration, _, lowest = min(last["history"], key=lambda h: h[2])
+    bot = load_chatbot(folder / periodic_name(iteration))
     _, heldout = checkpoint_data(bot.checkpoint, bot.voc)
     first = list({pair[0]: pair for pair in heldout}.values())[:prompts]
     earlier = [split_turns(pair[2]) if len(pair) > 2 else [] for pair in first]
     texts = [pair[0] for pair in first]
     q = quality(bot, texts, bot.reply_batch(texts, None, earlier), set())
-    loss = bot.checkpoint["heldout_loss"]
-    return {"iterations": bot.checkpoint["iteration"], "heldout_loss": loss, "perplexity": math.exp(loss),
-            "distinct1": q["distinct1"], "distinct2": q["distinct2"], "top_reply_share": q["top_reply_share"]}
+    return {"iterations": last["iteration"], "lowest_at": iteration, "heldout_loss": lowest,
+            "perplexity": math.exp(lowest), "last_heldout_loss": last["heldout_loss"], "distinct1": q["distinct1"],
+            "distinct2": q["distinct2"], "top_reply_share": q["top_reply_share"]}
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -87,12 +92,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         train_all(args)
     results = {turns: report(args.save_dir / f"turns{turns}", args.prompts) for turns in args.turns}
     print(f"runs in {args.save_dir}; greedy replies to {args.prompts} held-out prompts\n")
-    print("| earlier turns read | iterations | held-out loss | perplexity | distinct-1 | distinct-2 "
-          "| top reply share |")
-    print("|---:|---:|---:|---:|---:|---:|---:|")
+    print("| earlier turns read | iterations | lowest held-out loss (at) | perplexity | last held-out loss "
+          "| distinct-1 | distinct-2 | top reply share |")
+    print("|---:|---:|---:|---:|---:|---:|---:|---:|")
     for turns, r in results.items():
-        print(f"| {turns} | {r['iterations']} | {r['heldout_loss']:.4f} | {r['perplexity']:.1f} | {r['distinct1']:.3f} "
-              f"| {r['distinct2']:.3f} | {r['top_reply_share']:.3f} |")
+        print(f"| {turns} | {r['iterations']} | {r['heldout_loss']:.4f} ({r['lowest_at']}) | {r['perplexity']:.1f} "
+              f"| {r['last_heldout_loss']:.4f} | {r['distinct1']:.3f} | {r['distinct2']:.3f} "
+              f"| {r['top_reply_share']:.3f} |")
     print()
     for figure in ("iterations", "heldout_loss", "perplexity", "distinct2", "top_reply_share"):
         for turns, r in results.items():

@@ -25,12 +25,18 @@ PY_SPY = "py-spy"  # pip install py-spy (requirements-dev.txt)
 FRAME = re.compile(r"^(?P<name>.*?) \((?P<file>[^()]*?)(?::\d+)?\)$")
 
 
+def py_spy() -> str:
+    """The py-spy executable: beside this Python (a venv's bin, not always on PATH), else on PATH."""
+    found = shutil.which(PY_SPY, path=str(Path(sys.executable).parent)) or shutil.which(PY_SPY)
+    if found is None:
+        raise FileNotFoundError("py-spy is not installed: pip install -r requirements-dev.txt")
+    return found
+
+
 def record(pid: int, seconds: float, out: Path) -> subprocess.Popen:
     """Start py-spy sampling `pid` for `seconds` into `out` (collapsed stacks, a line per stack and its count)."""
-    if shutil.which(PY_SPY) is None:
-        raise FileNotFoundError("py-spy is not installed: pip install -r requirements-dev.txt")
     out.parent.mkdir(parents=True, exist_ok=True)
-    return subprocess.Popen([PY_SPY, "record", "--pid", str(pid), "--duration", str(int(seconds)), "--rate", "250",
+    return subprocess.Popen([py_spy(), "record", "--pid", str(pid), "--duration", str(int(seconds)), "--rate", "250",
                              "--format", "raw", "--threads", "--nonblocking", "--output", str(out)],
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
 

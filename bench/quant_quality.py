@@ -75,7 +75,7 @@ def compare_bots(reference: Chatbot, candidate: Chatbot, mode: str, pairs: Seque
                  batch_size: int = 8) -> Quality:
     """Teacher-forced held-out loss of both, and how many held-out queries get the same greedy reply."""
     pairs = list(pairs)
-    queries = [query for query, _ in pairs]
+    queries = [pair[0] for pair in pairs]
     same = sum(a == b for a, b in zip(replies(reference, queries, batch_size), replies(candidate, queries, batch_size)))
     return Quality(mode, evaluate(reference.encoder, reference.decoder, reference.voc, pairs, 64, CPU),
                    evaluate(candidate.encoder, candidate.decoder, candidate.voc, pairs, 64, CPU),

@@ -8,7 +8,8 @@
 
 For each decoding mode (the JSON fields bench.serve_bench's scenarios send; sampling seeded per
 prompt; greedy is what a request without options gets from an archive's default model-config, `demo` what it
-gets from make demo's archives, greedy with no bigram twice):
+gets from make demo's archives, greedy with no bigram twice, `chitchat` what the everyday bot's archive
+serves, `make demo CORPUS=chitchat`: beam 5, no bigram twice):
 - the degenerate rates, over all prompts: `refused` (the handler's 4xx: no known word), and over the
   replies: `empty`, `fffd` (a U+FFFD the prompt did not hold), `stutter` (a token three or more times in
   a row: a word, or a BPE token of the reply as the tokenizer splits it);
@@ -39,7 +40,8 @@ from train.data import checkpoint_data
 from train.runs import add_checkpoint_flags, add_data_path_flag, parse_with_checkpoint
 
 MODES = {"greedy": DECODING_FIELDS["greedy"], "beam5": DECODING_FIELDS["beam5"], "sample": DECODING_FIELDS["sample"],
-         "demo": {"no_repeat_ngram_size": 2}}  # what the demo archives serve by default (make demo)
+         "demo": {"no_repeat_ngram_size": 2},  # what the demo archives serve by default (make demo)
+         "chitchat": {"beam_size": 5, "no_repeat_ngram_size": 2}}  # and the everyday bot's (CORPUS=chitchat)
 
 
 RATES = ("empty", "fffd", "stutter", "refused")
@@ -130,7 +132,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
     bot = load_chatbot(args.checkpoint, quantize=args.quantize)
     train, heldout = checkpoint_data(bot.checkpoint, bot.voc, args.data_path)
-    generic = {reply for reply, _ in Counter(response for _, response in train).most_common(5)}
+    generic = {reply for reply, _ in Counter(pair[1] for pair in train).most_common(5)}
     if args.prompt_file:
         prompts = [line.strip() for line in args.prompt_file.read_text(encoding="utf-8").splitlines() if line.strip()]
         earlier = [[] for _ in prompts]

@@ -88,7 +88,7 @@ def held_out_prompts(bot: Chatbot | None, data_path: str | None) -> tuple[Voc | 
             where = "Cornell held-out queries"
     except OSError:  # the corpus is not on this machine
         return None, list(FALLBACK_PROMPTS), "fixed Cornell-like list (no corpus found)"
-    return voc, list(dict.fromkeys(query for query, _ in heldout)), where
+    return voc, list(dict.fromkeys(pair[0] for pair in heldout)), where
 
 
 def weights_megabytes(bot: Chatbot) -> float:

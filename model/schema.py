@@ -116,8 +116,20 @@ def parse_options(values: dict, defaults: DecodeOptions, limits: dict) -> Decode
             raise InvalidOption(name, f"unknown option; the options are {', '.join(OPTIONS)}")
     checked = {name: check_value(OPTIONS[name], value, limits.get(name)) for name, value in values.items()
                if value is not None or name in SAMPLING_OPTIONS + ("seed",)}
-    options = replace(defaults, **checked)
+    options = replace(defaults_for_mode(defaults, checked), **checked)
     return check_combination(options, limits)
+
+
+def defaults_for_mode(defaults: DecodeOptions, checked: dict) -> DecodeOptions:
+    """The defaults a request's own choice of mode leaves: one that samples (temperature, top_k or top_p) and names
+    no beam_size drops a default beam_size; one that asks for beams and names no sampling option drops the default
+    sampling options. An archive that searches beams by default still answers an OpenAI client's temperature."""
+    samples = any(checked.get(name) is not None for name in SAMPLING_OPTIONS)
+    if samples and "beam_size" not in checked:
+        return replace(defaults, beam_size=1)
+    if checked.get("beam_size", 1) > 1 and not any(name in checked for name in SAMPLING_OPTIONS):
+        return replace(defaults, **{name: None for name in SAMPLING_OPTIONS})
+    return defaults
 
 
 def check_combination(options: DecodeOptions, limits: dict) -> DecodeOptions:

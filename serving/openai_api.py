@@ -186,7 +186,6 @@ def parse_chat(body: Any, max_chars: int, model_name: str, limits: dict) -> Chat
     request = ChatRequest(check_text(text, max_chars), option_values=decoding_options(body, limits))
     request.completion = completion
     request.earlier_turns = earlier_turns(body["messages"])
-    request.context_sent = bool(request.earlier_turns)
     return request
 
 

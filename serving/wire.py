@@ -104,7 +104,7 @@ class ChatRequest:
     reply: Any = None  # model.schema.Reply
     completion: Any = None  # openai_api.Completion when it came by the OpenAI route
     earlier_turns: list = field(default_factory=list)  # the conversation before text, oldest first (model/context.py)
-    context_sent: bool = False  # the request sent earlier turns (a "context" field, or an OpenAI history)
+    context_sent: bool = False  # a JSON API request with a "context" field: its reply says what was read
 
 
 @dataclass

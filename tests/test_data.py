@@ -323,3 +323,12 @@ def test_real_cornell_counts_match_the_tutorial():
     assert stats.pairs_kept == len(kept) == 53_163
     assert voc.num_words == 7_823 + 3
     get_cornell.check_corpus_dir(CORNELL_PATH)  # the original conversations file
+
+
+def test_context_dropout_leaves_out_earlier_turns_at_its_rate_and_resumes():
+    pairs = [("how are you", "fine", "hello"), ("hello", "hi", "")] * 50
+    drawn = [p for batch in random_batches(pairs, 50, 40, 3, context_dropout=0.25) for p in batch]
+    with_turns = [p for p in drawn if p[0] == "how are you"]
+    dropped = sum(len(p) == 2 for p in with_turns) / len(with_turns)
+    assert 0.2 < dropped < 0.3 and all(len(p) == 3 for p in drawn if p[0] == "hello")  # none to drop there
+    assert all(len(p) == 3 for batch in random_batches(pairs, 8, 5, 3) for p in batch)  # 0: nothing dropped

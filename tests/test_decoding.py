@@ -245,6 +245,17 @@ def test_the_model_config_gives_defaults_and_limits():
         options_from_config({"limits": {"max_length": 20, "beam_size": 4}}, 10)
 
 
+def test_a_request_choosing_its_mode_overrides_the_other_modes_defaults():
+    beams = DecodeOptions(beam_size=5, no_repeat_ngram_size=2)  # what make demo CORPUS=chitchat serves by default
+    sampled = parse_options({"temperature": 0.7}, beams, LIMITS)  # an OpenAI client's usual temperature
+    assert (sampled.mode, sampled.beam_size, sampled.no_repeat_ngram_size) == ("sample", 1, 2)
+    assert parse_options({}, beams, LIMITS).beam_size == 5
+    searched = parse_options({"beam_size": 3}, DecodeOptions(temperature=0.8, top_p=0.9), LIMITS)
+    assert (searched.mode, searched.temperature, searched.top_p) == ("beam", None, None)
+    with pytest.raises(InvalidOption, match="cannot be combined"):  # a request that asks for both still may not
+        parse_options({"beam_size": 3, "temperature": 0.7}, beams, LIMITS)
+
+
 def test_every_option_is_a_decode_options_field_with_help():
     assert list(OPTIONS) == [f for f in DecodeOptions.__dataclass_fields__]
     assert all(o.help for o in OPTIONS.values())

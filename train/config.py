@@ -48,6 +48,9 @@ class DataConfig:
     heldout_fraction: float = field(default=0.05, metadata={
         "help": "share of the corpus's pairs held out of training to measure held-out loss (of its conversations, "
                 "for --corpus chitchat)"})
+    context_dropout: float = field(default=0.0, metadata={
+        "help": "--context-turns: the chance that a drawn pair is trained on without its earlier turns, so that the "
+                "bot also answers a turn it gets alone (a chat's first message is, in the corpus, a greeting)"})
     seed: int = field(default=0, metadata={"help": "seed of the held-out split, weights, batches and dropout"})
 
 

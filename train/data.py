@@ -391,9 +391,10 @@ def batch_to_tensors(
 
 
 def random_batches(
-    pairs: Sequence[Pair], batch_size: int, n: int, rng: random.Random | int = 0
+    pairs: Sequence[Pair], batch_size: int, n: int, rng: random.Random | int = 0, context_dropout: float = 0.0
 ) -> Iterator[list[Pair]]:
-    """Yield `n` batches of `batch_size` pairs drawn with replacement, as the tutorial does.
+    """Yield `n` batches of `batch_size` pairs drawn with replacement, as the tutorial does; a drawn pair's earlier
+    turns are left out with probability context_dropout (drawn from `rng` too, only for pairs that have them).
 
     `rng` is a seed or a random.Random that the generator draws from and nothing else. To
     resume training, save `rng.getstate()` after the last batch used, and later pass a
@@ -405,7 +406,8 @@ def random_batches(
     if isinstance(rng, int):
         rng = random.Random(rng)
     for _ in range(n):
-        yield [rng.choice(pairs) for _ in range(batch_size)]
+        batch = [rng.choice(pairs) for _ in range(batch_size)]
+        yield [p[:2] if len(p) > 2 and p[2] and rng.random() < context_dropout else p for p in batch]
 
 
 # ---------------------------------------------------------------- a run's data

@@ -225,7 +225,7 @@ def numbered_batches(run: Run, pairs: list[Pair], args: argparse.Namespace,
     gets its share of the same global batch, normalised by the global token counts."""
     remaining = max(args.iterations - run.iteration, 0)
     rank, size = distributed.world()
-    for batch_pairs in random_batches(pairs, args.batch_size, remaining, run.sampler_rng):
+    for batch_pairs in random_batches(pairs, args.batch_size, remaining, run.sampler_rng, args.context_dropout):
         state = run.sampler_rng.getstate()
         if size == 1:
             yield make_batch(run.voc, batch_pairs, device, args.max_length), state
