@@ -138,7 +138,19 @@ def run_batch(handler, entries: list[dict]) -> list[Response]:
             for i, body in enumerate(bodies)]
 
 
+STARTED: list[seq2seq_handler.Seq2seqHandler] = []  # every handler start_handler made in this test process
+
+
 def start_handler(model_dir: Path, **handler_options) -> seq2seq_handler.Seq2seqHandler:
+    """A handler initialized as the worker does, on the archive in `model_dir`."""
     handler = seq2seq_handler.Seq2seqHandler()
     handler.initialize(make_context(model_dir, handler_options))
+    STARTED.append(handler)
     return handler
+
+
+def flush_started_metrics() -> None:
+    """Hand over the counters every started handler still holds, so that none arrives later, from its timer, in
+    another test's captured log (they all log as ts.metrics.caching_metric with the same model name)."""
+    for handler in STARTED:
+        handler.core.metrics.flush()
